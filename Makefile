@@ -1,0 +1,43 @@
+# node-cache: CoreDNS with the nodelocal plugin. `make help` lists the targets.
+GO        ?= go
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null)
+LDFLAGS   := -s -w -X main.version=$(VERSION) -X github.com/coredns/coredns/coremain.GitCommit=$(COMMIT)
+IMAGE     ?= node-cache:$(VERSION)
+TEST_TIMEOUT ?= 20m
+
+.PHONY: help build generate test unit-test e2e-test demo bench image lint clean check-generated
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+build: ## build bin/node-cache (version and commit stamped)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/node-cache ./build
+
+generate: ## regenerate the directive list and imports from plugin.cfg
+	cd build && $(GO) generate ./...
+
+check-generated: generate ## fail when the generated files are stale
+	git diff --exit-code -- build/zdirectives.go build/zplugin.go
+
+test: build ## unit tests and the privileged end-to-end tests (run as root)
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+unit-test: ## unit tests only (no root needed)
+	$(GO) test -count=1 -short ./...
+
+demo: build ## run node-cache in a simulated node and show what it does (root)
+	$(GO) run ./test/cmd/demo -node-cache bin/node-cache
+
+bench: build ## side-by-side benchmarks, markdown table in bench-results.md (root)
+	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -out bench-results.md
+
+image: ## build the container image (needs a container engine)
+	docker build -f build/Dockerfile --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t $(IMAGE) .
+
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+clean: ## remove build output
+	rm -rf bin bench-results.md
