@@ -1,0 +1,329 @@
+// Package dnsload is a bounded DNS load generator for tests, benchmarks and
+// the dnsload command: a fixed query mix at a fixed rate (or as fast as the
+// server answers), with outcome counts, latency percentiles and a per-second
+// record of failures.
+package dnsload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Transport says how queries travel.
+type Transport string
+
+const (
+	UDP Transport = "udp"
+	// TCPPerQuery opens one connection per query, as glibc and Go stub resolvers do.
+	TCPPerQuery Transport = "tcp"
+	// TCPPersistent reuses one connection per worker; when the server closes it
+	// without answering, the query is resent once on a new connection (RFC 7766).
+	TCPPersistent Transport = "tcp-persistent"
+)
+
+// Limits that keep every run bounded.
+const (
+	MaxDuration = 10 * time.Minute
+	MaxQueries  = 20_000_000
+	MaxWorkers  = 4096
+)
+
+// UniqueToken in a query name is replaced by a number unique within the run,
+// which makes every such query a cache miss.
+const UniqueToken = "{unique}"
+
+// Query is one entry of the query mix.
+type Query struct {
+	Name string
+	Type uint16
+}
+
+// Config describes one run. Zero values get defaults from normalize.
+type Config struct {
+	Target    string        // host:port; loopback, 169.254.0.0/16 or 198.18.0.0/15 only
+	Transport Transport     // default UDP
+	Queries   []Query       // the mix, sent round-robin
+	Rate      int           // queries per second in total; 0 means as fast as answered
+	Duration  time.Duration // how long to send
+	Count     int           // stop after this many queries (0: only Duration bounds the run)
+	Timeout   time.Duration // per query; default 1s
+	Workers   int           // concurrent clients; default 20
+	// Dial opens connections; the harness supplies one that opens sockets in a
+	// network namespace. Default: net.Dialer.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+}
+
+var allowedTargets = []netip.Prefix{
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("::1/128"),
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("198.18.0.0/15"),
+	netip.MustParsePrefix("2001:2::/48"), // the IPv6 benchmarking range (RFC 5180)
+}
+
+// CheckTarget refuses any address outside the test ranges.
+func CheckTarget(target string) error {
+	host, _, err := net.SplitHostPort(target)
+	if err != nil {
+		return fmt.Errorf("target %q: %w", target, err)
+	}
+	addr, err := netip.ParseAddr(host)
+	if err != nil {
+		return fmt.Errorf("target %q: not an IP address", target)
+	}
+	for _, p := range allowedTargets {
+		if p.Contains(addr.Unmap()) {
+			return nil
+		}
+	}
+	return fmt.Errorf("target %q refused: only loopback, 169.254.0.0/16, 198.18.0.0/15 and 2001:2::/48 may be loaded", target)
+}
+
+func (c *Config) normalize() error {
+	if err := CheckTarget(c.Target); err != nil {
+		return err
+	}
+	if c.Transport == "" {
+		c.Transport = UDP
+	}
+	switch c.Transport {
+	case UDP, TCPPerQuery, TCPPersistent:
+	default:
+		return fmt.Errorf("transport %q: want udp, tcp or tcp-persistent", c.Transport)
+	}
+	if len(c.Queries) == 0 {
+		return errors.New("no queries in the mix")
+	}
+	if c.Duration <= 0 || c.Duration > MaxDuration {
+		return fmt.Errorf("duration %v: want more than 0 and at most %v", c.Duration, MaxDuration)
+	}
+	if c.Count < 0 || c.Count > MaxQueries {
+		return fmt.Errorf("count %d: want 0 to %d", c.Count, MaxQueries)
+	}
+	if c.Count == 0 {
+		c.Count = MaxQueries
+	}
+	if c.Rate < 0 {
+		return fmt.Errorf("rate %d: must not be negative", c.Rate)
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = time.Second
+	}
+	if c.Workers <= 0 {
+		c.Workers = 20
+	}
+	if c.Workers > MaxWorkers {
+		return fmt.Errorf("workers %d: at most %d", c.Workers, MaxWorkers)
+	}
+	if c.Dial == nil {
+		var d net.Dialer
+		c.Dial = d.DialContext
+	}
+	return nil
+}
+
+// ParseMix reads a mix such as "A:web.default.svc.cluster.local,AAAA:x.example.org".
+func ParseMix(s string) ([]Query, error) {
+	var qs []Query
+	for _, item := range strings.Split(s, ",") {
+		typ, name, ok := strings.Cut(strings.TrimSpace(item), ":")
+		qtype, known := dns.StringToType[strings.ToUpper(typ)]
+		if !ok || !known || name == "" {
+			return nil, fmt.Errorf("query %q: want TYPE:name, such as A:example.org", item)
+		}
+		qs = append(qs, Query{Name: dns.Fqdn(name), Type: qtype})
+	}
+	return qs, nil
+}
+
+// Run sends the load and returns what happened. It stops at Duration, at
+// Count queries, or when ctx is done, whichever comes first.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	if err := cfg.normalize(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
+	defer cancel()
+
+	start := time.Now()
+	rec := newRecorder(start, cfg.Duration)
+	var sent atomic.Int64
+	var unique atomic.Int64
+	tokens := pace(ctx, cfg.Rate)
+
+	var wg sync.WaitGroup
+	for w := 0; w < cfg.Workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cl := &client{cfg: &cfg}
+			defer cl.close()
+			for {
+				if tokens != nil {
+					select {
+					case <-tokens:
+					case <-ctx.Done():
+						return
+					}
+				}
+				seq := sent.Add(1)
+				if ctx.Err() != nil || seq > int64(cfg.Count) {
+					return
+				}
+				q := cfg.Queries[(seq-1)%int64(len(cfg.Queries))]
+				name := q.Name
+				if strings.Contains(name, UniqueToken) {
+					name = strings.ReplaceAll(name, UniqueToken, "u"+strconv.FormatInt(unique.Add(1), 10))
+				}
+				sentAt := time.Now()
+				outcome := cl.exchange(ctx, name, q.Type)
+				rec.record(sentAt, time.Since(sentAt), outcome)
+			}
+		}()
+	}
+	wg.Wait()
+	return rec.result(time.Since(start)), nil
+}
+
+// pace returns a channel that yields Rate tokens per second in 1 ms batches,
+// or nil for an unpaced run.
+func pace(ctx context.Context, rate int) <-chan struct{} {
+	if rate == 0 {
+		return nil
+	}
+	tokens := make(chan struct{}, rate/10+1)
+	go func() {
+		const tick = time.Millisecond
+		t := time.NewTicker(tick)
+		defer t.Stop()
+		start := time.Now()
+		issued := 0
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				due := int(now.Sub(start).Seconds() * float64(rate))
+				for ; issued < due; issued++ {
+					select {
+					case tokens <- struct{}{}:
+					default: // clients are behind: the token is dropped, not queued forever
+					}
+				}
+			}
+		}
+	}()
+	return tokens
+}
+
+// client is one worker's connection state.
+type client struct {
+	cfg  *Config
+	conn *dns.Conn // kept between queries for UDP and TCPPersistent
+}
+
+func (c *client) close() {
+	if c.conn != nil {
+		c.conn.Close()
+		c.conn = nil
+	}
+}
+
+func (c *client) dial(ctx context.Context) (*dns.Conn, error) {
+	network := "udp"
+	if c.cfg.Transport != UDP {
+		network = "tcp"
+	}
+	dctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	conn, err := c.cfg.Dial(dctx, network, c.cfg.Target)
+	if err != nil {
+		return nil, err
+	}
+	return &dns.Conn{Conn: conn, UDPSize: dns.DefaultMsgSize}, nil
+}
+
+func (c *client) exchange(ctx context.Context, name string, qtype uint16) Outcome {
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	m.RecursionDesired = true
+	deadline := time.Now().Add(c.cfg.Timeout)
+
+	switch c.cfg.Transport {
+	case TCPPerQuery:
+		conn, err := c.dial(ctx)
+		if err != nil {
+			return classifyErr(err)
+		}
+		defer conn.Close()
+		return c.roundTrip(conn, m, deadline)
+	case TCPPersistent:
+		reused := c.conn != nil
+		outcome := c.persistentRoundTrip(ctx, m, deadline)
+		if outcome == ClosedByServer && reused {
+			// RFC 7766 §6.2.1: the server may close an idle connection; retry once on a new one.
+			outcome = c.persistentRoundTrip(ctx, m, deadline)
+		}
+		if outcome == ClosedByServer {
+			outcome = NetError
+		}
+		return outcome
+	default:
+		if c.conn == nil {
+			conn, err := c.dial(ctx)
+			if err != nil {
+				return classifyErr(err)
+			}
+			c.conn = conn
+		}
+		outcome := c.roundTrip(c.conn, m, deadline)
+		if outcome != Answered && outcome != NXDomain {
+			// A fresh socket (new source port) per failure, as stub resolvers do,
+			// and so late replies never pair with the next query.
+			c.close()
+		}
+		return outcome
+	}
+}
+
+func (c *client) persistentRoundTrip(ctx context.Context, m *dns.Msg, deadline time.Time) Outcome {
+	if c.conn == nil {
+		conn, err := c.dial(ctx)
+		if err != nil {
+			return classifyErr(err)
+		}
+		c.conn = conn
+	}
+	outcome := c.roundTrip(c.conn, m, deadline)
+	if outcome != Answered && outcome != NXDomain {
+		c.close()
+	}
+	return outcome
+}
+
+func (c *client) roundTrip(conn *dns.Conn, m *dns.Msg, deadline time.Time) Outcome {
+	conn.SetDeadline(deadline)
+	if err := conn.WriteMsg(m); err != nil {
+		return classifyErr(err)
+	}
+	for {
+		r, err := conn.ReadMsg()
+		if err != nil {
+			return classifyErr(err)
+		}
+		if r.Id != m.Id {
+			continue // a late reply to an earlier query
+		}
+		return classifyRcode(r.Rcode)
+	}
+}

@@ -1,0 +1,195 @@
+package dnsload
+
+import (
+	"context"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// testServer answers A queries for *.ok. with NOERROR and everything else
+// with NXDOMAIN, on UDP and TCP at the same loopback port.
+type testServer struct {
+	addr      string
+	names     sync.Map // query names seen
+	queries   atomic.Int64
+	closeConn bool // close each TCP connection after one answer
+	silent    bool // never answer
+}
+
+func startServer(t *testing.T, s *testServer) {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.addr = pc.LocalAddr().String()
+	handler := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		s.queries.Add(1)
+		s.names.Store(r.Question[0].Name, true)
+		if s.silent {
+			return
+		}
+		m := new(dns.Msg)
+		m.SetReply(r)
+		if strings.HasSuffix(r.Question[0].Name, ".ok.") {
+			rr, _ := dns.NewRR(r.Question[0].Name + " 30 IN A 198.18.9.9")
+			m.Answer = append(m.Answer, rr)
+		} else {
+			m.Rcode = dns.RcodeNameError
+		}
+		w.WriteMsg(m)
+		if s.closeConn && w.LocalAddr().Network() == "tcp" {
+			w.Close()
+		}
+	})
+	udp := &dns.Server{PacketConn: pc, Handler: handler}
+	tcp := &dns.Server{Listener: l, Handler: handler}
+	go udp.ActivateAndServe()
+	go tcp.ActivateAndServe()
+	t.Cleanup(func() { udp.Shutdown(); tcp.Shutdown() })
+}
+
+func TestRunCountsOutcomes(t *testing.T) {
+	s := &testServer{}
+	startServer(t, s)
+	for _, tr := range []Transport{UDP, TCPPerQuery, TCPPersistent} {
+		t.Run(string(tr), func(t *testing.T) {
+			res, err := Run(context.Background(), Config{
+				Target:    s.addr,
+				Transport: tr,
+				Queries:   []Query{{Name: "a.ok.", Type: dns.TypeA}, {Name: "missing.", Type: dns.TypeA}},
+				Duration:  5 * time.Second,
+				Count:     400,
+				Workers:   4,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Sent != 400 || res.Outcomes[Answered] != 200 || res.Outcomes[NXDomain] != 200 || res.Failed() != 0 {
+				t.Fatalf("want 200 answered + 200 nxdomain, got %v", res)
+			}
+			if res.Latencies.P50 <= 0 || res.Latencies.P99 < res.Latencies.P50 || res.Latencies.Max < res.Latencies.P99 {
+				t.Fatalf("implausible percentiles %+v", res.Latencies)
+			}
+		})
+	}
+}
+
+func TestPersistentTCPRetriesOnceWhenServerCloses(t *testing.T) {
+	s := &testServer{closeConn: true}
+	startServer(t, s)
+	res, err := Run(context.Background(), Config{
+		Target: s.addr, Transport: TCPPersistent,
+		Queries:  []Query{{Name: "a.ok.", Type: dns.TypeA}},
+		Duration: 5 * time.Second, Count: 100, Workers: 2,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Failed() != 0 || res.Outcomes[Answered] != 100 {
+		t.Fatalf("every query should succeed on the retry, got %v", res)
+	}
+	// 100 answered queries, and every reused connection was found closed once:
+	// the server saw exactly one query per answer (a closed connection carries none).
+	if got := s.queries.Load(); got != 100 {
+		t.Fatalf("server saw %d queries, want 100", got)
+	}
+}
+
+func TestTimeoutsAreCountedPerSecond(t *testing.T) {
+	s := &testServer{silent: true}
+	startServer(t, s)
+	res, err := Run(context.Background(), Config{
+		Target: s.addr, Queries: []Query{{Name: "a.ok.", Type: dns.TypeA}},
+		Duration: 3 * time.Second, Count: 4, Workers: 4, Timeout: 200 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Outcomes[Timeout] != 4 || res.Failed() != 4 {
+		t.Fatalf("want 4 timeouts, got %v", res)
+	}
+	if fs := res.FailedSeconds(); len(fs) != 1 || fs[0] != 0 {
+		t.Fatalf("failures should be recorded in second 0, got %v", fs)
+	}
+}
+
+func TestRateIsPaced(t *testing.T) {
+	s := &testServer{}
+	startServer(t, s)
+	res, err := Run(context.Background(), Config{
+		Target: s.addr, Queries: []Query{{Name: "a.ok.", Type: dns.TypeA}},
+		Rate: 200, Duration: 2 * time.Second, Workers: 4,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 200/s for 2 s: 400, with slack for a loaded machine.
+	if res.Sent < 300 || res.Sent > 420 {
+		t.Fatalf("sent %d at 200/s for 2s, want about 400", res.Sent)
+	}
+}
+
+func TestUniqueNames(t *testing.T) {
+	s := &testServer{}
+	startServer(t, s)
+	_, err := Run(context.Background(), Config{
+		Target: s.addr, Queries: []Query{{Name: UniqueToken + ".ok.", Type: dns.TypeA}},
+		Duration: 5 * time.Second, Count: 50, Workers: 3,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	s.names.Range(func(_, _ any) bool { n++; return true })
+	if n != 50 {
+		t.Fatalf("server saw %d distinct names, want 50", n)
+	}
+}
+
+func TestConfigIsChecked(t *testing.T) {
+	mix := []Query{{Name: "a.", Type: dns.TypeA}}
+	tests := []struct {
+		cfg     Config
+		wantErr string
+	}{
+		{Config{Target: "8.8.8.8:53", Queries: mix, Duration: time.Second}, "refused"},
+		{Config{Target: "10.0.0.10:53", Queries: mix, Duration: time.Second}, "refused"},
+		{Config{Target: "example.org:53", Queries: mix, Duration: time.Second}, "not an IP"},
+		{Config{Target: "198.18.0.10:53", Queries: mix}, "duration"},
+		{Config{Target: "198.18.0.10:53", Queries: mix, Duration: time.Hour}, "duration"},
+		{Config{Target: "169.254.20.10:53", Duration: time.Second}, "no queries"},
+		{Config{Target: "[::1]:53", Queries: mix, Duration: time.Second, Transport: "quic"}, "transport"},
+		{Config{Target: "127.0.0.1:53", Queries: mix, Duration: time.Second, Count: MaxQueries + 1}, "count"},
+	}
+	for _, tc := range tests {
+		if _, err := Run(context.Background(), tc.cfg); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("%+v: error %v, want %q", tc.cfg.Target, err, tc.wantErr)
+		}
+	}
+}
+
+func TestParseMix(t *testing.T) {
+	qs, err := ParseMix("A:web.default.svc.cluster.local, aaaa:x.example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(qs) != 2 || qs[0].Type != dns.TypeA || qs[1].Name != "x.example.org." || qs[1].Type != dns.TypeAAAA {
+		t.Fatalf("got %+v", qs)
+	}
+	for _, bad := range []string{"", "A", "BOGUS:x.org", "A:"} {
+		if _, err := ParseMix(bad); err == nil {
+			t.Errorf("ParseMix(%q) accepted", bad)
+		}
+	}
+}

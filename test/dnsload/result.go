@@ -1,0 +1,178 @@
+package dnsload
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Outcome classifies one query.
+type Outcome int
+
+const (
+	Answered       Outcome = iota // NOERROR
+	NXDomain                      // NXDOMAIN: an answer, not a failure
+	ServFail                      // SERVFAIL
+	Refused                       // REFUSED, or the connection was refused
+	Timeout                       // no answer within the timeout
+	OtherRcode                    // any other rcode
+	NetError                      // the connection failed or was closed without an answer
+	ClosedByServer                // internal: TCP closed without an answer, may be retried
+	numOutcomes
+)
+
+var outcomeNames = [numOutcomes]string{"answered", "nxdomain", "servfail", "refused", "timeout", "other_rcode", "net_error", "closed"}
+
+func (o Outcome) String() string { return outcomeNames[o] }
+
+// Failed reports whether the query got no usable answer.
+func (o Outcome) Failed() bool { return o != Answered && o != NXDomain }
+
+func classifyRcode(rcode int) Outcome {
+	switch rcode {
+	case dns.RcodeSuccess:
+		return Answered
+	case dns.RcodeNameError:
+		return NXDomain
+	case dns.RcodeServerFailure:
+		return ServFail
+	case dns.RcodeRefused:
+		return Refused
+	}
+	return OtherRcode
+}
+
+func classifyErr(err error) Outcome {
+	var ne net.Error
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return Timeout
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return Refused
+	case errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return ClosedByServer
+	}
+	return NetError
+}
+
+// Second is what happened to the queries sent during one second of the run.
+type Second struct {
+	Sent   int
+	Failed int
+}
+
+// Result summarises a run.
+type Result struct {
+	Elapsed   time.Duration
+	Sent      int
+	Outcomes  [numOutcomes]int
+	Latencies Percentiles // of answered queries (NOERROR and NXDOMAIN)
+	PerSecond []Second
+}
+
+// Percentiles of query latency.
+type Percentiles struct {
+	P50, P90, P99, P999, Max time.Duration
+}
+
+// Failed counts queries without a usable answer.
+func (r *Result) Failed() int {
+	n := 0
+	for o, c := range r.Outcomes {
+		if Outcome(o).Failed() {
+			n += c
+		}
+	}
+	return n
+}
+
+// QPS is the rate of answered queries.
+func (r *Result) QPS() float64 {
+	return float64(r.Outcomes[Answered]+r.Outcomes[NXDomain]) / r.Elapsed.Seconds()
+}
+
+// FailedSeconds lists the seconds (from the start) in which queries failed.
+func (r *Result) FailedSeconds() []int {
+	var s []int
+	for i, sec := range r.PerSecond {
+		if sec.Failed > 0 {
+			s = append(s, i)
+		}
+	}
+	return s
+}
+
+func (r *Result) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "sent %d in %.1fs (%.0f answered/s), failed %d:", r.Sent, r.Elapsed.Seconds(), r.QPS(), r.Failed())
+	for o, c := range r.Outcomes {
+		if c > 0 {
+			fmt.Fprintf(&b, " %s=%d", Outcome(o), c)
+		}
+	}
+	l := r.Latencies
+	fmt.Fprintf(&b, "; latency p50=%v p90=%v p99=%v p99.9=%v max=%v", l.P50, l.P90, l.P99, l.P999, l.Max)
+	if fs := r.FailedSeconds(); len(fs) > 0 {
+		fmt.Fprintf(&b, "; failures in seconds %v", fs)
+	}
+	return b.String()
+}
+
+type recorder struct {
+	start     time.Time
+	mu        sync.Mutex
+	outcomes  [numOutcomes]int
+	latencies []time.Duration
+	perSecond []Second
+}
+
+func newRecorder(start time.Time, d time.Duration) *recorder {
+	return &recorder{start: start, perSecond: make([]Second, int(d/time.Second)+2)}
+}
+
+func (r *recorder) record(sentAt time.Time, latency time.Duration, o Outcome) {
+	sec := int(sentAt.Sub(r.start) / time.Second)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.outcomes[o]++
+	if sec < len(r.perSecond) {
+		r.perSecond[sec].Sent++
+		if o.Failed() {
+			r.perSecond[sec].Failed++
+		}
+	}
+	if !o.Failed() {
+		r.latencies = append(r.latencies, latency)
+	}
+}
+
+func (r *recorder) result(elapsed time.Duration) *Result {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	res := &Result{Elapsed: elapsed, Outcomes: r.outcomes, PerSecond: r.perSecond}
+	for _, c := range r.outcomes {
+		res.Sent += c
+	}
+	last := int(elapsed / time.Second)
+	if last+1 < len(res.PerSecond) {
+		res.PerSecond = res.PerSecond[:last+1]
+	}
+	slices.Sort(r.latencies)
+	at := func(q float64) time.Duration {
+		if len(r.latencies) == 0 {
+			return 0
+		}
+		return r.latencies[min(len(r.latencies)-1, int(q*float64(len(r.latencies))))]
+	}
+	res.Latencies = Percentiles{P50: at(0.50), P90: at(0.90), P99: at(0.99), P999: at(0.999), Max: at(1)}
+	return res
+}
