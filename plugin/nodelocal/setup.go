@@ -1,12 +1,300 @@
 package nodelocal
 
 import (
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
 	"github.com/coredns/caddy"
+	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
 )
 
-func init() { plugin.Register("nodelocal", setup) }
+func init() { plugin.Register(pluginName, setup) }
+
+// blockConfig is what one server block asks for.
+type blockConfig struct {
+	Config
+	explicit []string // options given, to tell conflicts from defaults
+}
 
 func setup(c *caddy.Controller) error {
-	return plugin.Error("nodelocal", c.Err("not implemented yet"))
+	blk, err := parse(c)
+	if err != nil {
+		return plugin.Error(pluginName, err)
+	}
+	inst, first, err := joinInstance(c, blk)
+	if err != nil {
+		return plugin.Error(pluginName, err)
+	}
+	if first {
+		if err := preflight(&blk.Config); err != nil {
+			return plugin.Error(pluginName, err)
+		}
+		mgr := theManager
+		// After every block's setup, before the listeners open.
+		c.OnStartup(func() error {
+			forgetInstance(c)
+			return mgr.Apply(inst.merged())
+		})
+		// A failed reload leaves this instance serving: its config again.
+		c.OnRestartFailed(func() error { return mgr.Apply(inst.merged()) })
+		// On exit only, and after health's lameduck: nodelocal follows health in plugin.cfg.
+		c.OnFinalShutdown(func() error { mgr.Shutdown(); return nil })
+		registerListenHook()
+	}
+	n := &NodeLocal{mgr: theManager}
+	dnsserver.GetConfig(c).AddPlugin(func(next plugin.Handler) plugin.Handler {
+		n.Next = next
+		return n
+	})
+	return nil
+}
+
+func parse(c *caddy.Controller) (*blockConfig, error) {
+	blk := &blockConfig{Config: Config{
+		Interface:       DefaultInterface,
+		ManageInterface: true,
+		Backend:         BackendAuto,
+		CheckInterval:   DefaultCheckInterval,
+		HealthPort:      DefaultHealthPort,
+		Teardown:        true,
+	}}
+	srv := dnsserver.GetConfig(c)
+	port, err := strconv.Atoi(srv.Port)
+	if err != nil || port < 1 || port > 65535 {
+		return nil, c.Errf("server block port %q is not a port number", srv.Port)
+	}
+	i := 0
+	for c.Next() {
+		if i > 0 {
+			return nil, plugin.ErrOnce
+		}
+		i++
+		ips := c.RemainingArgs()
+		if len(ips) == 0 {
+			ips = srv.ListenHosts
+		}
+		for _, s := range ips {
+			if s == "" {
+				continue // a block without bind listens on every address
+			}
+			ip, err := netip.ParseAddr(s)
+			if err != nil {
+				return nil, c.Errf("%q is not an IP address (with no arguments, nodelocal takes the block's bind addresses)", s)
+			}
+			ip = ip.WithZone("").Unmap()
+			if ip.IsUnspecified() || ip.IsMulticast() || ip.IsLoopback() {
+				return nil, c.Errf("cannot intercept traffic to %s: list the cache's own IPs, such as 169.254.20.10", ip)
+			}
+			blk.Listen = append(blk.Listen, netip.AddrPortFrom(ip, uint16(port)))
+		}
+		if len(blk.Listen) == 0 {
+			return nil, c.Errf("no IP to listen on: give them as arguments or with bind, such as `bind 169.254.20.10`")
+		}
+		for c.NextBlock() {
+			opt := c.Val()
+			if slices.Contains(blk.explicit, opt) {
+				return nil, c.Errf("option %q given twice", opt)
+			}
+			blk.explicit = append(blk.explicit, opt)
+			if err := parseOption(c, blk, opt); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return blk, nil
+}
+
+func parseOption(c *caddy.Controller, blk *blockConfig, opt string) error {
+	args := c.RemainingArgs()
+	wantArgs := 1
+	if opt == "no_interface" || opt == "skip_teardown" {
+		wantArgs = 0
+	}
+	if len(args) != wantArgs {
+		return c.ArgErr()
+	}
+	switch opt {
+	case "interface":
+		name := args[0]
+		if len(name) > 15 || strings.ContainsAny(name, "/ \t:") || name == "." || name == ".." {
+			return c.Errf("interface name %q is not valid: at most 15 characters, no '/', ':' or spaces", name)
+		}
+		blk.Interface = name
+	case "no_interface":
+		blk.ManageInterface = false
+	case "iptables":
+		b := Backend(args[0])
+		if !slices.Contains([]Backend{BackendAuto, BackendLegacy, BackendNFT, BackendOff}, b) {
+			return c.Errf("iptables %q: want auto, legacy, nft or off", args[0])
+		}
+		blk.Backend = b
+	case "check_interval":
+		d, err := time.ParseDuration(args[0])
+		if err != nil || d < 100*time.Millisecond || d > time.Hour {
+			return c.Errf("check_interval %q: want a duration from 100ms to 1h, such as 5s", args[0])
+		}
+		blk.CheckInterval = d
+	case "health_port":
+		p, err := strconv.Atoi(args[0])
+		if err != nil || p < 0 || p > 65535 {
+			return c.Errf("health_port %q: want a port number, or 0 for none", args[0])
+		}
+		blk.HealthPort = p
+	case "skip_teardown":
+		blk.Teardown = false
+	default:
+		return c.Errf("unknown property %q", opt)
+	}
+	return nil
+}
+
+// instance gathers the blocks of one Corefile instance: CoreDNS runs setup per
+// block, and the process has one interception state.
+type instance struct {
+	mu     sync.Mutex
+	blocks []*blockConfig
+}
+
+var (
+	instancesMu sync.Mutex
+	instances   = map[caddy.Context]*instance{}
+)
+
+// joinInstance adds a block to its instance and reports whether it is the first.
+func joinInstance(c *caddy.Controller, blk *blockConfig) (*instance, bool, error) {
+	instancesMu.Lock()
+	inst, ok := instances[c.Context()]
+	if !ok {
+		inst = &instance{}
+		instances[c.Context()] = inst
+	}
+	instancesMu.Unlock()
+
+	inst.mu.Lock()
+	defer inst.mu.Unlock()
+	if ok {
+		if err := inst.blocks[0].conflict(blk); err != nil {
+			return nil, false, c.Err(err.Error())
+		}
+	}
+	inst.blocks = append(inst.blocks, blk)
+	return inst, !ok, nil
+}
+
+func forgetInstance(c *caddy.Controller) {
+	instancesMu.Lock()
+	delete(instances, c.Context())
+	instancesMu.Unlock()
+}
+
+// conflict rejects a block whose options differ from the first block's: there
+// is one interface and one rule set per process.
+func (b *blockConfig) conflict(o *blockConfig) error {
+	first, other := b.Config, o.Config
+	first.Listen, other.Listen = nil, nil
+	if first.equal(&other) {
+		return nil
+	}
+	return fmt.Errorf("options differ from the first nodelocal block (interface %s, iptables %s, check_interval %v, health_port %d, teardown %v): "+
+		"give the options in one block only, or the same in all", b.Interface, b.Backend, b.CheckInterval, b.HealthPort, b.Teardown)
+}
+
+// merged is the instance's config: the first block's options, every block's listen addresses.
+func (inst *instance) merged() *Config {
+	inst.mu.Lock()
+	defer inst.mu.Unlock()
+	cfg := inst.blocks[0].Config
+	cfg.Listen = nil
+	for _, b := range inst.blocks {
+		for _, ap := range b.Listen {
+			if !slices.Contains(cfg.Listen, ap) {
+				cfg.Listen = append(cfg.Listen, ap)
+			}
+		}
+	}
+	return &cfg
+}
+
+// registerListenHook tells the manager when the listeners are up, after the
+// first start and after each reload. SIGUSR1 purges event hooks, so setup
+// registers it again when it is missing.
+func registerListenHook() {
+	if slices.Contains(caddy.ListPlugins()["event_hooks"], pluginName) {
+		return
+	}
+	caddy.RegisterEventHook(pluginName, func(event caddy.EventName, _ any) error {
+		if event == caddy.InstanceStartupEvent {
+			go theManager.ListenersUp()
+		}
+		return nil
+	})
+}
+
+// preflight fails before anything touches the network when the process cannot
+// do what the config asks: one line naming what is missing and the fix.
+var preflight = func(cfg *Config) error {
+	if !cfg.ManageInterface && cfg.Backend == BackendOff {
+		return nil
+	}
+	caps, err := effectiveCapabilities()
+	if err != nil {
+		return err
+	}
+	if caps&(1<<capNetAdmin) == 0 {
+		return fmt.Errorf("missing NET_ADMIN capability, needed to manage interface %s and iptables rules: "+
+			"add NET_ADMIN to the container's securityContext.capabilities (or set no_interface and `iptables off`)", cfg.Interface)
+	}
+	if cfg.Backend == BackendOff {
+		return nil
+	}
+	backends := []Backend{cfg.Backend}
+	if cfg.Backend == BackendAuto {
+		backends = []Backend{BackendNFT, BackendLegacy}
+	}
+	var missing []string
+	for _, f := range cfg.Families() {
+		found := false
+		for _, b := range backends {
+			if _, err := exec.LookPath(binaryName(b, f)); err == nil {
+				found = true
+			} else {
+				missing = append(missing, binaryName(b, f))
+			}
+		}
+		if !found {
+			return fmt.Errorf("iptables binary %s not found in PATH: install the iptables package (both backends), or set `iptables off`",
+				strings.Join(missing, " or "))
+		}
+	}
+	if cfg.Backend == BackendLegacy && caps&(1<<capNetRaw) == 0 {
+		return fmt.Errorf("missing NET_RAW capability, needed by iptables-legacy: add NET_RAW to the container's securityContext.capabilities, or use `iptables nft`")
+	}
+	return nil
+}
+
+const (
+	capNetAdmin = 12
+	capNetRaw   = 13
+)
+
+// effectiveCapabilities reads the CapEff mask of this process.
+func effectiveCapabilities() (uint64, error) {
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, fmt.Errorf("read capabilities: %w", err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if hex, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			return strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+		}
+	}
+	return 0, fmt.Errorf("no CapEff line in /proc/self/status")
 }

@@ -1,0 +1,55 @@
+package nodelocal
+
+import (
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// Defaults, as upstream node-cache's flags have them except the check interval
+// (upstream: 60 s, a long outage when something flushes the rules).
+const (
+	DefaultInterface     = "nodelocaldns"
+	DefaultCheckInterval = 5 * time.Second
+	DefaultHealthPort    = 8080
+)
+
+// Config is the desired interception state of the process, merged from every
+// server block that uses nodelocal.
+type Config struct {
+	Listen          []netip.AddrPort // where the cache listens: IPs to own and intercept
+	Interface       string
+	ManageInterface bool
+	Backend         Backend
+	CheckInterval   time.Duration
+	HealthPort      int // 0: no conntrack exemption for health probes
+	Teardown        bool
+}
+
+// IPs lists the distinct listen addresses.
+func (c *Config) IPs() []netip.Addr {
+	var ips []netip.Addr
+	for _, ap := range c.Listen {
+		if !slices.Contains(ips, ap.Addr()) {
+			ips = append(ips, ap.Addr())
+		}
+	}
+	return ips
+}
+
+// Families lists the IP families the config listens on.
+func (c *Config) Families() []Family {
+	var fs []Family
+	for _, ip := range c.IPs() {
+		if f := familyOf(ip); !slices.Contains(fs, f) {
+			fs = append(fs, f)
+		}
+	}
+	return fs
+}
+
+func (c *Config) equal(o *Config) bool {
+	return o != nil && slices.Equal(c.Listen, o.Listen) && c.Interface == o.Interface &&
+		c.ManageInterface == o.ManageInterface && c.Backend == o.Backend &&
+		c.CheckInterval == o.CheckInterval && c.HealthPort == o.HealthPort && c.Teardown == o.Teardown
+}

@@ -1,0 +1,128 @@
+package nodelocal
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"sync"
+)
+
+var errNotFound = errors.New("not found")
+
+// fakeLinks is Links in memory.
+type fakeLinks struct {
+	mu     sync.Mutex
+	links  map[string]bool
+	addrs  map[netip.Addr]string
+	notify func()
+}
+
+func newFakeLinks() *fakeLinks {
+	return &fakeLinks{links: map[string]bool{}, addrs: map[netip.Addr]string{}}
+}
+
+func (f *fakeLinks) Addresses() (map[netip.Addr]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[netip.Addr]string{}
+	for k, v := range f.addrs {
+		out[k] = v
+	}
+	return out, nil
+}
+
+func (f *fakeLinks) LinkExists(name string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.links[name], nil
+}
+
+func (f *fakeLinks) AddLink(name string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.links[name] = true
+	return "bridge", nil
+}
+
+func (f *fakeLinks) DeleteLink(name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.links, name)
+	for ip, l := range f.addrs {
+		if l == name {
+			delete(f.addrs, ip)
+		}
+	}
+	return nil
+}
+
+func (f *fakeLinks) AddAddress(link string, ip netip.Addr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.links[link] {
+		return errNotFound
+	}
+	f.addrs[ip] = link
+	return nil
+}
+
+func (f *fakeLinks) DeleteAddress(link string, ip netip.Addr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.addrs[ip] == link {
+		delete(f.addrs, ip)
+	}
+	return nil
+}
+
+func (f *fakeLinks) Watch(stop <-chan struct{}, notify func()) error {
+	f.notify = notify
+	return nil
+}
+
+// fakeTables is RuleTables in memory; List prints like `iptables -S`.
+type fakeTables struct {
+	mu      sync.Mutex
+	rules   []Rule
+	lists   int
+	inserts int
+}
+
+func (f *fakeTables) List(table string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lists++
+	var b strings.Builder
+	for _, r := range f.rules {
+		if r.Table == table {
+			b.WriteString(strings.TrimPrefix(r.String(), "-t "+table+" ") + "\n")
+		}
+	}
+	return b.String(), nil
+}
+
+func (f *fakeTables) Insert(r Rule) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.inserts++
+	f.rules = append([]Rule{r}, f.rules...)
+	return nil
+}
+
+func (f *fakeTables) Delete(r Rule) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, x := range f.rules {
+		if x.key() == r.key() {
+			f.rules = append(f.rules[:i], f.rules[i+1:]...)
+			return nil
+		}
+	}
+	return errNotFound
+}
+
+func (f *fakeTables) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.rules)
+}

@@ -1,0 +1,128 @@
+package nodelocal
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+
+	"github.com/coreos/go-iptables/iptables"
+)
+
+// Backend is the iptables backend rules are written to.
+type Backend string
+
+const (
+	BackendAuto   Backend = "auto"
+	BackendLegacy Backend = "legacy"
+	BackendNFT    Backend = "nft"
+	BackendOff    Backend = "off"
+)
+
+// RuleTables reads and changes the rules of one IP family.
+type RuleTables interface {
+	// List returns `iptables -t TABLE -S`: one process per table.
+	List(table string) (string, error)
+	Insert(r Rule) error
+	Delete(r Rule) error
+}
+
+// lockWaitSeconds bounds how long one iptables call waits for the xtables lock.
+const lockWaitSeconds = 5
+
+// binaryName is the iptables command of a backend and family.
+func binaryName(b Backend, f Family) string {
+	name := "iptables"
+	if f == IPv6 {
+		name = "ip6tables"
+	}
+	return name + "-" + string(b)
+}
+
+// iptablesCmd runs one iptables binary: go-iptables for changes (it waits for
+// the xtables lock), a plain listing of a whole table for checks.
+type iptablesCmd struct {
+	path string
+	ipt  *iptables.IPTables
+}
+
+func newIPTablesCmd(b Backend, f Family) (*iptablesCmd, error) {
+	name := binaryName(b, f)
+	path, err := exec.LookPath(name)
+	if err != nil {
+		return nil, fmt.Errorf("iptables binary %s not found in PATH: install the iptables package (both backends), or set `iptables off`", name)
+	}
+	proto := iptables.ProtocolIPv4
+	if f == IPv6 {
+		proto = iptables.ProtocolIPv6
+	}
+	ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Path(path), iptables.Timeout(lockWaitSeconds))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &iptablesCmd{path: path, ipt: ipt}, nil
+}
+
+func (c *iptablesCmd) List(table string) (string, error) {
+	cmd := exec.Command(c.path, "-w", fmt.Sprint(lockWaitSeconds), "-t", table, "-S")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("%s -t %s -S: %v: %s", c.path, table, err, strings.TrimSpace(stderr.String()))
+	}
+	return string(out), nil
+}
+
+func (c *iptablesCmd) Insert(r Rule) error { return c.ipt.Insert(r.Table, r.Chain, 1, r.Args...) }
+func (c *iptablesCmd) Delete(r Rule) error { return c.ipt.Delete(r.Table, r.Chain, r.Args...) }
+
+// isLockError tells xtables lock contention from other iptables failures.
+func isLockError(err error) bool {
+	var e *iptables.Error
+	msg := err.Error()
+	if errors.As(err, &e) {
+		msg = e.Error()
+	}
+	return strings.Contains(msg, "xtables lock") || strings.Contains(msg, "Resource temporarily unavailable")
+}
+
+// kubeHintChains are created by kubelet and kube-proxy in the backend the node
+// uses; kube's iptables-wrapper looks for the same ones.
+var kubeHintChains = []string{"-N KUBE-IPTABLES-HINT", "-N KUBE-KUBELET-CANARY"}
+
+// DetectBackend picks the backend the node's kube rules live in: the one
+// holding kubelet's hint chains (nft first), else the one with more nat rules,
+// else nft. list returns `iptables-BACKEND -t TABLE -S`, or an error when that
+// backend is unusable.
+func DetectBackend(list func(b Backend, table string) (string, error)) Backend {
+	for _, b := range []Backend{BackendNFT, BackendLegacy} {
+		out, err := list(b, "mangle")
+		if err != nil {
+			continue
+		}
+		for _, hint := range kubeHintChains {
+			if strings.Contains(out, hint) {
+				return b
+			}
+		}
+	}
+	count := func(b Backend) int {
+		out, err := list(b, "nat")
+		if err != nil {
+			return -1
+		}
+		return strings.Count(out, "\n-A ")
+	}
+	if count(BackendLegacy) > count(BackendNFT) {
+		return BackendLegacy
+	}
+	return BackendNFT
+}
+
+// listWithBinary is DetectBackend's listing on a real node.
+func listWithBinary(b Backend, table string) (string, error) {
+	out, err := exec.Command(binaryName(b, IPv4), "-w", fmt.Sprint(lockWaitSeconds), "-t", table, "-S").Output()
+	return "\n" + string(out), err
+}

@@ -1,0 +1,415 @@
+package nodelocal
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// manager owns the node's interception state for the whole process. CoreDNS
+// runs setup once per server block and again on every reload, so every entry
+// point is idempotent and the state lives here, not in plugin instances.
+type manager struct {
+	links     Links
+	newTables func(Backend, Family) (RuleTables, error)
+	detect    func() Backend
+	probe     func(netip.AddrPort) error
+
+	mu         sync.Mutex
+	cfg        *Config
+	backend    Backend // cfg.Backend with auto resolved
+	tables     map[Family]RuleTables
+	ownIPs     map[netip.Addr]bool   // addresses this process put on the interface
+	foreignIPs map[netip.Addr]string // listen addresses held by another link: left alone
+	listening  bool                  // the DNS listeners are up: rules may go in
+	linkMade   bool                  // the interface was in place once: a new one is a repair
+	rulesMade  map[Family]bool       // the rules were in place once: a new one is a repair
+	stop       chan struct{}         // closes the check loop; nil when not running
+	wake       chan struct{}
+
+	inPlace   atomic.Bool
+	answering atomic.Bool
+}
+
+func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), detect func() Backend, probe func(netip.AddrPort) error) *manager {
+	return &manager{
+		links: links, newTables: newTables, detect: detect, probe: probe,
+		ownIPs: map[netip.Addr]bool{}, foreignIPs: map[netip.Addr]string{}, rulesMade: map[Family]bool{},
+		wake: make(chan struct{}, 1),
+	}
+}
+
+// theManager is the process-wide manager of the real node.
+var theManager = newManager(netlinkLinks{},
+	func(b Backend, f Family) (RuleTables, error) { return newIPTablesCmd(b, f) },
+	func() Backend { return DetectBackend(listWithBinary) },
+	probeDNS)
+
+// Apply makes cfg the desired state and puts the interface in place at once,
+// so the listeners can bind its addresses. Rules follow once they listen.
+func (m *manager) Apply(cfg *Config) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !cfg.equal(m.cfg) {
+		if err := m.setConfig(cfg); err != nil {
+			return err
+		}
+	}
+	if err := m.ensureInterface(); err != nil {
+		return err
+	}
+	if m.listening {
+		m.ensureRules()
+	}
+	m.startLoop()
+	return nil
+}
+
+func (m *manager) setConfig(cfg *Config) error {
+	if cfg.Backend != m.cfgBackend() || m.tables == nil {
+		backend := cfg.Backend
+		if backend == BackendAuto {
+			backend = m.detect()
+			log.Infof("iptables backend: %s (auto-detected from where the node's kube rules live)", backend)
+		}
+		tables := map[Family]RuleTables{}
+		if backend != BackendOff {
+			for _, f := range cfg.Families() {
+				t, err := m.newTables(backend, f)
+				if err != nil {
+					return err
+				}
+				tables[f] = t
+			}
+		}
+		m.backend, m.tables = backend, tables
+	}
+	// Addresses of an earlier config that are no longer listened on.
+	if m.cfg != nil && m.cfg.ManageInterface {
+		for ip := range m.ownIPs {
+			if !slices.Contains(cfg.IPs(), ip) || cfg.Interface != m.cfg.Interface {
+				if err := m.links.DeleteAddress(m.cfg.Interface, ip); err != nil {
+					log.Warningf("Could not remove %s, no longer listened on: %v", ip, err)
+				}
+				delete(m.ownIPs, ip)
+			}
+		}
+	}
+	m.cfg = cfg
+	m.answering.Store(false)
+	return nil
+}
+
+func (m *manager) cfgBackend() Backend {
+	if m.cfg == nil {
+		return ""
+	}
+	return m.cfg.Backend
+}
+
+// ensureInterface creates the interface and adds the listen addresses that are
+// missing. An address another link holds (kube-ipvs0 in IPVS mode) is skipped.
+func (m *manager) ensureInterface() error {
+	cfg := m.cfg
+	if !cfg.ManageInterface {
+		return nil
+	}
+	exists, err := m.links.LinkExists(cfg.Interface)
+	if err != nil {
+		setupErrors.WithLabelValues(errInterfaceCheck).Inc()
+		return fmt.Errorf("check interface %s: %w", cfg.Interface, err)
+	}
+	if !exists {
+		kind, err := m.links.AddLink(cfg.Interface)
+		if err != nil {
+			setupErrors.WithLabelValues(errInterfaceAdd).Inc()
+			return err
+		}
+		if m.linkMade {
+			repairs.WithLabelValues(repairInterface).Inc()
+			log.Warningf("Interface %s was removed; created it again", cfg.Interface)
+		} else if kind != "dummy" {
+			log.Infof("Created interface %s as a %s: this kernel has no dummy link type; local delivery is the same", cfg.Interface, kind)
+		} else {
+			log.Infof("Created interface %s", cfg.Interface)
+		}
+	}
+	m.linkMade = true
+	addrs, err := m.links.Addresses()
+	if err != nil {
+		setupErrors.WithLabelValues(errInterfaceCheck).Inc()
+		return err
+	}
+	for _, ip := range cfg.IPs() {
+		owner := addrs[ip]
+		switch {
+		case owner == cfg.Interface:
+			m.ownIPs[ip] = true
+		case owner != "" && !m.ownIPs[ip]:
+			if m.foreignIPs[ip] != owner {
+				log.Warningf("%s is already on interface %s (kube-proxy IPVS mode puts Service IPs on kube-ipvs0): "+
+					"not adding it to %s and not intercepting it", ip, owner, cfg.Interface)
+			}
+			m.foreignIPs[ip] = owner
+		default:
+			if err := m.links.AddAddress(cfg.Interface, ip); err != nil {
+				setupErrors.WithLabelValues(errInterfaceAdd).Inc()
+				return err
+			}
+			if m.ownIPs[ip] {
+				repairs.WithLabelValues(repairAddress).Inc()
+				log.Warningf("Address %s was removed from %s; added it again", ip, cfg.Interface)
+			}
+			m.ownIPs[ip] = true
+			delete(m.foreignIPs, ip)
+		}
+	}
+	return nil
+}
+
+// interceptedListen is where rules go: every listen address but foreign ones.
+func (m *manager) interceptedListen() []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, ap := range m.cfg.Listen {
+		if _, foreign := m.foreignIPs[ap.Addr()]; !foreign {
+			out = append(out, ap)
+		}
+	}
+	return out
+}
+
+// ensureRules brings every family's tables to the desired rules with one
+// listing per table, adding what is missing and removing extra copies.
+// It reports whether all rules are in place.
+func (m *manager) ensureRules() bool {
+	desired := DesiredRules(m.interceptedListen(), m.cfg.HealthPort)
+	ok := true
+	for f, t := range m.tables {
+		if !m.syncRules(f, t, desired[f]) {
+			ok = false
+		}
+	}
+	return ok
+}
+
+// ruleTables are the tables the rule set lives in.
+var ruleTables = []string{"raw", "filter"}
+
+func (m *manager) syncRules(f Family, t RuleTables, desired []Rule) bool {
+	var listed []Rule
+	for _, table := range ruleTables {
+		out, err := t.List(table)
+		if err == nil {
+			var rs []Rule
+			rs, err = ParseListing(table, out)
+			listed = append(listed, rs...)
+		}
+		if err != nil {
+			m.iptablesError("list", err)
+			return false
+		}
+	}
+	changes := DiffRules(desired, listed)
+	ok := true
+	for _, r := range changes.Delete {
+		if err := t.Delete(r); err != nil {
+			m.iptablesError("delete "+r.String(), err)
+			ok = false
+			continue
+		}
+		log.Infof("Removed extra or stale rule: %s", r)
+		repairs.WithLabelValues(repairRule).Inc()
+	}
+	for _, r := range changes.Add {
+		if err := t.Insert(r); err != nil {
+			m.iptablesError("insert "+r.String(), err)
+			ok = false
+			continue
+		}
+		if m.rulesMade[f] {
+			log.Warningf("Rule was missing; added it again: %s", r)
+			repairs.WithLabelValues(repairRule).Inc()
+		}
+	}
+	if ok && len(desired) > 0 && !m.rulesMade[f] {
+		log.Infof("Installed %d IPv%d iptables rules (%s backend)", len(desired), f, m.backend)
+	}
+	m.rulesMade[f] = m.rulesMade[f] || ok
+	return ok
+}
+
+func (m *manager) iptablesError(what string, err error) {
+	kind := errIPTables
+	if isLockError(err) {
+		kind = errIPTablesLock
+	}
+	setupErrors.WithLabelValues(kind).Inc()
+	log.Errorf("iptables %s: %v", what, err)
+}
+
+// ListenersUp is called once the DNS servers listen: interception may start.
+func (m *manager) ListenersUp() {
+	m.mu.Lock()
+	if m.cfg == nil {
+		m.mu.Unlock()
+		return
+	}
+	m.listening = true
+	m.mu.Unlock()
+	m.check(true)
+}
+
+// check puts everything right; link events check only the interface, the
+// periodic check the rules too (they cost one iptables process per table).
+func (m *manager) check(withRules bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cfg == nil || m.stop == nil {
+		return // never applied, or torn down
+	}
+	ifaceOK := true
+	if err := m.ensureInterface(); err != nil {
+		log.Errorf("Interface check: %v", err)
+		ifaceOK = false
+	}
+	rulesOK := m.inPlace.Load() || !m.listening
+	if withRules && m.listening {
+		rulesOK = m.ensureRules()
+	}
+	inPlace := ifaceOK && rulesOK && m.listening
+	m.inPlace.Store(inPlace)
+	if inPlace {
+		interceptionActive.Set(1)
+	} else {
+		interceptionActive.Set(0)
+	}
+	if inPlace && !m.answering.Load() {
+		m.answering.Store(m.probeAll())
+	}
+}
+
+func (m *manager) probeAll() bool {
+	for _, ap := range m.interceptedListen() {
+		if err := m.probe(ap); err != nil {
+			log.Infof("Not ready yet: no answer on %s: %v", ap, err)
+			return false
+		}
+	}
+	return true
+}
+
+// probeDNS asks the cache on ap for the root NS; any answer means it serves there.
+func probeDNS(ap netip.AddrPort) error {
+	m := new(dns.Msg)
+	m.SetQuestion(".", dns.TypeNS)
+	c := &dns.Client{Net: "udp", Timeout: time.Second}
+	_, _, err := c.Exchange(m, net.JoinHostPort(ap.Addr().String(), fmt.Sprint(ap.Port())))
+	return err
+}
+
+// startLoop runs the checks: at once on link and address events, and every
+// CheckInterval for everything.
+func (m *manager) startLoop() {
+	if m.stop != nil {
+		return
+	}
+	stop := make(chan struct{})
+	m.stop = stop
+	if err := m.links.Watch(stop, m.notify); err != nil {
+		log.Warningf("No netlink events (%v): the interface is checked every %v only", err, m.cfg.CheckInterval)
+	}
+	go func() {
+		interval := m.interval()
+		ticker := time.NewTicker(interval)
+		defer ticker.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-m.wake:
+				m.check(false)
+			case <-ticker.C:
+				m.check(true)
+				if i := m.interval(); i != interval {
+					interval = i
+					ticker.Reset(i)
+				}
+			}
+		}
+	}()
+}
+
+func (m *manager) notify() {
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (m *manager) interval() time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cfg.CheckInterval
+}
+
+// Ready reports whether interception is in place and the cache answers on it.
+func (m *manager) Ready() bool { return m.inPlace.Load() && m.answering.Load() }
+
+// Shutdown stops the checks and, unless teardown is off, removes the rules
+// and then the interface, leaving the node as it was before the cache started.
+func (m *manager) Shutdown() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stop != nil {
+		close(m.stop)
+		m.stop = nil
+	}
+	m.inPlace.Store(false)
+	interceptionActive.Set(0)
+	if m.cfg == nil || !m.cfg.Teardown {
+		log.Infof("Teardown skipped: the interface and rules stay in place")
+		return
+	}
+	for f, t := range m.tables {
+		m.syncRules(f, t, nil) // no rule desired: every rule of ours goes
+	}
+	if m.cfg.ManageInterface {
+		m.removeInterface()
+	}
+	m.listening = false
+	log.Infof("Torn down: interception removed")
+}
+
+// removeInterface removes our addresses, and the interface itself unless
+// someone else's addresses are on it.
+func (m *manager) removeInterface() {
+	name := m.cfg.Interface
+	for ip := range m.ownIPs {
+		if err := m.links.DeleteAddress(name, ip); err != nil {
+			log.Errorf("Teardown: %v", err)
+		}
+		delete(m.ownIPs, ip)
+	}
+	addrs, err := m.links.Addresses()
+	if err != nil {
+		log.Errorf("Teardown: %v", err)
+		return
+	}
+	for ip, owner := range addrs {
+		// IPv6 link-local addresses are the kernel's own, not someone else's.
+		if owner == name && !(ip.Is6() && ip.IsLinkLocalUnicast()) {
+			log.Infof("Teardown: leaving interface %s in place, it holds %s which is not ours", name, ip)
+			return
+		}
+	}
+	if err := m.links.DeleteLink(name); err != nil {
+		log.Errorf("Teardown: delete interface %s: %v", name, err)
+	}
+	m.linkMade = false
+}

@@ -1,0 +1,199 @@
+package nodelocal
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// The comments upstream node-cache puts on its rules. Rules carrying them are
+// ours, whichever process installed them: they are adopted, deduplicated and
+// removed on teardown.
+const (
+	commentSkipConntrack = "NodeLocal DNS Cache: skip conntrack"
+	commentAllowTraffic  = "NodeLocal DNS Cache: allow DNS traffic"
+)
+
+// Family is an IP family; each has its own iptables binary.
+type Family int
+
+const (
+	IPv4 Family = 4
+	IPv6 Family = 6
+)
+
+func familyOf(ip netip.Addr) Family {
+	if ip.Is4() {
+		return IPv4
+	}
+	return IPv6
+}
+
+// Rule is one iptables rule in the canonical argument order of `iptables -S`,
+// so that listed and desired rules compare as plain strings.
+type Rule struct {
+	Table string
+	Chain string
+	Args  []string // the rule specification after -A CHAIN
+}
+
+func (r Rule) key() string { return r.Table + " " + r.Chain + " " + strings.Join(r.Args, "\x00") }
+
+func (r Rule) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "-t %s -A %s", r.Table, r.Chain)
+	for _, a := range r.Args {
+		if strings.ContainsAny(a, " \"") {
+			a = strconv.Quote(a)
+		}
+		b.WriteString(" " + a)
+	}
+	return b.String()
+}
+
+func (r Rule) isOurs() bool {
+	for i, a := range r.Args {
+		if a == "--comment" && i+1 < len(r.Args) {
+			return r.Args[i+1] == commentSkipConntrack || r.Args[i+1] == commentAllowTraffic
+		}
+	}
+	return false
+}
+
+// rule builds a rule in canonical order: address, protocol, port, extra
+// matches, comment, target.
+func rule(table, chain, addrFlag string, ip netip.Addr, proto, portFlag string, port int, target, comment string) Rule {
+	args := []string{addrFlag, netip.PrefixFrom(ip, ip.BitLen()).String(), "-p", proto, "-m", proto, portFlag, strconv.Itoa(port),
+		"-m", "comment", "--comment", comment, "-j", target}
+	return Rule{Table: table, Chain: chain, Args: args}
+}
+
+// DesiredRules is upstream node-cache's rule set for every listen address:
+// traffic to and from the cache skips conntrack (raw NOTRACK) and is accepted
+// by the filter table, for UDP and TCP, plus NOTRACK for the health port.
+func DesiredRules(listen []netip.AddrPort, healthPort int) map[Family][]Rule {
+	out := map[Family][]Rule{}
+	seenHealth := map[netip.Addr]bool{}
+	for _, ap := range listen {
+		ip, port := ap.Addr(), int(ap.Port())
+		var rs []Rule
+		for _, proto := range []string{"tcp", "udp"} {
+			rs = append(rs,
+				rule("raw", "PREROUTING", "-d", ip, proto, "--dport", port, "NOTRACK", commentSkipConntrack),
+				rule("filter", "INPUT", "-d", ip, proto, "--dport", port, "ACCEPT", commentAllowTraffic),
+				rule("raw", "OUTPUT", "-s", ip, proto, "--sport", port, "NOTRACK", commentSkipConntrack),
+				rule("filter", "OUTPUT", "-s", ip, proto, "--sport", port, "ACCEPT", commentAllowTraffic),
+				// hostNetwork clients' queries are generated locally
+				rule("raw", "OUTPUT", "-d", ip, proto, "--dport", port, "NOTRACK", commentSkipConntrack),
+			)
+		}
+		if healthPort > 0 && !seenHealth[ip] {
+			seenHealth[ip] = true
+			rs = append(rs,
+				rule("raw", "OUTPUT", "-d", ip, "tcp", "--dport", healthPort, "NOTRACK", commentSkipConntrack),
+				rule("raw", "OUTPUT", "-s", ip, "tcp", "--sport", healthPort, "NOTRACK", commentSkipConntrack),
+			)
+		}
+		f := familyOf(ip)
+		out[f] = append(out[f], rs...)
+	}
+	return out
+}
+
+// ParseListing reads the output of `iptables -t TABLE -S` into rules.
+func ParseListing(table, listing string) ([]Rule, error) {
+	var rules []Rule
+	for i, line := range strings.Split(listing, "\n") {
+		if !strings.HasPrefix(line, "-A ") {
+			continue // policies (-P), chains (-N), blank lines
+		}
+		args, err := splitArgs(line)
+		if err != nil {
+			return nil, fmt.Errorf("%s table listing, line %d: %w", table, i+1, err)
+		}
+		if len(args) < 2 || args[1] == "" {
+			return nil, fmt.Errorf("%s table listing, line %d: no chain in %q", table, i+1, line)
+		}
+		rules = append(rules, Rule{Table: table, Chain: args[1], Args: args[2:]})
+	}
+	return rules, nil
+}
+
+// splitArgs splits a line the way iptables quotes it: words separated by
+// spaces, double-quoted words with backslash escapes.
+func splitArgs(line string) ([]string, error) {
+	var args []string
+	var cur strings.Builder
+	inWord, inQuote := false, false
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case inQuote && c == '\\' && i+1 < len(line):
+			i++
+			cur.WriteByte(line[i])
+		case c == '"':
+			inQuote = !inQuote
+			inWord = true
+		case c == ' ' && !inQuote:
+			if inWord {
+				args = append(args, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		default:
+			cur.WriteByte(c)
+			inWord = true
+		}
+	}
+	if inQuote {
+		return nil, fmt.Errorf("unterminated quote in %q", line)
+	}
+	if inWord {
+		args = append(args, cur.String())
+	}
+	return args, nil
+}
+
+// RuleChanges is what brings a listed table to the desired rules.
+type RuleChanges struct {
+	Add    []Rule // missing desired rules
+	Delete []Rule // extra copies of desired rules, and our rules that are no longer desired
+}
+
+// DiffRules compares the desired rules of some tables with what is listed
+// there. Only rules carrying our comments are ever deleted.
+func DiffRules(desired, listed []Rule) RuleChanges {
+	var ch RuleChanges
+	want := map[string]bool{}
+	for _, r := range desired {
+		want[r.key()] = true
+	}
+	seen := map[string]int{}
+	for _, r := range listed {
+		k := r.key()
+		seen[k]++
+		if (want[k] && seen[k] > 1) || (!want[k] && r.isOurs()) {
+			ch.Delete = append(ch.Delete, r)
+		}
+	}
+	for _, r := range desired {
+		if seen[r.key()] == 0 {
+			ch.Add = append(ch.Add, r)
+			seen[r.key()] = 1 // a rule desired twice is added once
+		}
+	}
+	return ch
+}
+
+// tablesOf lists the tables some rules live in, in first-seen order.
+func tablesOf(rules []Rule) []string {
+	var tables []string
+	for _, r := range rules {
+		if !slices.Contains(tables, r.Table) {
+			tables = append(tables, r.Table)
+		}
+	}
+	return tables
+}
