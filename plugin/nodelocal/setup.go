@@ -38,11 +38,15 @@ func setup(c *caddy.Controller) error {
 			return plugin.Error(pluginName, err)
 		}
 		mgr := theManager
-		// After every block's setup, before the listeners open.
-		c.OnStartup(func() error {
+		apply := func() error {
 			forgetInstance(c)
 			return mgr.Apply(inst.merged())
-		})
+		}
+		// First start: after every block's setup and before any plugin's
+		// OnStartup, because health and ready listen on these IPs too.
+		c.OnFirstStartup(apply)
+		// Reloads (OnFirstStartup does not run): before the DNS listeners open.
+		c.OnStartup(apply)
 		// A failed reload leaves this instance serving: its config again.
 		c.OnRestartFailed(func() error { return mgr.Apply(inst.merged()) })
 		// On exit only, and after health's lameduck: nodelocal follows health in plugin.cfg.

@@ -138,6 +138,11 @@ func New(opts Options) (n *Node, err error) {
 	if err = n.KubeDNS.Run("ip", "route", "add", "198.18.0.0/15", "via", nodeToKubeDNS); err != nil {
 		return n, err
 	}
+	// The node's own route for Service IPs (a real node's default route); the
+	// DNAT picks the endpoint.
+	if err = n.Host.Run("ip", "route", "add", ServiceCIDR, "via", KubeDNSPodIP); err != nil {
+		return n, err
+	}
 	for i := 0; i < opts.Pods; i++ {
 		pod, err := n.addNetns(fmt.Sprintf("%spod%d", prefix, i))
 		if err != nil {
@@ -392,11 +397,11 @@ func MetricSum(body, name string) float64 {
 	return sum
 }
 
-// ConntrackEntries counts conntrack entries in the node netns towards ip:port.
-func (n *Node) ConntrackEntries(ip string, port int) (int, error) {
+// ConntrackEntries counts conntrack entries in the node netns from src to dst:port.
+func (n *Node) ConntrackEntries(src, dst string, port int) (int, error) {
 	count := 0
 	for _, proto := range []string{"udp", "tcp"} {
-		out, err := n.Host.Output("conntrack", "-L", "-p", proto, "--orig-dst", ip, "--orig-port-dst", strconv.Itoa(port))
+		out, err := n.Host.Output("conntrack", "-L", "-p", proto, "--orig-src", src, "--orig-dst", dst, "--orig-port-dst", strconv.Itoa(port))
 		if err != nil {
 			return 0, err
 		}
