@@ -256,4 +256,3 @@ func exitCode(err error) int {
 	}
 	return -1
 }
-
