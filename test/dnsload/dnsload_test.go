@@ -24,14 +24,7 @@ type testServer struct {
 
 func startServer(t *testing.T, s *testServer) {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc, l := listenPair(t)
 	s.addr = pc.LocalAddr().String()
 	handler := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		s.queries.Add(1)
@@ -57,6 +50,25 @@ func startServer(t *testing.T, s *testServer) {
 	go udp.ActivateAndServe()
 	go tcp.ActivateAndServe()
 	t.Cleanup(func() { udp.Shutdown(); tcp.Shutdown() })
+}
+
+// listenPair binds UDP and TCP on the same free loopback port; a port free for
+// UDP may be taken for TCP, so it tries a few.
+func listenPair(t *testing.T) (net.PacketConn, net.Listener) {
+	t.Helper()
+	for attempt := 0; attempt < 20; attempt++ {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, l
+		}
+		pc.Close()
+	}
+	t.Fatal("no loopback port free for both UDP and TCP")
+	return nil, nil
 }
 
 func TestRunCountsOutcomes(t *testing.T) {
