@@ -56,3 +56,7 @@ func init() {
 		repairs.WithLabelValues(k).Add(0)
 	}
 }
+
+// CountConfigError counts a Corefile template or kube-dns ConfigMap that
+// could not be used (the configmap error type).
+func CountConfigError() { setupErrors.WithLabelValues(errConfigMap).Inc() }

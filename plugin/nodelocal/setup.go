@@ -48,7 +48,11 @@ func setup(c *caddy.Controller) error {
 		// Reloads (OnFirstStartup does not run): before the DNS listeners open.
 		c.OnStartup(apply)
 		// A failed reload leaves this instance serving: its config again.
-		c.OnRestartFailed(func() error { return mgr.Apply(inst.merged()) })
+		c.OnRestartFailed(func() error {
+			CountConfigError()
+			log.Errorf("The new Corefile was rejected; the previous configuration keeps serving")
+			return mgr.Apply(inst.merged())
+		})
 		// On exit only, and after health's lameduck: nodelocal follows health in plugin.cfg.
 		c.OnFinalShutdown(func() error { mgr.Shutdown(); return nil })
 		registerListenHook()

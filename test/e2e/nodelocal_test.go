@@ -48,7 +48,7 @@ func TestNodeCacheIntercepts(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(string(tc.mode)+"/"+string(tc.backend), func(t *testing.T) {
 			node := harness.NewNode(t, harness.Options{Mode: tc.mode, Backend: tc.backend})
-			if _, err := node.StartNodeCache("node-cache", mustCorefile(t, node, "")); err != nil {
+			if _, err := node.StartNodeCache("node-cache", mustTemplate(t, node, "")); err != nil {
 				t.Fatal(err)
 			}
 			rules, err := node.NodeLocalRules()
@@ -104,7 +104,7 @@ func TestNodeCacheIntercepts(t *testing.T) {
 // TestSelfHealing measures how fast a deleted interface and flushed rules come back.
 func TestSelfHealing(t *testing.T) {
 	node := harness.NewNode(t, harness.Options{})
-	if _, err := node.StartNodeCache("node-cache", mustCorefile(t, node, "check_interval 1s")); err != nil {
+	if _, err := node.StartNodeCache("node-cache", mustTemplate(t, node, "check_interval 1s")); err != nil {
 		t.Fatal(err)
 	}
 	mustQuery(t, node, "udp", harness.LocalIP, harness.WebSvc)
@@ -175,7 +175,7 @@ func TestAdoptsUpstreamState(t *testing.T) {
 			}
 		}
 	}
-	if _, err := node.StartNodeCache("node-cache", mustCorefile(t, node, "")); err != nil {
+	if _, err := node.StartNodeCache("node-cache", mustTemplate(t, node, "")); err != nil {
 		t.Fatal(err)
 	}
 	rules, err := node.NodeLocalRules()
@@ -199,7 +199,7 @@ func TestAdoptsUpstreamState(t *testing.T) {
 // and the ClusterIP falls back to kube-dns.
 func TestGracefulStopRestoresNode(t *testing.T) {
 	node := harness.NewNode(t, harness.Options{})
-	p, err := node.StartNodeCache("node-cache", mustCorefile(t, node, ""))
+	p, err := node.StartNodeCache("node-cache", mustTemplate(t, node, ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,15 +226,7 @@ func TestGracefulStopRestoresNode(t *testing.T) {
 // non-zero before serving, naming the capability and the fix.
 func TestMissingCapabilityFailsClearly(t *testing.T) {
 	node := harness.NewNode(t, harness.Options{})
-	bin, err := harness.Binary("node-cache")
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf := node.Dir + "/nocap.Corefile"
-	if err := writeFile(conf, mustCorefile(t, node, "")); err != nil {
-		t.Fatal(err)
-	}
-	p, err := node.Start(node.Host, "nocap", []string{"setpriv", "--bounding-set", "-net_admin", "--inh-caps", "-net_admin", bin, "-conf", conf})
+	p, err := node.StartNodeCacheProcess("nocap", mustTemplate(t, node, ""), []string{"setpriv", "--bounding-set", "-net_admin", "--inh-caps", "-net_admin"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,15 +2,12 @@ package e2e
 
 import (
 	"errors"
-	"os"
 	"os/exec"
 	"syscall"
 	"testing"
 
 	"github.com/nodelocal/nodelocal/test/harness"
 )
-
-func writeFile(path, content string) error { return os.WriteFile(path, []byte(content), 0o644) }
 
 func errAsWaitStatus(err error) (syscall.WaitStatus, bool) {
 	var ee *exec.ExitError
@@ -21,9 +18,9 @@ func errAsWaitStatus(err error) (syscall.WaitStatus, bool) {
 	return 0, false
 }
 
-func mustCorefile(t *testing.T, node *harness.Node, nodelocalOptions string) string {
+func mustTemplate(t *testing.T, node *harness.Node, nodelocalOptions string) string {
 	t.Helper()
-	corefile, err := node.NodeCacheCorefile(nodelocalOptions)
+	corefile, err := node.NodeCacheTemplate(nodelocalOptions)
 	if err != nil {
 		t.Fatal(err)
 	}

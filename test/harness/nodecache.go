@@ -15,11 +15,9 @@ const (
 	NodeCacheReady   = LocalIP + ":8181"
 )
 
-// NodeCacheCorefile renders the repository's corefile.tmpl for this node:
-// the cache forwards to the simulated kube-dns, and in IPVS mode it listens on
-// the link-local IP only, as upstream documents. nodelocalOptions, if any,
-// become the block of every nodelocal directive.
-func (n *Node) NodeCacheCorefile(nodelocalOptions string) (string, error) {
+// NodeCacheTemplate is the repository's corefile.tmpl; nodelocalOptions, if
+// any, become the block of every nodelocal directive.
+func (n *Node) NodeCacheTemplate(nodelocalOptions string) (string, error) {
 	root, err := RepoRoot()
 	if err != nil {
 		return "", err
@@ -28,18 +26,7 @@ func (n *Node) NodeCacheCorefile(nodelocalOptions string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	dnsServer := ClusterIP
-	if n.Opts.Mode == ModeIPVS {
-		dnsServer = ""
-	}
-	corefile := strings.NewReplacer(
-		"__PILLAR__DNS__DOMAIN__", "cluster.local",
-		"__PILLAR__LOCAL__DNS__", LocalIP,
-		"__PILLAR__DNS__SERVER__", dnsServer,
-		"__PILLAR__CLUSTER__DNS__", UpstreamIP,
-		"__PILLAR__UPSTREAM__SERVERS__", UpstreamIP,
-		"__PILLAR__PROMETHEUS__ENDPOINT__", NodeCacheMetrics,
-	).Replace(string(tmpl))
+	corefile := string(tmpl)
 	if nodelocalOptions != "" {
 		block := "    nodelocal {\n        " + strings.ReplaceAll(strings.TrimSpace(nodelocalOptions), "\n", "\n        ") + "\n    }\n"
 		corefile = strings.ReplaceAll(corefile, "    nodelocal\n", block)
@@ -47,18 +34,29 @@ func (n *Node) NodeCacheCorefile(nodelocalOptions string) (string, error) {
 	return corefile, nil
 }
 
-// StartNodeCache writes corefile and runs node-cache with it in the node netns.
-// It returns once the cache reports ready, or an error with its log.
-func (n *Node) StartNodeCache(name, corefile string, args ...string) (*Process, error) {
-	bin, err := Binary("node-cache")
-	if err != nil {
+// NodeCacheArgs are the flags that fit node-cache to this node, as the
+// DaemonSet's would: its IPs, the Service IPs, and a resolv.conf that names
+// the simulated kube-dns (never the machine's).
+func (n *Node) NodeCacheArgs() ([]string, error) {
+	resolv := filepath.Join(n.Dir, "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver "+UpstreamIP+"\n"), 0o644); err != nil {
 		return nil, err
 	}
-	conf := filepath.Join(n.Dir, name+".Corefile")
-	if err := os.WriteFile(conf, []byte(corefile), 0o644); err != nil {
-		return nil, err
-	}
-	p, err := n.Start(n.Host, name, append([]string{bin, "-conf", conf}, args...))
+	return []string{
+		"-localip", LocalIP + "," + ClusterIP,
+		"-dnssvc", ClusterIP,
+		"-upstreamsvc", UpstreamIP,
+		"-resolvconf", resolv,
+		"-kubednscm", filepath.Join(n.Dir, "kube-dns-configmap"),
+		"-ipvs", fmt.Sprint(n.Opts.Mode == ModeIPVS),
+	}, nil
+}
+
+// StartNodeCache runs node-cache in the node netns with template as its
+// -basecorefile and the node's args (then args). It returns once the cache
+// reports ready, or an error with its log.
+func (n *Node) StartNodeCache(name, template string, args ...string) (*Process, error) {
+	p, err := n.StartNodeCacheProcess(name, template, nil, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -66,6 +64,25 @@ func (n *Node) StartNodeCache(name, corefile string, args ...string) (*Process, 
 		return p, fmt.Errorf("%w\n--- %s log:\n%s", err, name, tail(p.Log(), 40))
 	}
 	return p, nil
+}
+
+// StartNodeCacheProcess starts node-cache without waiting, with wrapper (for
+// example setpriv and its arguments) in front of it.
+func (n *Node) StartNodeCacheProcess(name, template string, wrapper []string, args ...string) (*Process, error) {
+	bin, err := Binary("node-cache")
+	if err != nil {
+		return nil, err
+	}
+	tmpl := filepath.Join(n.Dir, name+".Corefile.tmpl")
+	if err := os.WriteFile(tmpl, []byte(template), 0o644); err != nil {
+		return nil, err
+	}
+	nodeArgs, err := n.NodeCacheArgs()
+	if err != nil {
+		return nil, err
+	}
+	argv := append(append(append(wrapper, bin, "-basecorefile", tmpl), nodeArgs...), args...)
+	return n.Start(n.Host, name, argv)
 }
 
 // WaitReady polls node-cache's /ready until it answers 200.

@@ -64,8 +64,8 @@ func run(bin string, mode harness.ProxyMode, backend harness.Backend) error {
 		node.Host.Name, harness.ClusterIP, harness.UpstreamIP, harness.KubeDNSPodIP)
 	show("pod netns %s (%s), kube-dns netns %s (stock CoreDNS)", node.Pods[0].Name, harness.PodIP(0), node.KubeDNS.Name)
 
-	step("Starting node-cache with the repository's corefile.tmpl")
-	corefile, err := node.NodeCacheCorefile("")
+	step("Starting node-cache with the repository's corefile.tmpl, rendered by node-cache itself")
+	corefile, err := node.NodeCacheTemplate("")
 	if err != nil {
 		return err
 	}

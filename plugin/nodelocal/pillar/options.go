@@ -1,0 +1,237 @@
+package pillar
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Options are node-cache's command-line flags: upstream node-cache's, so its
+// DaemonSet args work unchanged, plus a few of ours.
+type Options struct {
+	LocalIPs          string // -localip
+	BaseCorefile      string // -basecorefile: the template
+	Corefile          string // -corefile (and upstream's -conf): where the rendered Corefile is written
+	KubeDNSConfigDir  string // -kubednscm
+	UpstreamSvc       string // -upstreamsvc: Service name (its env variable) or IP
+	DNSSvc            string // -dnssvc: the intercepted kube-dns Service, name or IP
+	Domain            string // -dnsdomain
+	ResolvConf        string // -resolvconf
+	IPVS              string // -ipvs auto|true|false
+	PrometheusAddress string // -prometheus-listen-address
+	SetupInterface    bool
+	SetupIPTables     bool
+	InterfaceName     string
+	SyncInterval      string
+	HealthPort        int
+	SkipTeardown      bool
+	Render            bool // -render: print the rendered Corefile and exit
+	MetricsListenAddr string
+	ReloadWithSignal  bool
+}
+
+// Default paths, as upstream's manifest mounts them.
+const (
+	DefaultBaseCorefile = "/etc/coredns/Corefile.base"
+	DefaultLocalIP      = "169.254.20.10"
+	DefaultDomain       = "cluster.local"
+)
+
+// RegisterFlags defines the flags on fs (CoreDNS's own -conf, -pidfile and
+// -dns.port stay CoreDNS's).
+func RegisterFlags(fs *flag.FlagSet) *Options {
+	o := &Options{}
+	fs.StringVar(&o.LocalIPs, "localip", DefaultLocalIP, "comma-separated IPs to listen on and intercept: the link-local IP, and the kube-dns ClusterIP in iptables mode")
+	fs.StringVar(&o.BaseCorefile, "basecorefile", DefaultBaseCorefile, "Corefile template with __PILLAR__ placeholders (default: this file if it exists, else the built-in template)")
+	fs.StringVar(&o.Corefile, "corefile", "", "where to write the rendered Corefile, for inspection (upstream's -conf means the same)")
+	fs.StringVar(&o.KubeDNSConfigDir, "kubednscm", "", "directory of the mounted kube-dns ConfigMap (default "+DefaultKubeDNSDir+" if it exists)")
+	fs.StringVar(&o.UpstreamSvc, "upstreamsvc", "kube-dns", "Service whose ClusterIP gets cluster-domain misses: a name (read from its <NAME>_SERVICE_HOST variable) or an IP")
+	fs.StringVar(&o.DNSSvc, "dnssvc", "kube-dns", "the kube-dns Service whose ClusterIP is intercepted: a name (its <NAME>_SERVICE_HOST variable) or an IP")
+	fs.StringVar(&o.Domain, "dnsdomain", DefaultDomain, "cluster domain")
+	fs.StringVar(&o.ResolvConf, "resolvconf", "/etc/resolv.conf", "resolv.conf whose nameservers get non-cluster names, unless the kube-dns ConfigMap sets upstreamNameservers")
+	fs.StringVar(&o.IPVS, "ipvs", "auto", "kube-proxy IPVS mode: true, false, or auto (kube-ipvs0 exists); in IPVS mode the ClusterIP is not bound")
+	fs.StringVar(&o.PrometheusAddress, "prometheus-listen-address", "", "metrics address for __PILLAR__PROMETHEUS__ENDPOINT__ (default: the first local IP, port 9253)")
+	fs.BoolVar(&o.SetupInterface, "setupinterface", true, "manage the interface (when the Corefile has no nodelocal directive)")
+	fs.BoolVar(&o.SetupIPTables, "setupiptables", true, "manage the iptables rules (when the Corefile has no nodelocal directive)")
+	fs.StringVar(&o.InterfaceName, "interfacename", "nodelocaldns", "interface name (when the Corefile has no nodelocal directive)")
+	fs.StringVar(&o.SyncInterval, "syncinterval", "5s", "how often the rules are checked: a duration, or seconds as upstream (when the Corefile has no nodelocal directive)")
+	fs.IntVar(&o.HealthPort, "health-port", 8080, "health port exempted from conntrack (when the Corefile has no nodelocal directive)")
+	fs.BoolVar(&o.SkipTeardown, "skipteardown", false, "leave the interface and rules in place on exit (when the Corefile has no nodelocal directive)")
+	fs.BoolVar(&o.Render, "render", false, "print the rendered Corefile and exit: 0 when it renders and parses, else 1 with the reason")
+	fs.StringVar(&o.MetricsListenAddr, "metrics-listen-address", "", "accepted for compatibility: setup-error metrics are served with all others by the prometheus plugin")
+	fs.BoolVar(&o.ReloadWithSignal, "reloadwithsignal", false, "accepted for compatibility: the reload plugin picks up changes (SIGUSR1 would stop it, coredns#6263)")
+	return o
+}
+
+// Environment abstracts the process environment for tests.
+type Environment struct {
+	Getenv   func(string) string
+	ReadFile func(string) ([]byte, error)
+	HasIPVS  func() bool // kube-ipvs0 exists
+	Template []byte      // the built-in template
+	ConfPath string      // CoreDNS's -conf, taken over from coremain
+	Explicit map[string]bool
+}
+
+// SystemEnvironment is the real process environment.
+func SystemEnvironment(builtin []byte, confPath string, explicit map[string]bool) *Environment {
+	return &Environment{
+		Getenv:   os.Getenv,
+		ReadFile: os.ReadFile,
+		HasIPVS: func() bool {
+			_, err := net.InterfaceByName("kube-ipvs0")
+			return err == nil
+		},
+		Template: builtin,
+		ConfPath: confPath,
+		Explicit: explicit,
+	}
+}
+
+// template returns the template and the path errors should name: an explicit
+// -basecorefile, else the default one if present, else CoreDNS's -conf file
+// rendered in place, else the built-in template.
+func (o *Options) template(env *Environment) ([]byte, string, error) {
+	if env.Explicit["basecorefile"] {
+		b, err := env.ReadFile(o.BaseCorefile)
+		return b, o.BaseCorefile, err
+	}
+	if b, err := env.ReadFile(o.BaseCorefile); err == nil {
+		return b, o.BaseCorefile, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, o.BaseCorefile, err
+	}
+	if env.ConfPath != "" && !env.Explicit["corefile"] {
+		// CoreDNS style: -conf names the Corefile itself, placeholders or not.
+		if b, err := env.ReadFile(env.ConfPath); err == nil || !errors.Is(err, fs.ErrNotExist) {
+			return b, env.ConfPath, err
+		}
+	}
+	return env.Template, "corefile.tmpl (built in)", nil
+}
+
+// OutputPath is where the rendered Corefile is written, or "".
+func (o *Options) OutputPath(env *Environment) string {
+	if o.Corefile != "" {
+		return o.Corefile
+	}
+	if _, path, err := o.template(env); err == nil && path != env.ConfPath {
+		return env.ConfPath // upstream: -conf is the rendered file
+	}
+	return ""
+}
+
+// Values resolves the placeholders' values from the flags and the environment.
+func (o *Options) Values(env *Environment) (*Values, error) {
+	v := &Values{Domain: o.Domain, Port: 53}
+	clusterDNS, err := serviceIP(env, "-upstreamsvc", o.UpstreamSvc)
+	if err != nil {
+		return nil, err
+	}
+	v.ClusterDNS = clusterDNS
+	ipvs := o.IPVS == "true" || o.IPVS == "auto" && env.HasIPVS()
+	if o.IPVS != "true" && o.IPVS != "false" && o.IPVS != "auto" {
+		return nil, fmt.Errorf("-ipvs %q: want true, false or auto", o.IPVS)
+	}
+	// The kube-dns ClusterIP: from -dnssvc; missing is fine (upstream's
+	// manifest puts it in -localip instead).
+	dnsServer, _ := serviceIP(env, "-dnssvc", o.DNSSvc)
+	for _, s := range strings.Split(o.LocalIPs, ",") {
+		s = strings.TrimSpace(s)
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("-localip: %q is not an IP address", s)
+		}
+		if ip == dnsServer {
+			continue // it is __PILLAR__DNS__SERVER__
+		}
+		v.LocalIPs = append(v.LocalIPs, ip)
+	}
+	if len(v.LocalIPs) == 0 {
+		return nil, fmt.Errorf("-localip %q: no IP besides the kube-dns ClusterIP: the link-local IP comes first, such as 169.254.20.10", o.LocalIPs)
+	}
+	if !ipvs {
+		v.DNSServer = dnsServer
+	}
+	v.PrometheusEndpoint = o.PrometheusAddress
+	if v.PrometheusEndpoint == "" {
+		v.PrometheusEndpoint = hostPort(v.LocalIPs[0], ":9253")
+	}
+	resolv, err := env.ReadFile(o.ResolvConf)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("read %s: %w", o.ResolvConf, err)
+	}
+	v.Upstreams = ResolvConfServers(resolv)
+	if v.NodeLocal, err = o.nodeLocalDirective(); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// serviceIP reads a Service's ClusterIP: an IP as given, or a name through the
+// <NAME>_SERVICE_HOST variable Kubernetes sets in pods of its namespace.
+func serviceIP(env *Environment, flagName, svc string) (netip.Addr, error) {
+	if ip, err := netip.ParseAddr(svc); err == nil {
+		return ip, nil
+	}
+	name := strings.ToUpper(strings.ReplaceAll(svc, "-", "_")) + "_SERVICE_HOST"
+	value := env.Getenv(name)
+	if value == "" {
+		return netip.Addr{}, fmt.Errorf("%s %q: $%s is not set (is node-cache in the Service's namespace?): give the Service's IP instead", flagName, svc, name)
+	}
+	ip, err := netip.ParseAddr(value)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("%s %q: $%s=%q is not an IP address", flagName, svc, name, value)
+	}
+	return ip, nil
+}
+
+// nodeLocalDirective is the directive the flags describe, for a Corefile
+// without one.
+func (o *Options) nodeLocalDirective() (string, error) {
+	var opts []string
+	if o.InterfaceName != "nodelocaldns" {
+		if !isDomain(o.InterfaceName) || len(o.InterfaceName) > 15 {
+			return "", fmt.Errorf("-interfacename %q is not a valid interface name", o.InterfaceName)
+		}
+		opts = append(opts, "interface "+o.InterfaceName)
+	}
+	if !o.SetupInterface {
+		opts = append(opts, "no_interface")
+	}
+	if !o.SetupIPTables {
+		opts = append(opts, "iptables off")
+	}
+	interval, err := parseInterval(o.SyncInterval)
+	if err != nil {
+		return "", err
+	}
+	opts = append(opts, "check_interval "+interval.String())
+	if o.HealthPort < 0 || o.HealthPort > 65535 {
+		return "", fmt.Errorf("-health-port %d is not a port", o.HealthPort)
+	}
+	opts = append(opts, "health_port "+strconv.Itoa(o.HealthPort))
+	if o.SkipTeardown {
+		opts = append(opts, "skip_teardown")
+	}
+	return "nodelocal {\n    " + strings.Join(opts, "\n    ") + "\n}", nil
+}
+
+// parseInterval takes a duration, or a number of seconds as upstream's flag.
+func parseInterval(s string) (time.Duration, error) {
+	if n, err := strconv.Atoi(s); err == nil && n > 0 {
+		return time.Duration(n) * time.Second, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("-syncinterval %q: want a duration such as 5s, or seconds", s)
+	}
+	return d, nil
+}
