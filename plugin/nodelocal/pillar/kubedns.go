@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -21,12 +20,13 @@ type KubeDNSConfig struct {
 // DefaultKubeDNSDir is where upstream's manifest mounts the ConfigMap.
 const DefaultKubeDNSDir = "/etc/kube-dns"
 
-// ReadKubeDNSConfig reads the ConfigMap directory. A missing directory or key
-// is an empty config (the ConfigMap is optional); bad content is an error.
-func ReadKubeDNSConfig(dir string) (*KubeDNSConfig, error) {
+// ReadKubeDNSConfig reads the ConfigMap directory with readFile. A missing
+// directory or key is an empty config (the ConfigMap is optional); bad content
+// is an error.
+func ReadKubeDNSConfig(readFile func(string) ([]byte, error), dir string) (*KubeDNSConfig, error) {
 	cfg := &KubeDNSConfig{}
 	read := func(key string) ([]byte, error) {
-		b, err := os.ReadFile(filepath.Join(dir, key))
+		b, err := readFile(filepath.Join(dir, key))
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, nil
 		}

@@ -44,15 +44,11 @@ func (l *Loader) Render() ([]byte, string, error) {
 	}
 	dir := l.Options.KubeDNSConfigDir
 	if dir == "" {
-		if _, err := os.Stat(DefaultKubeDNSDir); err == nil {
-			dir = DefaultKubeDNSDir
-		}
+		dir = DefaultKubeDNSDir
 	}
-	var kubeDNS *KubeDNSConfig
-	if dir != "" {
-		if kubeDNS, err = ReadKubeDNSConfig(dir); err != nil {
-			return nil, path, err
-		}
+	kubeDNS, err := ReadKubeDNSConfig(l.Env.ReadFile, dir)
+	if err != nil {
+		return nil, path, err
 	}
 	out, err := Render(tmpl, v, kubeDNS)
 	if err != nil {

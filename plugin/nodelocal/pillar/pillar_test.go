@@ -1,0 +1,313 @@
+package pillar
+
+import (
+	"errors"
+	"flag"
+	"io/fs"
+	"strings"
+	"testing"
+
+	"github.com/coredns/coredns/core/dnsserver"
+	clog "github.com/coredns/coredns/plugin/pkg/log"
+
+	nodelocalroot "github.com/nodelocal/nodelocal"
+)
+
+func init() {
+	clog.Discard()
+	// node-cache's directive list has nodelocal; CoreDNS's default does not.
+	dnsserver.Directives = append(dnsserver.Directives, "nodelocal")
+}
+
+// upstreamCorefile is upstream node-cache's ConfigMap Corefile, as its
+// manifest ships it after the deploy-time sed: no nodelocal directive.
+const upstreamCorefile = `cluster.local:53 {
+    errors
+    cache {
+            success 9984 30
+            denial 9984 5
+    }
+    reload
+    loop
+    bind 169.254.20.10 198.18.0.10
+    forward . __PILLAR__CLUSTER__DNS__ {
+            force_tcp
+    }
+    prometheus :9253
+    health 169.254.20.10:8080
+    }
+.:53 {
+    errors
+    cache 30
+    reload
+    loop
+    bind 169.254.20.10 198.18.0.10
+    forward . __PILLAR__UPSTREAM__SERVERS__
+    prometheus :9253
+    }
+`
+
+type fakeEnv struct {
+	vars  map[string]string
+	files map[string]string
+	ipvs  bool
+	conf  string
+	flags []string
+}
+
+func (f fakeEnv) build(t *testing.T) (*Options, *Environment) {
+	t.Helper()
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	o := RegisterFlags(fs)
+	if err := fs.Parse(f.flags); err != nil {
+		t.Fatal(err)
+	}
+	explicit := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { explicit[fl.Name] = true })
+	env := &Environment{
+		Getenv: func(k string) string { return f.vars[k] },
+		ReadFile: func(p string) ([]byte, error) {
+			if c, ok := f.files[p]; ok {
+				return []byte(c), nil
+			}
+			return nil, &fsPathError{p}
+		},
+		HasIPVS:  func() bool { return f.ipvs },
+		Template: nodelocalroot.CorefileTemplate,
+		ConfPath: f.conf,
+		Explicit: explicit,
+	}
+	return o, env
+}
+
+type fsPathError struct{ path string }
+
+func (e *fsPathError) Error() string { return "open " + e.path + ": no such file or directory" }
+func (e *fsPathError) Is(target error) bool { return target == fs.ErrNotExist }
+
+var kubeSystemEnv = map[string]string{
+	"KUBE_DNS_SERVICE_HOST":          "198.18.0.10",
+	"KUBE_DNS_UPSTREAM_SERVICE_HOST": "198.18.0.11",
+}
+
+var resolv = map[string]string{"/etc/resolv.conf": "search svc.cluster.local\nnameserver 198.18.9.1\nnameserver 198.18.9.2\noptions ndots:5\n"}
+
+func render(t *testing.T, env fakeEnv) (string, error) {
+	t.Helper()
+	o, e := env.build(t)
+	l := &Loader{Options: o, Env: e}
+	out, _, err := l.Render()
+	return string(out), err
+}
+
+func TestRender(t *testing.T) {
+	withFiles := func(extra map[string]string) map[string]string {
+		m := map[string]string{}
+		for k, v := range resolv {
+			m[k] = v
+		}
+		for k, v := range extra {
+			m[k] = v
+		}
+		return m
+	}
+	tests := []struct {
+		name     string
+		env      fakeEnv
+		want     []string // substrings of the output
+		wantNot  []string
+		wantErr  string
+	}{
+		{
+			name: "built-in template, iptables mode, upstream's DaemonSet args",
+			env: fakeEnv{vars: kubeSystemEnv, files: resolv,
+				flags: []string{"-localip", "169.254.20.10,198.18.0.10", "-upstreamsvc", "kube-dns-upstream"}},
+			want: []string{"cluster.local:53 {", "bind 169.254.20.10 198.18.0.10\n", "forward . 198.18.0.11 {",
+				"forward . 198.18.9.1 198.18.9.2\n", "prometheus 169.254.20.10:9253", "health 169.254.20.10:8080", "ready 169.254.20.10:8181"},
+			wantNot: []string{"__PILLAR__"},
+		},
+		{
+			name: "IPVS detected: the ClusterIP is not bound",
+			env: fakeEnv{vars: kubeSystemEnv, files: resolv, ipvs: true,
+				flags: []string{"-localip", "169.254.20.10,198.18.0.10", "-upstreamsvc", "kube-dns-upstream"}},
+			want:    []string{"bind 169.254.20.10 \n"},
+			wantNot: []string{"198.18.0.10"},
+		},
+		{
+			name: "IPVS forced off",
+			env: fakeEnv{vars: kubeSystemEnv, files: resolv, ipvs: true,
+				flags: []string{"-upstreamsvc", "kube-dns-upstream", "-ipvs", "false"}},
+			want: []string{"bind 169.254.20.10 198.18.0.10\n"},
+		},
+		{
+			name: "raw IPs where no Service variables exist, custom domain and metrics",
+			env: fakeEnv{files: resolv, flags: []string{"-upstreamsvc", "198.18.0.11", "-dnssvc", "198.18.0.10",
+				"-dnsdomain", "k8s.example", "-prometheus-listen-address", "169.254.20.10:9999"}},
+			want: []string{"k8s.example:53 {", "bind 169.254.20.10 198.18.0.10", "prometheus 169.254.20.10:9999"},
+		},
+		{
+			name: "IPv6 and IPv4 in one process; host:port gets the first IP, bracketed",
+			env: fakeEnv{files: resolv, flags: []string{"-localip", "2001:2::a,169.254.20.10", "-upstreamsvc", "2001:2::b", "-dnssvc", "2001:2::c"}},
+			want: []string{"bind 2001:2::a 169.254.20.10 2001:2::c", "health [2001:2::a]:8080", "prometheus [2001:2::a]:9253", "forward . 2001:2::b {"},
+		},
+		{
+			name: "kube-dns ConfigMap: stub domains sorted, upstreamNameservers replace resolv.conf",
+			env: fakeEnv{vars: kubeSystemEnv, files: withFiles(map[string]string{
+				"/cm/stubDomains":         `{"z.corp": ["198.18.7.2"], "a.corp": ["198.18.7.1:5353", "198.18.7.3"]}`,
+				"/cm/upstreamNameservers": `["198.18.8.1", "198.18.8.2"]`,
+			}), flags: []string{"-upstreamsvc", "kube-dns-upstream", "-kubednscm", "/cm"}},
+			want: []string{"forward . 198.18.8.1 198.18.8.2\n",
+				"a.corp:53 {\n    errors\n    cache 30\n    bind 169.254.20.10 198.18.0.10\n    forward . 198.18.7.1:5353 198.18.7.3\n}\n\nz.corp:53 {"},
+			wantNot: []string{"198.18.9.1"},
+		},
+		{
+			name: "upstream's ConfigMap Corefile: nodelocal added after each bind from the flags",
+			env: fakeEnv{vars: kubeSystemEnv, files: withFiles(map[string]string{"/etc/coredns/Corefile.base": upstreamCorefile}),
+				flags: []string{"-localip", "169.254.20.10,198.18.0.10", "-upstreamsvc", "kube-dns-upstream", "-setupiptables=false",
+					"-syncinterval", "30", "-interfacename", "nlcache", "-skipteardown"}, conf: "/etc/Corefile"},
+			want: []string{"bind 169.254.20.10 198.18.0.10\n    nodelocal {\n        interface nlcache\n        iptables off\n        check_interval 30s\n        health_port 8080\n        skip_teardown\n    }\n"},
+		},
+		{
+			name: "a plain Corefile through -conf renders in place",
+			env: fakeEnv{vars: kubeSystemEnv, files: withFiles(map[string]string{"/my/Corefile": ".:53 {\n    bind __PILLAR__LOCAL__DNS__\n    nodelocal\n    forward . __PILLAR__UPSTREAM__SERVERS__\n}\n"}),
+				flags: []string{"-upstreamsvc", "kube-dns-upstream"}, conf: "/my/Corefile"},
+			want: []string{"bind 169.254.20.10\n    nodelocal\n    forward . 198.18.9.1 198.18.9.2\n"},
+		},
+		// Bad inputs, with their messages.
+		{name: "Service variable missing", env: fakeEnv{files: resolv, flags: []string{"-upstreamsvc", "kube-dns-upstream"}},
+			wantErr: `-upstreamsvc "kube-dns-upstream": $KUBE_DNS_UPSTREAM_SERVICE_HOST is not set`},
+		{name: "garbage in a Service variable", env: fakeEnv{files: resolv, vars: map[string]string{"KUBE_DNS_UPSTREAM_SERVICE_HOST": "1.2.3.4 }\nerrors {"},
+			flags: []string{"-upstreamsvc", "kube-dns-upstream"}}, wantErr: "is not an IP address"},
+		{name: "garbage local IP", env: fakeEnv{files: resolv, vars: kubeSystemEnv, flags: []string{"-localip", "169.254.20.10,__PILLAR__", "-upstreamsvc", "kube-dns-upstream"}},
+			wantErr: `-localip: "__PILLAR__" is not an IP address`},
+		{name: "directive injected through the domain", env: fakeEnv{files: resolv, vars: kubeSystemEnv, flags: []string{"-upstreamsvc", "kube-dns-upstream", "-dnsdomain", "x {\n log\n}"}},
+			wantErr: "is not a domain name"},
+		{name: "FQDN upstream in resolv.conf", env: fakeEnv{vars: kubeSystemEnv, files: map[string]string{"/etc/resolv.conf": "nameserver dns.example.org\n"},
+			flags: []string{"-upstreamsvc", "kube-dns-upstream"}}, wantErr: `"dns.example.org" is not an IP address or IP:port (names such as FQDNs are not allowed)`},
+		{name: "no upstream anywhere", env: fakeEnv{vars: kubeSystemEnv, flags: []string{"-upstreamsvc", "kube-dns-upstream"}}, wantErr: "no upstream servers"},
+		{name: "FQDN stub domain server", env: fakeEnv{vars: kubeSystemEnv, files: withFiles(map[string]string{"/cm/stubDomains": `{"corp": ["ns1.corp.example"]}`}),
+			flags: []string{"-upstreamsvc", "kube-dns-upstream", "-kubednscm", "/cm"}}, wantErr: `stubDomains["corp"]: "ns1.corp.example" is not an IP address`},
+		{name: "bad stub domain name", env: fakeEnv{vars: kubeSystemEnv, files: withFiles(map[string]string{"/cm/stubDomains": `{"a b": ["198.18.7.1"]}`}),
+			flags: []string{"-upstreamsvc", "kube-dns-upstream", "-kubednscm", "/cm"}}, wantErr: `"a b" is not a domain name`},
+		{name: "stubDomains not JSON", env: fakeEnv{vars: kubeSystemEnv, files: withFiles(map[string]string{"/cm/stubDomains": `corp: 198.18.7.1`}),
+			flags: []string{"-upstreamsvc", "kube-dns-upstream", "-kubednscm", "/cm"}}, wantErr: "stubDomains: not a JSON object"},
+		{name: "too many upstreamNameservers", env: fakeEnv{vars: kubeSystemEnv, files: withFiles(map[string]string{"/cm/upstreamNameservers": `["198.18.8.1","198.18.8.2","198.18.8.3","198.18.8.4"]`}),
+			flags: []string{"-upstreamsvc", "kube-dns-upstream", "-kubednscm", "/cm"}}, wantErr: "at most 3"},
+		{name: "unknown placeholder", env: fakeEnv{vars: kubeSystemEnv, files: withFiles(map[string]string{"/t": ".:53 {\n    bind __PILLAR__LOCAL__DNS__\n    forward . __PILLAR__UPSTREAM__DNS__\n}\n"}),
+			flags: []string{"-upstreamsvc", "kube-dns-upstream", "-basecorefile", "/t"}}, wantErr: "unknown placeholder __PILLAR__UPSTREAM__DNS__"},
+		{name: "unreadable template", env: fakeEnv{vars: kubeSystemEnv, files: resolv, flags: []string{"-upstreamsvc", "kube-dns-upstream", "-basecorefile", "/missing"}},
+			wantErr: "read template: open /missing"},
+		{name: "template that does not parse", env: fakeEnv{vars: kubeSystemEnv, files: withFiles(map[string]string{"/t": ".:53 {\n    bind __PILLAR__LOCAL__DNS__\n    bogus\n}\n"}),
+			flags: []string{"-upstreamsvc", "kube-dns-upstream", "-basecorefile", "/t"}}, wantErr: "Unknown directive 'bogus'"},
+		{name: "bad ipvs value", env: fakeEnv{vars: kubeSystemEnv, files: resolv, flags: []string{"-upstreamsvc", "kube-dns-upstream", "-ipvs", "maybe"}}, wantErr: `-ipvs "maybe"`},
+		{name: "bad sync interval", env: fakeEnv{vars: kubeSystemEnv, files: resolv, flags: []string{"-upstreamsvc", "kube-dns-upstream", "-syncinterval", "soon"}}, wantErr: `-syncinterval "soon"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := render(t, tc.env)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want it to contain %q\n%s", err, tc.wantErr, out)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+			for _, w := range tc.wantNot {
+				if strings.Contains(out, w) {
+					t.Errorf("output has %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
+
+func TestRenderIsDeterministic(t *testing.T) {
+	env := fakeEnv{vars: kubeSystemEnv, files: map[string]string{
+		"/etc/resolv.conf": resolv["/etc/resolv.conf"],
+		"/cm/stubDomains":  `{"c.corp": ["198.18.7.3"], "a.corp": ["198.18.7.1"], "b.corp": ["198.18.7.2"]}`,
+	}, flags: []string{"-upstreamsvc", "kube-dns-upstream", "-kubednscm", "/cm"}}
+	first, err := render(t, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		if out, _ := render(t, env); out != first {
+			t.Fatal("two renders of the same inputs differ: the reload plugin would reload for nothing")
+		}
+	}
+}
+
+func TestLoaderKeepsLastGoodCorefile(t *testing.T) {
+	files := map[string]string{"/etc/resolv.conf": "nameserver 198.18.9.1\n", "/t": nodelocalTemplate("198.18.0.11")}
+	env := fakeEnv{vars: kubeSystemEnv, files: files, flags: []string{"-upstreamsvc", "kube-dns-upstream", "-basecorefile", "/t"}}
+	o, e := env.build(t)
+	l := &Loader{Options: o, Env: e}
+	first, err := l.Load("dns")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files["/t"] = ".:53 {\n    bind __PILLAR__NOPE__\n}\n"
+	second, err := l.Load("dns")
+	if err != nil {
+		t.Fatalf("a broken template after a good one must not fail the load: %v", err)
+	}
+	if string(second.Body()) != string(first.Body()) {
+		t.Fatal("a broken template replaced the running Corefile")
+	}
+	// A fresh loader with only a broken template fails: nothing to fall back on.
+	l2 := &Loader{Options: o, Env: e}
+	if _, err := l2.Load("dns"); err == nil || !errors.Is(err, err) || !strings.Contains(err.Error(), "__PILLAR__NOPE__") {
+		t.Fatalf("first load of a broken template: %v", err)
+	}
+}
+
+func nodelocalTemplate(upstream string) string {
+	return ".:53 {\n    bind __PILLAR__LOCAL__DNS__\n    nodelocal\n    forward . " + upstream + "\n}\n"
+}
+
+func FuzzRender(f *testing.F) {
+	f.Add(string(nodelocalroot.CorefileTemplate), "cluster.local", "198.18.9.1")
+	f.Add(upstreamCorefile, "x.y", "198.18.9.1:53")
+	f.Fuzz(func(t *testing.T, tmpl, domain, upstream string) {
+		env := fakeEnv{vars: kubeSystemEnv, files: map[string]string{"/t": tmpl, "/etc/resolv.conf": "nameserver " + upstream + "\n"},
+			flags: []string{"-upstreamsvc", "kube-dns-upstream", "-basecorefile", "/t", "-dnsdomain", domain}}
+		out, err := render(t, env)
+		if err != nil {
+			return
+		}
+		if strings.Contains(out, "__PILLAR__") {
+			t.Fatalf("placeholder left in accepted output:\n%s", out)
+		}
+		if strings.ContainsAny(domain, "{}\n \"") && strings.Contains(out, domain) && strings.Contains(tmpl, DNSDomain) {
+			t.Fatalf("domain %q with Corefile syntax went in", domain)
+		}
+	})
+}
+
+func FuzzKubeDNSConfig(f *testing.F) {
+	f.Add(`{"corp": ["198.18.7.1"]}`, `["198.18.8.1"]`)
+	f.Add(`{"a b": ["x"]}`, `[1]`)
+	f.Fuzz(func(t *testing.T, stub, upstream string) {
+		c := &KubeDNSConfig{}
+		if err := c.parse([]byte(stub), []byte(upstream)); err != nil {
+			return
+		}
+		for d, servers := range c.StubDomains {
+			if !isDomain(d) || len(servers) == 0 {
+				t.Fatalf("accepted stub domain %q: %v", d, servers)
+			}
+			for _, s := range servers {
+				if checkServer(s) != nil {
+					t.Fatalf("accepted server %q", s)
+				}
+			}
+		}
+	})
+}
