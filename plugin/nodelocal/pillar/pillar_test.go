@@ -82,7 +82,7 @@ func (f fakeEnv) build(t *testing.T) (*Options, *Environment) {
 
 type fsPathError struct{ path string }
 
-func (e *fsPathError) Error() string { return "open " + e.path + ": no such file or directory" }
+func (e *fsPathError) Error() string        { return "open " + e.path + ": no such file or directory" }
 func (e *fsPathError) Is(target error) bool { return target == fs.ErrNotExist }
 
 var kubeSystemEnv = map[string]string{
@@ -112,11 +112,11 @@ func TestRender(t *testing.T) {
 		return m
 	}
 	tests := []struct {
-		name     string
-		env      fakeEnv
-		want     []string // substrings of the output
-		wantNot  []string
-		wantErr  string
+		name    string
+		env     fakeEnv
+		want    []string // substrings of the output
+		wantNot []string
+		wantErr string
 	}{
 		{
 			name: "built-in template, iptables mode, upstream's DaemonSet args",
@@ -147,7 +147,7 @@ func TestRender(t *testing.T) {
 		},
 		{
 			name: "IPv6 and IPv4 in one process; host:port gets the first IP, bracketed",
-			env: fakeEnv{files: resolv, flags: []string{"-localip", "2001:2::a,169.254.20.10", "-upstreamsvc", "2001:2::b", "-dnssvc", "2001:2::c"}},
+			env:  fakeEnv{files: resolv, flags: []string{"-localip", "2001:2::a,169.254.20.10", "-upstreamsvc", "2001:2::b", "-dnssvc", "2001:2::c"}},
 			want: []string{"bind 2001:2::a 169.254.20.10 2001:2::c", "health [2001:2::a]:8080", "prometheus [2001:2::a]:9253", "forward . 2001:2::b {"},
 		},
 		{
