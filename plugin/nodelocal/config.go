@@ -24,6 +24,7 @@ type Config struct {
 	CheckInterval   time.Duration
 	HealthPort      int // 0: no conntrack exemption for health probes
 	Teardown        bool
+	FailOpen        bool // interception needs a live listener (-m socket)
 }
 
 // IPs lists the distinct listen addresses.
@@ -51,5 +52,6 @@ func (c *Config) Families() []Family {
 func (c *Config) equal(o *Config) bool {
 	return o != nil && slices.Equal(c.Listen, o.Listen) && c.Interface == o.Interface &&
 		c.ManageInterface == o.ManageInterface && c.Backend == o.Backend &&
-		c.CheckInterval == o.CheckInterval && c.HealthPort == o.HealthPort && c.Teardown == o.Teardown
+		c.CheckInterval == o.CheckInterval && c.HealthPort == o.HealthPort && c.Teardown == o.Teardown &&
+		c.FailOpen == o.FailOpen
 }

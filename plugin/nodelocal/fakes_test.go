@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"time"
 )
 
 var errNotFound = errors.New("not found")
@@ -125,4 +126,24 @@ func (f *fakeTables) count() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return len(f.rules)
+}
+
+// fakePeers is Peers with a settable count of other instances' sockets.
+type fakePeers struct {
+	mu     sync.Mutex
+	others int
+	locks  int
+}
+
+func (p *fakePeers) Lock(time.Duration) (func(), error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.locks++
+	return func() {}, nil
+}
+
+func (p *fakePeers) Others([]netip.AddrPort) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.others, nil
 }

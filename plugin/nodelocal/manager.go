@@ -20,6 +20,7 @@ type manager struct {
 	newTables func(Backend, Family) (RuleTables, error)
 	detect    func() Backend
 	probe     func(netip.AddrPort) error
+	peers     Peers
 
 	mu         sync.Mutex
 	cfg        *Config
@@ -32,14 +33,23 @@ type manager struct {
 	rulesMade  map[Family]bool       // the rules were in place once: a new one is a repair
 	stop       chan struct{}         // closes the check loop; nil when not running
 	wake       chan struct{}
+	// startUnlock releases the instance lock taken for the start, once the
+	// listeners are up: a stopping peer then sees them and leaves things be.
+	startUnlock   func()
+	handedOff     bool // the Service IPs' interception was handed back to kube-proxy
+	noSocketMatch bool // the kernel refused -m socket: unconditional interception
 
 	inPlace   atomic.Bool
 	answering atomic.Bool
+	stopping  atomic.Bool
 }
 
-func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), detect func() Backend, probe func(netip.AddrPort) error) *manager {
+// How long an instance waits for a peer that is starting or stopping.
+const peerLockTimeout = 30 * time.Second
+
+func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), detect func() Backend, probe func(netip.AddrPort) error, peers Peers) *manager {
 	return &manager{
-		links: links, newTables: newTables, detect: detect, probe: probe,
+		links: links, newTables: newTables, detect: detect, probe: probe, peers: peers,
 		ownIPs: map[netip.Addr]bool{}, foreignIPs: map[netip.Addr]string{}, rulesMade: map[Family]bool{},
 		wake: make(chan struct{}, 1),
 	}
@@ -49,13 +59,23 @@ func newManager(links Links, newTables func(Backend, Family) (RuleTables, error)
 var theManager = newManager(netlinkLinks{},
 	func(b Backend, f Family) (RuleTables, error) { return newIPTablesCmd(b, f) },
 	func() Backend { return DetectBackend(listWithBinary) },
-	probeDNS)
+	probeDNS,
+	netnsPeers{name: "instance"})
 
 // Apply makes cfg the desired state and puts the interface in place at once,
 // so the listeners can bind its addresses. Rules follow once they listen.
 func (m *manager) Apply(cfg *Config) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.cfg == nil {
+		// The process starts: wait for a peer that is tearing down, and keep
+		// peers from tearing down until our listeners are up.
+		unlock, err := m.peers.Lock(peerLockTimeout)
+		if err != nil {
+			log.Warningf("Starting without the instance lock: %v", err)
+		}
+		m.startUnlock = unlock
+	}
 	if !cfg.equal(m.cfg) {
 		if err := m.setConfig(cfg); err != nil {
 			return err
@@ -188,7 +208,7 @@ func (m *manager) interceptedListen() []netip.AddrPort {
 // listing per table, adding what is missing and removing extra copies.
 // It reports whether all rules are in place.
 func (m *manager) ensureRules() bool {
-	desired := DesiredRules(m.interceptedListen(), m.cfg.HealthPort)
+	desired := m.desiredRules()
 	ok := true
 	for f, t := range m.tables {
 		if !m.syncRules(f, t, desired[f]) {
@@ -196,6 +216,24 @@ func (m *manager) ensureRules() bool {
 		}
 	}
 	return ok
+}
+
+// desiredRules is the rule set for the current config and shutdown state.
+func (m *manager) desiredRules() map[Family][]Rule {
+	rules := DesiredRules(m.interceptedListen(), m.cfg.HealthPort, m.cfg.FailOpen && !m.noSocketMatch)
+	if m.handedOff {
+		for f, rs := range rules {
+			rules[f] = slices.DeleteFunc(rs, isHandedOff)
+		}
+	}
+	return rules
+}
+
+// isHandedOff: on stop, the interception of Service IPs (not link-local ones)
+// goes first, so kube-proxy sends new queries to kube-dns while this instance
+// still answers what it has and serves the link-local IP through lameduck.
+func isHandedOff(r Rule) bool {
+	return r.isInterception() && !netip.MustParsePrefix(r.Args[1]).Addr().IsLinkLocalUnicast()
 }
 
 // ruleTables are the tables the rule set lives in.
@@ -217,17 +255,15 @@ func (m *manager) syncRules(f Family, t RuleTables, desired []Rule) bool {
 	}
 	changes := DiffRules(desired, listed)
 	ok := true
-	for _, r := range changes.Delete {
-		if err := t.Delete(r); err != nil {
-			m.iptablesError("delete "+r.String(), err)
-			ok = false
-			continue
-		}
-		log.Infof("Removed extra or stale rule: %s", r)
-		repairs.WithLabelValues(repairRule).Inc()
-	}
+	// Adds first: replacing a rule (upstream's unconditional one by ours)
+	// never leaves a moment without interception.
 	for _, r := range changes.Add {
 		if err := t.Insert(r); err != nil {
+			if slices.Contains(r.Args, "socket") && !m.noSocketMatch {
+				m.noSocketMatch = true
+				log.Errorf("The kernel refused the socket match (%v): interception will not fail open if the cache dies; using upstream's unconditional rule", err)
+				return m.syncRules(f, t, m.desiredRules()[f])
+			}
 			m.iptablesError("insert "+r.String(), err)
 			ok = false
 			continue
@@ -236,6 +272,15 @@ func (m *manager) syncRules(f Family, t RuleTables, desired []Rule) bool {
 			log.Warningf("Rule was missing; added it again: %s", r)
 			repairs.WithLabelValues(repairRule).Inc()
 		}
+	}
+	for _, r := range changes.Delete {
+		if err := t.Delete(r); err != nil {
+			m.iptablesError("delete "+r.String(), err)
+			ok = false
+			continue
+		}
+		log.Infof("Removed extra or stale rule: %s", r)
+		repairs.WithLabelValues(repairRule).Inc()
 	}
 	if ok && len(desired) > 0 && !m.rulesMade[f] {
 		log.Infof("Installed %d IPv%d iptables rules (%s backend)", len(desired), f, m.backend)
@@ -261,6 +306,10 @@ func (m *manager) ListenersUp() {
 		return
 	}
 	m.listening = true
+	if m.startUnlock != nil {
+		m.startUnlock()
+		m.startUnlock = nil
+	}
 	m.mu.Unlock()
 	m.check(true)
 }
@@ -359,11 +408,38 @@ func (m *manager) interval() time.Duration {
 }
 
 // Ready reports whether interception is in place and the cache answers on it.
-func (m *manager) Ready() bool { return m.inPlace.Load() && m.answering.Load() }
+func (m *manager) Ready() bool {
+	return m.inPlace.Load() && m.answering.Load() && !m.stopping.Load()
+}
 
-// Shutdown stops the checks and, unless teardown is off, removes the rules
-// and then the interface, leaving the node as it was before the cache started.
+// HandOff runs when the process starts to stop, before lameduck: readiness
+// drops, and unless a peer serves the same IPs, the Service IPs' interception
+// is removed so kube-proxy sends new queries to kube-dns.
+func (m *manager) HandOff() {
+	m.stopping.Store(true)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cfg == nil || !m.cfg.Teardown || !m.listening {
+		return
+	}
+	if others, err := m.peers.Others(m.cfg.Listen); err != nil || others > 0 {
+		log.Infof("Stopping; another instance serves here (%d sockets, %v): interception stays for it", others, err)
+		return
+	}
+	m.handedOff = true
+	for f, t := range m.tables {
+		m.syncRules(f, t, m.desiredRules()[f])
+	}
+	log.Infof("Stopping: Service IPs handed back to kube-proxy; the link-local IP is served until the end of lameduck")
+}
+
+// Shutdown stops the checks and, unless teardown is off or another instance
+// serves the same IPs, removes the rules and then the interface, leaving the
+// node as it was before the cache started. The instance lock is held until the
+// process exits (after its sockets close), so of two instances stopping at
+// once, the second sees the first gone and cleans up: exactly once.
 func (m *manager) Shutdown() {
+	m.stopping.Store(true)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.stop != nil {
@@ -374,6 +450,13 @@ func (m *manager) Shutdown() {
 	interceptionActive.Set(0)
 	if m.cfg == nil || !m.cfg.Teardown {
 		log.Infof("Teardown skipped: the interface and rules stay in place")
+		return
+	}
+	if _, err := m.peers.Lock(peerLockTimeout); err != nil {
+		log.Warningf("Tearing down without the instance lock: %v", err)
+	}
+	if others, err := m.peers.Others(m.cfg.Listen); err != nil || others > 0 {
+		log.Infof("Teardown skipped: another instance serves here (%d sockets, %v)", others, err)
 		return
 	}
 	for f, t := range m.tables {

@@ -2,6 +2,7 @@ package nodelocal
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,15 +12,17 @@ import (
 type fakeNode struct {
 	links  *fakeLinks
 	tables map[Family]*fakeTables
+	peers  *fakePeers
 	mgr    *manager
 }
 
 func newFakeNode(t *testing.T) *fakeNode {
-	n := &fakeNode{links: newFakeLinks(), tables: map[Family]*fakeTables{IPv4: {}, IPv6: {}}}
+	n := &fakeNode{links: newFakeLinks(), tables: map[Family]*fakeTables{IPv4: {}, IPv6: {}}, peers: &fakePeers{}}
 	n.mgr = newManager(n.links,
 		func(b Backend, f Family) (RuleTables, error) { return n.tables[f], nil },
 		func() Backend { return BackendNFT },
-		func(netip.AddrPort) error { return nil })
+		func(netip.AddrPort) error { return nil },
+		n.peers)
 	t.Cleanup(func() {
 		n.mgr.mu.Lock()
 		if n.mgr.stop != nil {
@@ -33,7 +36,7 @@ func newFakeNode(t *testing.T) *fakeNode {
 
 func testConfig(listen ...string) *Config {
 	cfg := &Config{Interface: "nodelocaldns", ManageInterface: true, Backend: BackendAuto,
-		CheckInterval: time.Hour, HealthPort: 8080, Teardown: true}
+		CheckInterval: time.Hour, HealthPort: 8080, Teardown: true, FailOpen: true}
 	for _, s := range listen {
 		cfg.Listen = append(cfg.Listen, netip.MustParseAddrPort(s))
 	}
@@ -123,7 +126,7 @@ func TestManagerAdoptsAndDeduplicates(t *testing.T) {
 	// An earlier instance left the interface, the address, every rule, and two extra copies.
 	n.links.AddLink("nodelocaldns")
 	n.links.AddAddress("nodelocaldns", netip.MustParseAddr("169.254.20.10"))
-	rules := DesiredRules(cfg.Listen, cfg.HealthPort)[IPv4]
+	rules := DesiredRules(cfg.Listen, cfg.HealthPort, cfg.FailOpen)[IPv4]
 	n.tables[IPv4].rules = append(append([]Rule{}, rules...), rules[0], rules[3])
 	// Someone else's address on the same interface stays.
 	n.links.AddAddress("nodelocaldns", netip.MustParseAddr("169.254.99.1"))
@@ -201,5 +204,74 @@ func TestSkipTeardownLeavesEverything(t *testing.T) {
 	n.mgr.Shutdown()
 	if n.tables[IPv4].count() != 12 || !n.links.links["nodelocaldns"] {
 		t.Fatal("skip_teardown removed state")
+	}
+}
+
+func TestManagerHandsOffServiceIPsFirst(t *testing.T) {
+	n := newFakeNode(t)
+	if err := n.mgr.Apply(testConfig("169.254.20.10:53", "198.18.0.10:53")); err != nil {
+		t.Fatal(err)
+	}
+	n.mgr.ListenersUp()
+	n.mgr.HandOff()
+	if n.mgr.Ready() {
+		t.Fatal("still ready after the stop began")
+	}
+	for _, r := range n.tables[IPv4].rules {
+		if r.isInterception() && r.Args[1] == "198.18.0.10/32" {
+			t.Fatalf("ClusterIP still intercepted after the handoff: %v", r)
+		}
+	}
+	// The link-local IP keeps everything through lameduck; the ClusterIP keeps
+	// all but its interception (replies to queries under way still skip conntrack).
+	if got := n.tables[IPv4].count(); got != 22 {
+		t.Fatalf("%d rules after the handoff, want 22 (24 minus the ClusterIP's 2 PREROUTING rules)", got)
+	}
+	n.mgr.check(true) // the check loop must not put the interception back
+	if got := n.tables[IPv4].count(); got != 22 {
+		t.Fatalf("the check restored handed-off rules: %d", got)
+	}
+	n.mgr.Shutdown()
+	if n.tables[IPv4].count() != 0 || len(n.links.links) != 0 {
+		t.Fatal("teardown after the handoff left state")
+	}
+}
+
+func TestManagerLeavesStateToAPeer(t *testing.T) {
+	n := newFakeNode(t)
+	if err := n.mgr.Apply(testConfig("169.254.20.10:53", "198.18.0.10:53")); err != nil {
+		t.Fatal(err)
+	}
+	n.mgr.ListenersUp()
+	n.peers.others = 4 // a surge pod listens on the same IPs
+	n.mgr.HandOff()
+	n.mgr.Shutdown()
+	if got := n.tables[IPv4].count(); got != 24 {
+		t.Fatalf("%d rules left for the peer, want all 24", got)
+	}
+	if !n.links.links["nodelocaldns"] || len(n.links.addrs) != 2 {
+		t.Fatal("the interface was taken from the peer")
+	}
+	if n.peers.locks < 2 {
+		t.Fatalf("instance lock taken %d times, want at start and at teardown", n.peers.locks)
+	}
+}
+
+func TestManagerReplacesUnconditionalRules(t *testing.T) {
+	n := newFakeNode(t)
+	cfg := testConfig("198.18.0.10:53")
+	// An upstream node-cache left its unconditional rules.
+	n.tables[IPv4].rules = DesiredRules(cfg.Listen, cfg.HealthPort, false)[IPv4]
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	n.mgr.ListenersUp()
+	if got := n.tables[IPv4].count(); got != 12 {
+		t.Fatalf("%d rules, want 12: upstream's replaced, not kept beside ours", got)
+	}
+	for _, r := range n.tables[IPv4].rules {
+		if r.isInterception() && !strings.Contains(strings.Join(r.Args, " "), "-m socket --nowildcard") {
+			t.Fatalf("unconditional interception left: %v", r)
+		}
 	}
 }

@@ -3,7 +3,6 @@ package nodelocal
 import (
 	"fmt"
 	"net/netip"
-	"slices"
 	"strconv"
 	"strings"
 )
@@ -64,16 +63,29 @@ func (r Rule) isOurs() bool {
 
 // rule builds a rule in canonical order: address, protocol, port, extra
 // matches, comment, target.
-func rule(table, chain, addrFlag string, ip netip.Addr, proto, portFlag string, port int, target, comment string) Rule {
-	args := []string{addrFlag, netip.PrefixFrom(ip, ip.BitLen()).String(), "-p", proto, "-m", proto, portFlag, strconv.Itoa(port),
-		"-m", "comment", "--comment", comment, "-j", target}
+func rule(table, chain, addrFlag string, ip netip.Addr, proto, portFlag string, port int, target, comment string, matches ...string) Rule {
+	args := []string{addrFlag, netip.PrefixFrom(ip, ip.BitLen()).String(), "-p", proto, "-m", proto, portFlag, strconv.Itoa(port)}
+	args = append(args, matches...)
+	args = append(args, "-m", "comment", "--comment", comment, "-j", target)
 	return Rule{Table: table, Chain: chain, Args: args}
 }
 
+// socketMatch makes interception depend on a live listener: the packet skips
+// conntrack only while a socket is bound to its destination address (not a
+// wildcard one). When the cache dies, its sockets close, and the next packet
+// is tracked and DNATed to kube-dns by kube-proxy: fail-open with no process
+// left to tear anything down. The kernel allows it in raw PREROUTING only.
+var socketMatch = []string{"-m", "socket", "--nowildcard"}
+
 // DesiredRules is upstream node-cache's rule set for every listen address:
 // traffic to and from the cache skips conntrack (raw NOTRACK) and is accepted
-// by the filter table, for UDP and TCP, plus NOTRACK for the health port.
-func DesiredRules(listen []netip.AddrPort, healthPort int) map[Family][]Rule {
+// by the filter table, for UDP and TCP, plus NOTRACK for the health port. With
+// failOpen, the PREROUTING interception needs a live listener.
+func DesiredRules(listen []netip.AddrPort, healthPort int, failOpen bool) map[Family][]Rule {
+	var intercept []string
+	if failOpen {
+		intercept = socketMatch
+	}
 	out := map[Family][]Rule{}
 	seenHealth := map[netip.Addr]bool{}
 	for _, ap := range listen {
@@ -81,7 +93,7 @@ func DesiredRules(listen []netip.AddrPort, healthPort int) map[Family][]Rule {
 		var rs []Rule
 		for _, proto := range []string{"tcp", "udp"} {
 			rs = append(rs,
-				rule("raw", "PREROUTING", "-d", ip, proto, "--dport", port, "NOTRACK", commentSkipConntrack),
+				rule("raw", "PREROUTING", "-d", ip, proto, "--dport", port, "NOTRACK", commentSkipConntrack, intercept...),
 				rule("filter", "INPUT", "-d", ip, proto, "--dport", port, "ACCEPT", commentAllowTraffic),
 				rule("raw", "OUTPUT", "-s", ip, proto, "--sport", port, "NOTRACK", commentSkipConntrack),
 				rule("filter", "OUTPUT", "-s", ip, proto, "--sport", port, "ACCEPT", commentAllowTraffic),
@@ -101,6 +113,10 @@ func DesiredRules(listen []netip.AddrPort, healthPort int) map[Family][]Rule {
 	}
 	return out
 }
+
+// isInterception reports whether r is what steers pods' queries to the cache
+// (raw PREROUTING NOTRACK); removing it hands the address back to kube-proxy.
+func (r Rule) isInterception() bool { return r.Table == "raw" && r.Chain == "PREROUTING" }
 
 // ParseListing reads the output of `iptables -t TABLE -S` into rules.
 func ParseListing(table, listing string) ([]Rule, error) {
@@ -185,15 +201,4 @@ func DiffRules(desired, listed []Rule) RuleChanges {
 		}
 	}
 	return ch
-}
-
-// tablesOf lists the tables some rules live in, in first-seen order.
-func tablesOf(rules []Rule) []string {
-	var tables []string
-	for _, r := range rules {
-		if !slices.Contains(tables, r.Table) {
-			tables = append(tables, r.Table)
-		}
-	}
-	return tables
 }

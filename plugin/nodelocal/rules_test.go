@@ -40,7 +40,7 @@ func TestParseListing(t *testing.T) {
 
 func TestDesiredRulesMatchUpstream(t *testing.T) {
 	listen := []netip.AddrPort{netip.MustParseAddrPort("169.254.20.10:53"), netip.MustParseAddrPort("[2001:2::10]:53")}
-	rules := DesiredRules(listen, 8080)
+	rules := DesiredRules(listen, 8080, false)
 	if n := len(rules[IPv4]); n != 12 {
 		t.Fatalf("IPv4: %d rules, want upstream's 12", n)
 	}
@@ -61,14 +61,14 @@ func TestDesiredRulesMatchUpstream(t *testing.T) {
 	if !strings.Contains(rules[IPv6][0].String(), "2001:2::10/128") {
 		t.Fatalf("IPv6 rule %v", rules[IPv6][0])
 	}
-	if rules := DesiredRules(listen[:1], 0); len(rules[IPv4]) != 10 {
+	if rules := DesiredRules(listen[:1], 0, false); len(rules[IPv4]) != 10 {
 		t.Fatalf("health_port 0 should drop the 2 health rules, got %d", len(rules[IPv4]))
 	}
 }
 
 func TestDiffRulesDeduplicatesAndRemovesStale(t *testing.T) {
-	desired := DesiredRules([]netip.AddrPort{netip.MustParseAddrPort("169.254.20.10:53")}, 0)[IPv4]
-	stale := DesiredRules([]netip.AddrPort{netip.MustParseAddrPort("169.254.99.99:53")}, 0)[IPv4][0]
+	desired := DesiredRules([]netip.AddrPort{netip.MustParseAddrPort("169.254.20.10:53")}, 0, true)[IPv4]
+	stale := DesiredRules([]netip.AddrPort{netip.MustParseAddrPort("169.254.99.99:53")}, 0, true)[IPv4][0]
 	foreign := Rule{Table: "raw", Chain: "PREROUTING", Args: []string{"-d", "198.18.7.7/32", "-j", "NOTRACK"}}
 	listed := append([]Rule{desired[0], desired[0], desired[0], stale, foreign}, desired[1:]...)
 	ch := DiffRules(desired, listed)

@@ -73,6 +73,7 @@ func parse(c *caddy.Controller) (*blockConfig, error) {
 		CheckInterval:   DefaultCheckInterval,
 		HealthPort:      DefaultHealthPort,
 		Teardown:        true,
+		FailOpen:        true,
 	}}
 	srv := dnsserver.GetConfig(c)
 	port, err := strconv.Atoi(srv.Port)
@@ -158,6 +159,15 @@ func parseOption(c *caddy.Controller, blk *blockConfig, opt string) error {
 		blk.HealthPort = p
 	case "skip_teardown":
 		blk.Teardown = false
+	case "fail_open":
+		switch args[0] {
+		case "on":
+			blk.FailOpen = true
+		case "off":
+			blk.FailOpen = false
+		default:
+			return c.Errf("fail_open %q: want on or off", args[0])
+		}
 	default:
 		return c.Errf("unknown property %q", opt)
 	}
@@ -231,16 +241,20 @@ func (inst *instance) merged() *Config {
 	return &cfg
 }
 
-// registerListenHook tells the manager when the listeners are up, after the
-// first start and after each reload. SIGUSR1 purges event hooks, so setup
-// registers it again when it is missing.
+// registerListenHook tells the manager when the listeners are up (after the
+// first start and after each reload) and when the process starts to stop
+// (SIGTERM or SIGINT, before any shutdown callback). SIGUSR1 purges event
+// hooks, so setup registers it again when it is missing.
 func registerListenHook() {
 	if slices.Contains(caddy.ListPlugins()["event_hooks"], pluginName) {
 		return
 	}
 	caddy.RegisterEventHook(pluginName, func(event caddy.EventName, _ any) error {
-		if event == caddy.InstanceStartupEvent {
+		switch event {
+		case caddy.InstanceStartupEvent:
 			go theManager.ListenersUp()
+		case caddy.ShutdownEvent:
+			theManager.HandOff()
 		}
 		return nil
 	})

@@ -31,7 +31,7 @@ func TestParse(t *testing.T) {
 		{
 			name: "defaults take the bind addresses", input: "nodelocal", bind: []string{"169.254.20.10", "198.18.0.10"},
 			want: Config{Listen: []netip.AddrPort{ap("169.254.20.10:53"), ap("198.18.0.10:53")}, Interface: "nodelocaldns",
-				ManageInterface: true, Backend: BackendAuto, CheckInterval: 5 * time.Second, HealthPort: 8080, Teardown: true},
+				ManageInterface: true, Backend: BackendAuto, CheckInterval: 5 * time.Second, HealthPort: 8080, Teardown: true, FailOpen: true},
 		},
 		{
 			name: "explicit IPs and every option", bind: []string{"0.0.0.0"},
@@ -41,6 +41,7 @@ func TestParse(t *testing.T) {
 				check_interval 2s
 				health_port 9090
 				skip_teardown
+				fail_open off
 			}`,
 			want: Config{Listen: []netip.AddrPort{ap("169.254.20.10:53"), ap("[2001:2::10]:53")}, Interface: "cache0",
 				ManageInterface: true, Backend: BackendLegacy, CheckInterval: 2 * time.Second, HealthPort: 9090},
@@ -48,7 +49,7 @@ func TestParse(t *testing.T) {
 		{
 			name: "no interface, no iptables", input: "nodelocal {\n no_interface\n iptables off\n health_port 0\n}", bind: []string{"169.254.20.10"},
 			want: Config{Listen: []netip.AddrPort{ap("169.254.20.10:53")}, Interface: "nodelocaldns", Backend: BackendOff,
-				CheckInterval: 5 * time.Second, Teardown: true},
+				CheckInterval: 5 * time.Second, Teardown: true, FailOpen: true},
 		},
 		{name: "zone is dropped", input: "nodelocal fe80::10%eth0", want: Config{}, wantErr: ""},
 		{name: "no IP anywhere", input: "nodelocal", wantErr: "no IP to listen on"},
@@ -63,6 +64,7 @@ func TestParse(t *testing.T) {
 		{name: "missing argument", input: "nodelocal 169.254.20.10 {\n interface\n}", wantErr: "Wrong argument count"},
 		{name: "extra argument", input: "nodelocal 169.254.20.10 {\n skip_teardown now\n}", wantErr: "Wrong argument count"},
 		{name: "unknown option", input: "nodelocal 169.254.20.10 {\n setup_interface false\n}", wantErr: `unknown property "setup_interface"`},
+		{name: "bad fail_open", input: "nodelocal 169.254.20.10 {\n fail_open maybe\n}", wantErr: `fail_open "maybe": want on or off`},
 		{name: "option twice", input: "nodelocal 169.254.20.10 {\n iptables nft\n iptables nft\n}", wantErr: "given twice"},
 		{name: "directive twice", input: "nodelocal 169.254.20.10\nnodelocal 169.254.20.10", wantErr: "this plugin"},
 	}

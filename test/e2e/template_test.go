@@ -5,11 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/miekg/dns"
 
 	"github.com/nodelocal/nodelocal/test/dnsload"
 	"github.com/nodelocal/nodelocal/test/harness"
@@ -99,51 +96,6 @@ func TestUpstreamConfigMapAndArgs(t *testing.T) {
 	}
 }
 
-// mixedLoad runs UDP, persistent-TCP and per-query-TCP load to both IPs, each
-// at rate, and returns the results by transport.
-func mixedLoad(ctx context.Context, t *testing.T, node *harness.Node, rate int, d time.Duration) map[dnsload.Transport][]*dnsload.Result {
-	t.Helper()
-	var mu sync.Mutex
-	results := map[dnsload.Transport][]*dnsload.Result{}
-	var wg sync.WaitGroup
-	queries := []dnsload.Query{
-		{Name: harness.WebSvc, Type: dns.TypeA},
-		{Name: "www.example.org.", Type: dns.TypeA},
-		{Name: dnsload.UniqueToken + ".example.org.", Type: dns.TypeA}, // misses
-	}
-	for _, target := range []string{harness.LocalIP, harness.ClusterIP} {
-		for _, tr := range []dnsload.Transport{dnsload.UDP, dnsload.TCPPersistent, dnsload.TCPPerQuery} {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				res, err := dnsload.Run(ctx, dnsload.Config{Target: target + ":53", Transport: tr, Queries: queries,
-					Rate: rate, Duration: d, Workers: 5, Timeout: 2 * time.Second, Dial: node.Pods[0].DialContext})
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				t.Logf("%s %s: %v", target, tr, res)
-				mu.Lock()
-				results[tr] = append(results[tr], res)
-				mu.Unlock()
-			}()
-		}
-	}
-	wg.Wait()
-	return results
-}
-
-// failed adds up the runs of the given transports.
-func failed(results map[dnsload.Transport][]*dnsload.Result, transports ...dnsload.Transport) (failed, sent int) {
-	for _, tr := range transports {
-		for _, r := range results[tr] {
-			failed += r.Failed()
-			sent += r.Sent
-		}
-	}
-	return failed, sent
-}
-
 // waitForLog waits until the process log contains s n times.
 func waitForLog(t *testing.T, p *harness.Process, s string, n int, timeout time.Duration) {
 	t.Helper()
@@ -199,8 +151,7 @@ func TestTemplateEditsUnderLoad(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	loadDone := make(chan map[dnsload.Transport][]*dnsload.Result)
-	go func() { loadDone <- mixedLoad(ctx, t, node, 150, 14*time.Second) }()
+	loadDone := startLoad(ctx, t, node, 150, 14*time.Second)
 
 	time.Sleep(2 * time.Second)
 	edit("    cache 30\n    reload", "    cache 20\n    reload") // a real change: reload
@@ -212,13 +163,13 @@ func TestTemplateEditsUnderLoad(t *testing.T) {
 	waitForLog(t, p, "previous configuration keeps serving", 1, 10*time.Second)
 	waitForConfigErrors(2)
 	results := <-loadDone
-	if f, sent := failed(results, dnsload.UDP, dnsload.TCPPersistent); f != 0 || sent < 8000 {
+	if f, sent := results.failed(anyTarget, dnsload.UDP, dnsload.TCPPersistent); f != 0 || sent < 8000 {
 		t.Fatalf("%d of %d UDP and persistent-TCP queries failed across a reload and two broken edits, want 0 (and at least 8000 sent)", f, sent)
 	}
 	// A connection-per-query TCP client loses a query the old server accepted
 	// but had not read when the reload stopped it (CoreDNS's reload path);
 	// reported, not asserted.
-	f, sent := failed(results, dnsload.TCPPerQuery)
+	f, sent := results.failed(anyTarget, dnsload.TCPPerQuery)
 	t.Logf("connection-per-query TCP: %d of %d failed across the reload", f, sent)
 	if n := strings.Count(p.Log(), "Reloading complete"); n != 1 {
 		t.Fatalf("reloaded %d times, want exactly 1 (broken edits must not reload)", n)

@@ -1,0 +1,129 @@
+package nodelocal
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Peers are the other node-cache processes of the node: during a DaemonSet
+// surge the new pod serves on the same IPs (SO_REUSEPORT) before the old one
+// stops, and the old one must not take the interception away from it.
+type Peers interface {
+	// Lock takes the node-wide instance lock, waiting up to timeout. It is
+	// released by unlock or when the process dies.
+	Lock(timeout time.Duration) (unlock func(), err error)
+	// Others counts listening sockets on listen that belong to other processes.
+	Others(listen []netip.AddrPort) (int, error)
+}
+
+// netnsPeers finds peers through the node's network namespace, which
+// hostNetwork pods share: an abstract unix socket is the lock (no file, and
+// the kernel frees it with the process), and /proc/net lists every socket.
+type netnsPeers struct{ name string }
+
+func (p netnsPeers) Lock(timeout time.Duration) (func(), error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		l, err := net.Listen("unix", "@nodelocal/"+p.name)
+		if err == nil {
+			return func() { l.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+			return nil, fmt.Errorf("instance lock @nodelocal/%s: %w", p.name, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (netnsPeers) Others(listen []netip.AddrPort) (int, error) {
+	own, err := ownSocketInodes()
+	if err != nil {
+		return 0, err
+	}
+	others := 0
+	for _, table := range []struct {
+		file   string
+		listen string // the state of a listening socket: TCP LISTEN, UDP unconnected
+	}{{"tcp", "0A"}, {"tcp6", "0A"}, {"udp", "07"}, {"udp6", "07"}} {
+		inodes, err := listeningInodes("/proc/net/"+table.file, table.listen, listen)
+		if err != nil {
+			return 0, err
+		}
+		for _, inode := range inodes {
+			if !own[inode] {
+				others++
+			}
+		}
+	}
+	return others, nil
+}
+
+// listeningInodes reads a /proc/net socket table and returns the inodes of
+// the sockets in state that are bound to one of listen.
+func listeningInodes(path, state string, listen []netip.AddrPort) ([]string, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil // no IPv6 on this node
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	want := map[string]bool{}
+	for _, ap := range listen {
+		want[procNetAddr(ap)] = true
+	}
+	var inodes []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 10 || fields[3] != state || !want[fields[1]] {
+			continue
+		}
+		inodes = append(inodes, fields[9])
+	}
+	return inodes, sc.Err()
+}
+
+// procNetAddr writes an address the way /proc/net tables do: each 32-bit word
+// of the address in host byte order, in hex, then the port.
+func procNetAddr(ap netip.AddrPort) string {
+	var b strings.Builder
+	raw := ap.Addr().AsSlice()
+	for i := 0; i < len(raw); i += 4 {
+		word := binary.BigEndian.Uint32(raw[i : i+4])
+		var host [4]byte
+		binary.NativeEndian.PutUint32(host[:], word)
+		fmt.Fprintf(&b, "%08X", binary.BigEndian.Uint32(host[:]))
+	}
+	fmt.Fprintf(&b, ":%04X", ap.Port())
+	return b.String()
+}
+
+func ownSocketInodes() (map[string]bool, error) {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return nil, err
+	}
+	own := map[string]bool{}
+	for _, e := range entries {
+		target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
+		if err != nil {
+			continue
+		}
+		if inode, ok := strings.CutPrefix(target, "socket:["); ok {
+			own[strings.TrimSuffix(inode, "]")] = true
+		}
+	}
+	return own, nil
+}
