@@ -1,0 +1,177 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/nodelocal/nodelocal/test/dnsload"
+	"github.com/nodelocal/nodelocal/test/harness"
+)
+
+// startPeer starts a second node-cache next to a running one and waits until
+// it serves: /ready is shared through SO_REUSEPORT, so its log tells.
+func startPeer(t *testing.T, node *harness.Node, name, tmpl string) *harness.Process {
+	t.Helper()
+	p, err := node.StartNodeCacheProcess(name, tmpl, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitForLog(t, p, "IPv4 iptables rules", 1, 15*time.Second)
+	return p
+}
+
+func assertClean(t *testing.T, node *harness.Node) {
+	t.Helper()
+	if rules, err := node.NodeLocalRules(); err != nil || len(rules) != 0 {
+		t.Fatalf("rules left: %v %v", rules, err)
+	}
+	if out, err := node.Host.Output("ip", "link", "show", "nodelocaldns"); err == nil {
+		t.Fatalf("interface left: %s", out)
+	}
+}
+
+func assertRules(t *testing.T, node *harness.Node, want int) {
+	t.Helper()
+	rules, err := node.NodeLocalRules()
+	if err != nil || len(rules) != want {
+		t.Fatalf("%d rules (%v), want %d:\n%s", len(rules), err, want, strings.Join(rules, "\n"))
+	}
+}
+
+// TestCrashFailsOpen: after SIGKILL nothing tears down, yet the ClusterIP
+// falls back to kube-dns by itself (the interception needs a live socket);
+// the next instance adopts what the dead one left.
+func TestCrashFailsOpen(t *testing.T) {
+	node := harness.NewNode(t, harness.Options{})
+	tmpl := mustTemplate(t, node, "")
+	p, err := node.StartNodeCache("node-cache", tmpl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	load := startLoad(ctx, t, node, 150, 8*time.Second)
+	time.Sleep(2 * time.Second)
+	p.Kill()
+	killed := time.Now()
+	before := kubeDNSCount(t, node)
+	mustQuery(t, node, "udp", harness.ClusterIP, harness.WebSvc)
+	mustQuery(t, node, "tcp", harness.ClusterIP, harness.WebSvc)
+	if kubeDNSCount(t, node) <= before {
+		t.Fatal("after SIGKILL the ClusterIP query was not answered by kube-dns")
+	}
+	time.Sleep(2*time.Second - time.Since(killed))
+	if _, err := node.StartNodeCache("node-cache-2", tmpl); err != nil {
+		t.Fatal(err)
+	}
+	results := <-load
+	// Only queries under way at the kill may fail: at most one per worker.
+	f, sent := results.failed(harness.ClusterIP, allTransports...)
+	t.Logf("SIGKILL, new instance 2s later: ClusterIP %d of %d failed", f, sent)
+	if f > 3*8 {
+		t.Fatalf("ClusterIP: %d failed, more than the queries that can be in flight (24)", f)
+	}
+	fl, sentl := results.failed(harness.LocalIP, allTransports...)
+	t.Logf("SIGKILL, new instance 2s later: link-local %d of %d failed (the gap)", fl, sentl)
+	assertRules(t, node, 24)
+}
+
+// TestStopWithoutSuccessor: SIGTERM hands the ClusterIP back to kube-dns
+// before the sockets close, serves the link-local IP through lameduck, then
+// leaves the node as it was. Zero ClusterIP queries fail.
+func TestStopWithoutSuccessor(t *testing.T) {
+	node := harness.NewNode(t, harness.Options{})
+	p, err := node.StartNodeCache("node-cache", mustTemplate(t, node, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := startLoad(context.Background(), t, node, 150, 10*time.Second)
+	time.Sleep(2 * time.Second)
+	stopped := time.Now()
+	p.Signal(syscall.SIGTERM)
+	if err := p.Wait(15 * time.Second); err != nil {
+		t.Fatalf("exit: %v\n%s", err, p.Log())
+	}
+	t.Logf("exited %v after SIGTERM (lameduck 5s)", time.Since(stopped).Round(time.Millisecond))
+	results := <-load
+	if f, sent := results.failed(harness.ClusterIP, allTransports...); f != 0 {
+		t.Fatalf("ClusterIP: %d of %d failed across the stop, want 0", f, sent)
+	}
+	for _, r := range results {
+		if r.target == harness.LocalIP {
+			if fs := r.result.FailedSeconds(); len(fs) > 0 && fs[0] < 7 {
+				t.Fatalf("link-local %s failed in second %d, before lameduck ended (about second 7)", r.transport, fs[0])
+			}
+		}
+	}
+	assertClean(t, node)
+}
+
+// TestSurgeHandoff: the DaemonSet's maxSurge rollout. A new instance starts
+// next to the old one (same IPs, SO_REUSEPORT), then the old one gets SIGTERM
+// and leaves everything to the new one. No query fails on either IP.
+func TestSurgeHandoff(t *testing.T) {
+	node := harness.NewNode(t, harness.Options{})
+	tmpl := mustTemplate(t, node, "")
+	old, err := node.StartNodeCache("node-cache-old", tmpl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := startLoad(context.Background(), t, node, 150, 12*time.Second)
+	time.Sleep(time.Second)
+	next := startPeer(t, node, "node-cache-new", tmpl)
+	time.Sleep(time.Second)
+	old.Signal(syscall.SIGTERM)
+	if err := old.Wait(15 * time.Second); err != nil {
+		t.Fatalf("old instance: %v\n%s", err, old.Log())
+	}
+	if !strings.Contains(old.Log(), "Teardown skipped: another instance serves here") {
+		t.Fatalf("the old instance did not leave the state to the new one:\n%s", old.Log())
+	}
+	assertRules(t, node, 24)
+	results := <-load
+	for _, target := range []string{harness.LocalIP, harness.ClusterIP} {
+		if f, sent := results.failed(target, dnsload.UDP, dnsload.TCPPersistent); f != 0 {
+			t.Errorf("%s: %d of %d UDP and persistent-TCP queries failed across the surge handoff, want 0", target, f, sent)
+		}
+		f, sent := results.failed(target, dnsload.TCPPerQuery)
+		t.Logf("%s: connection-per-query TCP %d of %d failed across the handoff", target, f, sent)
+	}
+	mustQuery(t, node, "udp", harness.ClusterIP, harness.WebSvc)
+	next.Signal(syscall.SIGTERM)
+	if err := next.Wait(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, node)
+}
+
+// TestTwoStopAtOnce: two instances stopping together clean up exactly once.
+func TestTwoStopAtOnce(t *testing.T) {
+	node := harness.NewNode(t, harness.Options{})
+	tmpl := mustTemplate(t, node, "")
+	a, err := node.StartNodeCache("node-cache-a", tmpl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := startPeer(t, node, "node-cache-b", tmpl)
+	a.Signal(syscall.SIGTERM)
+	b.Signal(syscall.SIGTERM)
+	for _, p := range []*harness.Process{a, b} {
+		if err := p.Wait(20 * time.Second); err != nil {
+			t.Fatalf("%s: %v\n%s", p.Name, err, p.Log())
+		}
+	}
+	torn := strings.Count(a.Log()+b.Log(), "Torn down")
+	if torn != 1 {
+		t.Fatalf("torn down %d times, want exactly once", torn)
+	}
+	assertClean(t, node)
+	r, err := harness.Query(node.Pods[0], "udp", harness.ClusterIP, harness.WebSvc, dns.TypeA)
+	if err != nil || r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("ClusterIP after both stopped: %v %v", r, err)
+	}
+}
