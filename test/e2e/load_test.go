@@ -2,76 +2,32 @@ package e2e
 
 import (
 	"context"
-	"slices"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
-
-	"github.com/nodelocal/nodelocal/test/dnsload"
 	"github.com/nodelocal/nodelocal/test/harness"
 )
 
-// loadRun is one stream of the mixed load.
-type loadRun struct {
-	target    string
-	transport dnsload.Transport
-	result    *dnsload.Result
-}
+var allTransports = harness.AllTransports
 
-type loadResults []loadRun
+const anyTarget = harness.AnyTarget
 
-const anyTarget = ""
-
-// failed adds up the runs to target (anyTarget: both) over the given transports.
-func (rs loadResults) failed(target string, transports ...dnsload.Transport) (failed, sent int) {
-	for _, r := range rs {
-		if (target == anyTarget || r.target == target) && slices.Contains(transports, r.transport) {
-			failed += r.result.Failed()
-			sent += r.result.Sent
-		}
-	}
-	return failed, sent
-}
-
-var allTransports = []dnsload.Transport{dnsload.UDP, dnsload.TCPPersistent, dnsload.TCPPerQuery}
-
-// startLoad sends, from the pod, UDP, persistent-TCP and per-query-TCP load
-// to both the link-local IP and the ClusterIP, each stream at rate, with cache
-// hits and misses. The results arrive on the channel when the run ends.
-func startLoad(ctx context.Context, t *testing.T, node *harness.Node, rate int, d time.Duration) <-chan loadResults {
+// startLoad is the harness's mixed load, with each stream logged and a failed
+// start reported on the test.
+func startLoad(ctx context.Context, t *testing.T, node *harness.Node, rate int, d time.Duration) <-chan harness.LoadResults {
 	t.Helper()
-	queries := []dnsload.Query{
-		{Name: harness.WebSvc, Type: dns.TypeA},
-		{Name: "www.example.org.", Type: dns.TypeA},
-		{Name: dnsload.UniqueToken + ".example.org.", Type: dns.TypeA}, // misses
-	}
-	done := make(chan loadResults, 1)
+	out := make(chan harness.LoadResults, 1)
+	in := node.StartMixedLoad(ctx, rate, d)
 	go func() {
-		var mu sync.Mutex
-		var results loadResults
-		var wg sync.WaitGroup
-		for _, target := range []string{harness.LocalIP, harness.ClusterIP} {
-			for _, tr := range allTransports {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					res, err := dnsload.Run(ctx, dnsload.Config{Target: target + ":53", Transport: tr, Queries: queries,
-						Rate: rate, Duration: d, Workers: 8, Timeout: 2 * time.Second, Dial: node.Pods[0].DialContext})
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					t.Logf("%-13s %-14s %v", target, tr, res)
-					mu.Lock()
-					results = append(results, loadRun{target, tr, res})
-					mu.Unlock()
-				}()
+		results := <-in
+		for _, r := range results {
+			if r.Err != nil {
+				t.Error(r.Err)
+				continue
 			}
+			t.Logf("%-13s %-14s %v", r.Target, r.Transport, r.Result)
 		}
-		wg.Wait()
-		done <- results
+		out <- results
 	}()
-	return done
+	return out
 }

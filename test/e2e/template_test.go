@@ -163,13 +163,13 @@ func TestTemplateEditsUnderLoad(t *testing.T) {
 	waitForLog(t, p, "previous configuration keeps serving", 1, 10*time.Second)
 	waitForConfigErrors(2)
 	results := <-loadDone
-	if f, sent := results.failed(anyTarget, dnsload.UDP, dnsload.TCPPersistent); f != 0 || sent < 8000 {
+	if f, sent := results.Failed(anyTarget, dnsload.UDP, dnsload.TCPPersistent); f != 0 || sent < 8000 {
 		t.Fatalf("%d of %d UDP and persistent-TCP queries failed across a reload and two broken edits, want 0 (and at least 8000 sent)", f, sent)
 	}
 	// A connection-per-query TCP client loses a query the old server accepted
 	// but had not read when the reload stopped it (CoreDNS's reload path);
 	// reported, not asserted.
-	f, sent := results.failed(anyTarget, dnsload.TCPPerQuery)
+	f, sent := results.Failed(anyTarget, dnsload.TCPPerQuery)
 	t.Logf("connection-per-query TCP: %d of %d failed across the reload", f, sent)
 	if n := strings.Count(p.Log(), "Reloading complete"); n != 1 {
 		t.Fatalf("reloaded %d times, want exactly 1 (broken edits must not reload)", n)

@@ -1,0 +1,73 @@
+package harness
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/nodelocal/nodelocal/test/dnsload"
+)
+
+// LoadRun is one stream of a mixed load.
+type LoadRun struct {
+	Target    string
+	Transport dnsload.Transport
+	Result    *dnsload.Result
+	Err       error
+}
+
+// LoadResults are the streams of a mixed load.
+type LoadResults []LoadRun
+
+// AnyTarget selects both targets in LoadResults.Failed.
+const AnyTarget = ""
+
+// AllTransports are the kinds of client of a mixed load.
+var AllTransports = []dnsload.Transport{dnsload.UDP, dnsload.TCPPersistent, dnsload.TCPPerQuery}
+
+// Failed adds up the runs to target (AnyTarget: both) over the given transports.
+func (rs LoadResults) Failed(target string, transports ...dnsload.Transport) (failed, sent int) {
+	for _, r := range rs {
+		if r.Result != nil && (target == AnyTarget || r.Target == target) && slices.Contains(transports, r.Transport) {
+			failed += r.Result.Failed()
+			sent += r.Result.Sent
+		}
+	}
+	return failed, sent
+}
+
+// StartMixedLoad sends, from pod 0, UDP, persistent-TCP and per-query-TCP
+// load to both the link-local IP and the ClusterIP, each stream at rate, with
+// cache hits and misses. The results arrive on the channel when the run ends.
+func (n *Node) StartMixedLoad(ctx context.Context, rate int, d time.Duration) <-chan LoadResults {
+	queries := []dnsload.Query{
+		{Name: WebSvc, Type: dns.TypeA},
+		{Name: "www.example.org.", Type: dns.TypeA},
+		{Name: dnsload.UniqueToken + ".example.org.", Type: dns.TypeA}, // misses
+	}
+	done := make(chan LoadResults, 1)
+	go func() {
+		var mu sync.Mutex
+		var results LoadResults
+		var wg sync.WaitGroup
+		for _, target := range []string{LocalIP, ClusterIP} {
+			for _, tr := range AllTransports {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					res, err := dnsload.Run(ctx, dnsload.Config{Target: target + ":53", Transport: tr, Queries: queries,
+						Rate: rate, Duration: d, Workers: 8, Timeout: 2 * time.Second, Dial: n.Pods[0].DialContext})
+					mu.Lock()
+					results = append(results, LoadRun{target, tr, res, err})
+					mu.Unlock()
+				}()
+			}
+		}
+		wg.Wait()
+		done <- results
+	}()
+	return done
+}
