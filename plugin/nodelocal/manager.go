@@ -255,8 +255,13 @@ func (m *manager) syncRules(f Family, t RuleTables, desired []Rule) bool {
 	}
 	changes := DiffRules(desired, listed)
 	ok := true
-	// Adds first: replacing a rule (upstream's unconditional one by ours)
-	// never leaves a moment without interception.
+	// The interception goes in last: once it steers a pod's flow here, the
+	// replies must already skip conntrack, or a reply whose reverse tuple
+	// matches the flow's earlier DNAT entry (to kube-dns) is dropped as a
+	// conntrack clash.
+	slices.SortStableFunc(changes.Add, func(a, b Rule) int { return boolToInt(a.isInterception()) - boolToInt(b.isInterception()) })
+	// Adds before deletes: replacing a rule (upstream's unconditional one by
+	// ours) never leaves a moment without interception.
 	for _, r := range changes.Add {
 		if err := t.Insert(r); err != nil {
 			if slices.Contains(r.Args, "socket") && !m.noSocketMatch {
@@ -495,4 +500,11 @@ func (m *manager) removeInterface() {
 		log.Errorf("Teardown: delete interface %s: %v", name, err)
 	}
 	m.linkMade = false
+}
+
+func boolToInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -275,3 +275,17 @@ func TestManagerReplacesUnconditionalRules(t *testing.T) {
 		}
 	}
 }
+
+func TestManagerInstallsInterceptionLast(t *testing.T) {
+	n := newFakeNode(t)
+	if err := n.mgr.Apply(testConfig("169.254.20.10:53", "198.18.0.10:53")); err != nil {
+		t.Fatal(err)
+	}
+	n.mgr.ListenersUp()
+	// fakeTables prepends: the first rules listed were inserted last.
+	for i, r := range n.tables[IPv4].rules {
+		if want := i < 4; r.isInterception() != want {
+			t.Fatalf("rule %d inserted out of order (interception must come last): %v", i, r)
+		}
+	}
+}

@@ -179,7 +179,8 @@ type RuleChanges struct {
 }
 
 // DiffRules compares the desired rules of some tables with what is listed
-// there. Only rules carrying our comments are ever deleted.
+// there. Only rules carrying our comments are ever deleted. Deletions keep
+// the listing's order, where raw PREROUTING (the interception) comes first.
 func DiffRules(desired, listed []Rule) RuleChanges {
 	var ch RuleChanges
 	want := map[string]bool{}

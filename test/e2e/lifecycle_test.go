@@ -177,3 +177,33 @@ func TestTwoStopAtOnce(t *testing.T) {
 		t.Fatalf("ClusterIP after both stopped: %v %v", r, err)
 	}
 }
+
+// TestRestartWithoutSurge: SIGTERM, then a new instance 2s after the old one
+// exits. No ClusterIP query fails: not at the handoff, and not when the new
+// instance intercepts again flows that kube-dns served in between (their
+// replies would clash with those flows' conntrack entries if the interception
+// went in before the rules that keep replies out of conntrack).
+func TestRestartWithoutSurge(t *testing.T) {
+	node := harness.NewNode(t, harness.Options{})
+	tmpl := mustTemplate(t, node, "")
+	p, err := node.StartNodeCache("node-cache", tmpl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := startLoad(context.Background(), t, node, 150, 12*time.Second)
+	time.Sleep(2 * time.Second)
+	if err := p.Stop(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	if _, err := node.StartNodeCache("node-cache-next", tmpl); err != nil {
+		t.Fatal(err)
+	}
+	results := <-load
+	if f, sent := results.Failed(harness.ClusterIP, allTransports...); f != 0 {
+		t.Fatalf("ClusterIP: %d of %d failed across the restart, want 0", f, sent)
+	}
+	f, sent := results.Failed(harness.LocalIP, allTransports...)
+	t.Logf("link-local: %d of %d failed (the 2s gap)", f, sent)
+	assertRules(t, node, 24)
+}

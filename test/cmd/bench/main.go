@@ -1,0 +1,65 @@
+// Command bench measures node-cache in the simulated node and prints markdown
+// tables (also written to -out). Run it as root: `make bench`.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"time"
+)
+
+var verbose = flag.Bool("v", false, "print every load stream's result")
+
+func main() {
+	bin := flag.String("node-cache", "bin/node-cache", "node-cache binary to measure")
+	out := flag.String("out", "bench-results.md", "file the tables are written to")
+	duration := flag.Duration("duration", 30*time.Second, "length of each lifecycle scenario")
+	only := flag.String("only", "", "run only the lifecycle scenarios whose name contains this")
+	rate := flag.Int("rate", 350, "queries per second of each of the 6 load streams (2 IPs x UDP, TCP persistent, TCP per query)")
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "bench needs root (network namespaces, iptables): run `sudo make bench`")
+		os.Exit(1)
+	}
+	os.Setenv("NODELOCAL_NODE_CACHE_BIN", *bin)
+
+	var report strings.Builder
+	fmt.Fprintf(&report, "# node-cache benchmarks\n\n%s, measured %s with `make bench`.\n\n", machine(), time.Now().UTC().Format("2006-01-02"))
+	section := func(title string, run func() (string, error)) {
+		fmt.Fprintf(os.Stderr, "== %s\n", title)
+		table, err := run()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", title, err)
+			table = fmt.Sprintf("failed: %v\n", err)
+		}
+		fmt.Fprintf(&report, "## %s\n\n%s\n", title, table)
+		fmt.Print("## " + title + "\n\n" + table + "\n")
+	}
+	section("Queries lost across reloads, restarts, upgrades and crashes", func() (string, error) {
+		return lifecycle(*rate, *duration, *only)
+	})
+	if err := os.WriteFile(*out, []byte(report.String()), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Fprintf(os.Stderr, "written to %s\n", *out)
+}
+
+// machine describes where the numbers were measured.
+func machine() string {
+	cpu := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if name, ok := strings.CutPrefix(line, "model name"); ok {
+				cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(name), ":"))
+				break
+			}
+		}
+	}
+	kernel, _ := exec.Command("uname", "-r").Output()
+	return fmt.Sprintf("%d cores (%s), Linux %s, %s", runtime.NumCPU(), cpu, strings.TrimSpace(string(kernel)), runtime.Version())
+}
