@@ -6,7 +6,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION) -X github.com/coredns/coredns/core
 IMAGE     ?= node-cache:$(VERSION)
 TEST_TIMEOUT ?= 20m
 
-.PHONY: help build generate test unit-test e2e-test demo bench image lint clean check-generated
+.PHONY: help build generate manifests test unit-test demo bench image lint clean check-generated
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -17,8 +17,11 @@ build: ## build bin/node-cache (version and commit stamped)
 generate: ## regenerate the directive list and imports from plugin.cfg
 	cd build && $(GO) generate ./...
 
-check-generated: generate ## fail when the generated files are stale
-	git diff --exit-code -- build/zdirectives.go build/zplugin.go
+manifests: ## regenerate the ConfigMap from corefile.tmpl and manifests/nodelocaldns.yaml
+	$(GO) run ./manifests/gen
+
+check-generated: generate manifests ## fail when generated files are stale
+	git diff --exit-code -- build/zdirectives.go build/zplugin.go manifests/
 
 test: build ## unit tests and the privileged end-to-end tests (run as root)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...

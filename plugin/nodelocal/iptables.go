@@ -92,37 +92,60 @@ func isLockError(err error) bool {
 // uses; kube's iptables-wrapper looks for the same ones.
 var kubeHintChains = []string{"-N KUBE-IPTABLES-HINT", "-N KUBE-KUBELET-CANARY"}
 
+// errPermission marks a backend whose rules this process may not read.
+var errPermission = errors.New("permission denied")
+
 // DetectBackend picks the backend the node's kube rules live in: the one
 // holding kubelet's hint chains (nft first), else the one with more nat rules,
 // else nft. list returns `iptables-BACKEND -t TABLE -S`, or an error when that
-// backend is unusable.
-func DetectBackend(list func(b Backend, table string) (string, error)) Backend {
+// backend is unusable; a backend it may not read (errPermission) makes the
+// answer unknowable, which is an error rather than a guess.
+func DetectBackend(list func(b Backend, table string) (string, error)) (Backend, error) {
+	outputs := map[Backend]map[string]string{}
 	for _, b := range []Backend{BackendNFT, BackendLegacy} {
-		out, err := list(b, "mangle")
-		if err != nil {
-			continue
+		outputs[b] = map[string]string{}
+		for _, table := range []string{"mangle", "nat"} {
+			out, err := list(b, table)
+			if errors.Is(err, errPermission) {
+				legacyHint := ""
+				if b == BackendLegacy {
+					legacyHint = ": the missing NET_RAW capability; add NET_RAW to the container's securityContext.capabilities"
+				}
+				return "", fmt.Errorf("cannot read the iptables-%s rules to find the node's backend (%v)%s", b, err, legacyHint)
+			}
+			if err == nil {
+				outputs[b][table] = out
+			}
 		}
+	}
+	for _, b := range []Backend{BackendNFT, BackendLegacy} {
 		for _, hint := range kubeHintChains {
-			if strings.Contains(out, hint) {
-				return b
+			if strings.Contains(outputs[b]["mangle"], hint) {
+				return b, nil
 			}
 		}
 	}
 	count := func(b Backend) int {
-		out, err := list(b, "nat")
-		if err != nil {
+		out, ok := outputs[b]["nat"]
+		if !ok {
 			return -1
 		}
 		return strings.Count(out, "\n-A ")
 	}
 	if count(BackendLegacy) > count(BackendNFT) {
-		return BackendLegacy
+		return BackendLegacy, nil
 	}
-	return BackendNFT
+	return BackendNFT, nil
 }
 
 // listWithBinary is DetectBackend's listing on a real node.
 func listWithBinary(b Backend, table string) (string, error) {
-	out, err := exec.Command(binaryName(b, IPv4), "-w", fmt.Sprint(lockWaitSeconds), "-t", table, "-S").Output()
+	cmd := exec.Command(binaryName(b, IPv4), "-w", fmt.Sprint(lockWaitSeconds), "-t", table, "-S")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil && strings.Contains(stderr.String(), "Permission denied") {
+		return "", fmt.Errorf("%w: %s", errPermission, strings.TrimSpace(stderr.String()))
+	}
 	return "\n" + string(out), err
 }

@@ -18,7 +18,7 @@ import (
 type manager struct {
 	links     Links
 	newTables func(Backend, Family) (RuleTables, error)
-	detect    func() Backend
+	detect    func() (Backend, error)
 	probe     func(netip.AddrPort) error
 	peers     Peers
 
@@ -47,7 +47,7 @@ type manager struct {
 // How long an instance waits for a peer that is starting or stopping.
 const peerLockTimeout = 30 * time.Second
 
-func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), detect func() Backend, probe func(netip.AddrPort) error, peers Peers) *manager {
+func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), detect func() (Backend, error), probe func(netip.AddrPort) error, peers Peers) *manager {
 	return &manager{
 		links: links, newTables: newTables, detect: detect, probe: probe, peers: peers,
 		ownIPs: map[netip.Addr]bool{}, foreignIPs: map[netip.Addr]string{}, rulesMade: map[Family]bool{},
@@ -58,7 +58,7 @@ func newManager(links Links, newTables func(Backend, Family) (RuleTables, error)
 // theManager is the process-wide manager of the real node.
 var theManager = newManager(netlinkLinks{},
 	func(b Backend, f Family) (RuleTables, error) { return newIPTablesCmd(b, f) },
-	func() Backend { return DetectBackend(listWithBinary) },
+	func() (Backend, error) { return DetectBackend(listWithBinary) },
 	probeDNS,
 	netnsPeers{name: "instance"})
 
@@ -95,7 +95,10 @@ func (m *manager) setConfig(cfg *Config) error {
 	if cfg.Backend != m.cfgBackend() || m.tables == nil {
 		backend := cfg.Backend
 		if backend == BackendAuto {
-			backend = m.detect()
+			var err error
+			if backend, err = m.detect(); err != nil {
+				return err
+			}
 			log.Infof("iptables backend: %s (auto-detected from where the node's kube rules live)", backend)
 		}
 		tables := map[Family]RuleTables{}

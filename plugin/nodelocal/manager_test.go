@@ -20,7 +20,7 @@ func newFakeNode(t *testing.T) *fakeNode {
 	n := &fakeNode{links: newFakeLinks(), tables: map[Family]*fakeTables{IPv4: {}, IPv6: {}}, peers: &fakePeers{}}
 	n.mgr = newManager(n.links,
 		func(b Backend, f Family) (RuleTables, error) { return n.tables[f], nil },
-		func() Backend { return BackendNFT },
+		func() (Backend, error) { return BackendNFT, nil },
 		func(netip.AddrPort) error { return nil },
 		n.peers)
 	t.Cleanup(func() {

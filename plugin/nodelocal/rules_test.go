@@ -100,17 +100,29 @@ func TestDetectBackend(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := DetectBackend(func(b Backend, table string) (string, error) {
+			got, err := DetectBackend(func(b Backend, table string) (string, error) {
 				out, ok := tc.out[string(b)+"/"+table]
 				if !ok {
 					return "", errNotFound
 				}
 				return out, nil
 			})
-			if got != tc.want {
-				t.Fatalf("got %s, want %s", got, tc.want)
+			if err != nil || got != tc.want {
+				t.Fatalf("got %s (%v), want %s", got, err, tc.want)
 			}
 		})
+	}
+}
+
+func TestDetectBackendRefusesToGuess(t *testing.T) {
+	_, err := DetectBackend(func(b Backend, table string) (string, error) {
+		if b == BackendLegacy {
+			return "", errPermission
+		}
+		return "\n", nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "missing NET_RAW capability") {
+		t.Fatalf("unreadable legacy rules: %v, want an error naming NET_RAW", err)
 	}
 }
 

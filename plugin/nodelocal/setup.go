@@ -297,7 +297,7 @@ var preflight = func(cfg *Config) error {
 		}
 	}
 	if cfg.Backend == BackendLegacy && caps&(1<<capNetRaw) == 0 {
-		return fmt.Errorf("missing NET_RAW capability, needed by iptables-legacy: add NET_RAW to the container's securityContext.capabilities, or use `iptables nft`")
+		return fmt.Errorf("missing NET_RAW capability, needed by iptables-legacy: add NET_RAW to the container's securityContext.capabilities")
 	}
 	return nil
 }

@@ -1,0 +1,269 @@
+package manifests
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"sigs.k8s.io/yaml"
+
+	"github.com/nodelocal/nodelocal/test/harness"
+)
+
+// decode reads every document of a manifest strictly (an unknown field is an
+// error) into its Kubernetes API type.
+func decode(t *testing.T, name string, data []byte) []any {
+	t.Helper()
+	var objs []any
+	for i, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(data), -1) {
+		if strings.TrimSpace(doc) == "" || strings.TrimSpace(stripComments(doc)) == "" {
+			continue
+		}
+		var meta struct{ Kind string }
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatalf("%s document %d: %v", name, i, err)
+		}
+		var obj any
+		switch meta.Kind {
+		case "DaemonSet":
+			obj = &appsv1.DaemonSet{}
+		case "ConfigMap":
+			obj = &corev1.ConfigMap{}
+		case "Service":
+			obj = &corev1.Service{}
+		case "ServiceAccount":
+			obj = &corev1.ServiceAccount{}
+		default:
+			t.Fatalf("%s document %d: unexpected kind %q", name, i, meta.Kind)
+		}
+		if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
+			t.Fatalf("%s document %d (%s): %v", name, i, meta.Kind, err)
+		}
+		objs = append(objs, obj)
+	}
+	return objs
+}
+
+func stripComments(doc string) string {
+	var keep []string
+	for _, l := range strings.Split(doc, "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(l), "#") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
+func render(t *testing.T, dir string) []any {
+	t.Helper()
+	out, err := Render(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return decode(t, dir, out)
+}
+
+func daemonSet(t *testing.T, objs []any) *appsv1.DaemonSet {
+	t.Helper()
+	for _, o := range objs {
+		if ds, ok := o.(*appsv1.DaemonSet); ok {
+			return ds
+		}
+	}
+	t.Fatal("no DaemonSet")
+	return nil
+}
+
+func configMapCorefile(t *testing.T, objs []any) string {
+	t.Helper()
+	for _, o := range objs {
+		if cm, ok := o.(*corev1.ConfigMap); ok && cm.Name == "node-local-dns" {
+			return cm.Data["Corefile"]
+		}
+	}
+	t.Fatal("no node-local-dns ConfigMap")
+	return ""
+}
+
+func TestGeneratedFilesAreFresh(t *testing.T) {
+	tmpl, err := os.ReadFile("../corefile.tmpl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm, err := ConfigMap(tmpl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rendered, err := Render("base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for file, want := range map[string][]byte{"base/configmap.yaml": cm, "nodelocaldns.yaml": rendered} {
+		got, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("manifests/%s is stale: run `make manifests` and commit the result", file)
+		}
+	}
+}
+
+func TestEveryManifestDecodesStrictly(t *testing.T) {
+	files, _ := filepath.Glob("base/*.yaml")
+	files = append(files, "nodelocaldns.yaml")
+	for _, f := range files {
+		if filepath.Base(f) == "kustomization.yaml" {
+			continue
+		}
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(decode(t, f, data)) == 0 {
+			t.Errorf("%s: no documents", f)
+		}
+	}
+	for _, overlay := range []string{"overlays/ipvs", "overlays/ondelete"} {
+		render(t, overlay)
+	}
+}
+
+// lameduck reads the health plugin's lameduck from the Corefile.
+func lameduck(t *testing.T, corefile string) time.Duration {
+	t.Helper()
+	m := regexp.MustCompile(`lameduck\s+(\S+)`).FindStringSubmatch(corefile)
+	if m == nil {
+		t.Fatal("no lameduck in the Corefile: SIGTERM would stop serving at once")
+	}
+	d, err := time.ParseDuration(m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// The capabilities node-cache needs, each proven by test/e2e's capability test.
+var neededCapabilities = []corev1.Capability{"NET_ADMIN", "NET_BIND_SERVICE", "NET_RAW"}
+
+// peakRSS is the highest resident memory measured in the simulated node with
+// every cache full and during an NXDOMAIN storm (`make bench`, memory table).
+var peakRSS = resource.MustParse("120Mi")
+
+func TestDaemonSetInvariants(t *testing.T) {
+	objs := render(t, "base")
+	ds := daemonSet(t, objs)
+	spec := ds.Spec.Template.Spec
+	ru := ds.Spec.UpdateStrategy.RollingUpdate
+	if ds.Spec.UpdateStrategy.Type != appsv1.RollingUpdateDaemonSetStrategyType || ru == nil ||
+		ru.MaxSurge.String() != "1" || ru.MaxUnavailable.String() != "0" {
+		t.Errorf("update strategy %+v, want RollingUpdate with maxSurge 1, maxUnavailable 0", ds.Spec.UpdateStrategy)
+	}
+	if !spec.HostNetwork || spec.DNSPolicy != corev1.DNSDefault || spec.PriorityClassName != "system-node-critical" {
+		t.Errorf("hostNetwork %v, dnsPolicy %s, priorityClassName %s", spec.HostNetwork, spec.DNSPolicy, spec.PriorityClassName)
+	}
+	if len(spec.Tolerations) != 1 || spec.Tolerations[0].Operator != corev1.TolerationOpExists || spec.Tolerations[0].Key != "" {
+		t.Errorf("tolerations %+v, want to tolerate everything", spec.Tolerations)
+	}
+	grace := time.Duration(*spec.TerminationGracePeriodSeconds) * time.Second
+	// lameduck, then the teardown and CoreDNS's server shutdown (up to 5s each).
+	if ld := lameduck(t, configMapCorefile(t, objs)); grace < ld+15*time.Second {
+		t.Errorf("terminationGracePeriodSeconds %v leaves no room after lameduck %v", grace, ld)
+	}
+	if len(spec.Containers) != 1 {
+		t.Fatalf("%d containers", len(spec.Containers))
+	}
+	c := spec.Containers[0]
+	if len(c.Ports) != 0 {
+		t.Errorf("container ports %v: on a hostNetwork pod they become hostPorts and block the surge pod", c.Ports)
+	}
+	for name, probe := range map[string]*corev1.Probe{"/health": c.LivenessProbe, "/ready": c.ReadinessProbe} {
+		if probe == nil || probe.HTTPGet == nil || probe.HTTPGet.Path != name || probe.HTTPGet.Host != "169.254.20.10" {
+			t.Errorf("probe for %s: %+v, want an HTTP GET on 169.254.20.10", name, probe)
+		}
+	}
+	sc := c.SecurityContext
+	if sc == nil || sc.Privileged == nil || *sc.Privileged || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+		sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Fatalf("security context %+v: want unprivileged, no privilege escalation, read-only root", sc)
+	}
+	if !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || !slices.Equal(sc.Capabilities.Add, neededCapabilities) {
+		t.Errorf("capabilities drop %v add %v, want drop ALL, add %v", sc.Capabilities.Drop, sc.Capabilities.Add, neededCapabilities)
+	}
+	limit, ok := c.Resources.Limits[corev1.ResourceMemory]
+	if !ok || limit.Cmp(peakRSS) <= 0 {
+		t.Errorf("memory limit %v, want one above the measured peak %v", limit.String(), peakRSS.String())
+	}
+	if ds.Spec.Template.Annotations["prometheus.io/scrape"] != "true" || ds.Spec.Template.Annotations["prometheus.io/port"] != "9253" {
+		t.Errorf("prometheus annotations %v", ds.Spec.Template.Annotations)
+	}
+	mounts := map[string]string{}
+	for _, m := range c.VolumeMounts {
+		mounts[m.Name] = m.MountPath
+	}
+	if mounts["xtables-lock"] != "/run/xtables.lock" || mounts["config"] != "/etc/coredns" || mounts["kube-dns-config"] != "/etc/kube-dns" {
+		t.Errorf("volume mounts %v", mounts)
+	}
+	for _, v := range spec.Volumes {
+		if v.Name == "kube-dns-config" && (v.ConfigMap == nil || v.ConfigMap.Optional == nil || !*v.ConfigMap.Optional) {
+			t.Errorf("the kube-dns ConfigMap must be optional: %+v", v)
+		}
+	}
+}
+
+func TestOverlays(t *testing.T) {
+	ipvs := daemonSet(t, render(t, "overlays/ipvs"))
+	if args := ipvs.Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, "-ipvs") {
+		t.Errorf("ipvs overlay args %v", args)
+	}
+	ondelete := daemonSet(t, render(t, "overlays/ondelete"))
+	if ondelete.Spec.UpdateStrategy.Type != appsv1.OnDeleteDaemonSetStrategyType {
+		t.Errorf("ondelete overlay strategy %+v", ondelete.Spec.UpdateStrategy)
+	}
+}
+
+// TestConfigMapRendersWithTheDaemonSetArgs runs node-cache -render with the
+// DaemonSet's args and the environment Kubernetes gives a kube-system pod, in
+// iptables and IPVS mode: every flag exists and no placeholder is left.
+func TestConfigMapRendersWithTheDaemonSetArgs(t *testing.T) {
+	bin, err := harness.Binary("node-cache")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, overlay := range []string{"base", "overlays/ipvs"} {
+		objs := render(t, overlay)
+		dir := t.TempDir()
+		base := filepath.Join(dir, "Corefile.base")
+		resolv := filepath.Join(dir, "resolv.conf")
+		os.WriteFile(base, []byte(configMapCorefile(t, objs)), 0o644)
+		os.WriteFile(resolv, []byte("nameserver 198.18.9.1\n"), 0o644)
+		args := append(daemonSet(t, objs).Spec.Template.Spec.Containers[0].Args,
+			"-basecorefile", base, "-resolvconf", resolv, "-kubednscm", filepath.Join(dir, "none"), "-render")
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), "KUBE_DNS_SERVICE_HOST=198.18.0.10", "KUBE_DNS_UPSTREAM_SERVICE_HOST=198.18.0.11")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: node-cache %v: %v\n%s", overlay, args, err, out)
+		}
+		corefile := string(out)
+		if strings.Contains(corefile, "__PILLAR__") {
+			t.Fatalf("%s: placeholder left:\n%s", overlay, corefile)
+		}
+		wantBind := "bind 169.254.20.10 198.18.0.10\n"
+		if overlay == "overlays/ipvs" {
+			wantBind = "bind 169.254.20.10 \n"
+		}
+		if !strings.Contains(corefile, wantBind) || !strings.Contains(corefile, "forward . 198.18.0.11 {") {
+			t.Fatalf("%s: rendered Corefile lacks %q or the upstream Service:\n%s", overlay, wantBind, corefile)
+		}
+	}
+}

@@ -1,0 +1,105 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/nodelocal/nodelocal/test/harness"
+)
+
+// manifestCapabilities are the capabilities the DaemonSet adds (it drops all others).
+func manifestCapabilities(t *testing.T) []string {
+	t.Helper()
+	root, err := harness.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "manifests/base/daemonset.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds appsv1.DaemonSet
+	if err := yaml.Unmarshal(b, &ds); err != nil {
+		t.Fatal(err)
+	}
+	var caps []string
+	for _, c := range ds.Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add {
+		caps = append(caps, strings.ToLower(string(c)))
+	}
+	return caps
+}
+
+// withCapabilities runs node-cache as root with only caps (as the container
+// runtime does with drop ALL and these added).
+func withCapabilities(caps []string) []string {
+	set := "-all"
+	for _, c := range caps {
+		set += ",+" + c
+	}
+	return []string{"setpriv", "--bounding-set", set, "--inh-caps", "-all"}
+}
+
+// TestManifestCapabilities proves the DaemonSet's capability set: with
+// exactly those node-cache works on either backend, and without any one of
+// them it fails with a clear message.
+func TestManifestCapabilities(t *testing.T) {
+	caps := manifestCapabilities(t)
+	if !slices.Equal(caps, []string{"net_admin", "net_bind_service", "net_raw"}) {
+		t.Fatalf("manifest capabilities %v changed: prove the new set here", caps)
+	}
+	for _, backend := range harness.Backends {
+		t.Run(string(backend), func(t *testing.T) {
+			node := harness.NewNode(t, harness.Options{Backend: backend})
+			tmpl := mustTemplate(t, node, "")
+			p, err := node.StartNodeCacheProcess("exact-caps", tmpl, withCapabilities(caps))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := node.WaitReady(p, 10*time.Second); err != nil {
+				t.Fatalf("with exactly %v: %v\n%s", caps, err, p.Log())
+			}
+			mustQuery(t, node, "udp", harness.ClusterIP, harness.WebSvc)
+			assertRules(t, node, 24)
+			if err := p.Stop(15 * time.Second); err != nil {
+				t.Fatal(err)
+			}
+			assertClean(t, node)
+
+			for _, missing := range caps {
+				wantMsg := map[string]string{
+					"net_admin":        "missing NET_ADMIN capability",
+					"net_bind_service": "permission denied",
+					"net_raw":          "missing NET_RAW capability",
+				}[missing]
+				if missing == "net_raw" && backend == harness.BackendNFT {
+					continue // iptables-nft needs no raw socket: NET_RAW is for legacy nodes
+				}
+				rest := slices.DeleteFunc(slices.Clone(caps), func(c string) bool { return c == missing })
+				p, err := node.StartNodeCacheProcess("without-"+missing, tmpl, withCapabilities(rest))
+				if err != nil {
+					t.Fatal(err)
+				}
+				err = p.Wait(15 * time.Second)
+				if !p.Exited() || err == nil {
+					p.Kill()
+					t.Fatalf("without %s node-cache kept running (%v)\n%s", missing, err, p.Log())
+				}
+				if !strings.Contains(p.Log(), wantMsg) {
+					t.Fatalf("without %s: the log does not say %q:\n%s", missing, wantMsg, p.Log())
+				}
+				if missing == "net_admin" {
+					if out, err := node.Host.Output("ip", "link", "show", "nodelocaldns"); err == nil {
+						t.Fatalf("interface created despite the missing NET_ADMIN: %s", out)
+					}
+				}
+			}
+		})
+	}
+}
