@@ -30,6 +30,7 @@ kube-dns-upstream.kube-system.svc 30 IN A 198.18.0.11
 web.default.svc 30 IN A 198.18.4.10
 web.default.svc 30 IN AAAA 2001:2::10
 _http._tcp.web.default.svc 30 IN SRV 0 100 80 web.default.svc.cluster.local.
+*.fill.svc 30 IN A 198.18.4.99
 `
 
 const reverseZone = `$ORIGIN in-addr.arpa.
@@ -38,6 +39,7 @@ const reverseZone = `$ORIGIN in-addr.arpa.
 1.0.18.198 30 IN PTR kubernetes.default.svc.cluster.local.
 10.0.18.198 30 IN PTR kube-dns.kube-system.svc.cluster.local.
 10.4.18.198 30 IN PTR web.default.svc.cluster.local.
+*.fill 30 IN PTR fill.svc.cluster.local.
 `
 
 // kubeDNSCorefile serves cluster.local and in-addr.arpa from zone files, any

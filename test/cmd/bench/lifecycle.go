@@ -161,4 +161,3 @@ func runScenario(sc scenario, rate int, d time.Duration) (string, error) {
 	return fmt.Sprintf("| %s | %s | %s | %s | %s |\n", sc.name, cell(harness.ClusterIP, harness.AllTransports...),
 		cell(harness.LocalIP, harness.AllTransports...), perTransport(harness.ClusterIP), sc.goal), nil
 }
-

@@ -18,7 +18,8 @@ func main() {
 	bin := flag.String("node-cache", "bin/node-cache", "node-cache binary to measure")
 	out := flag.String("out", "bench-results.md", "file the tables are written to")
 	duration := flag.Duration("duration", 30*time.Second, "length of each lifecycle scenario")
-	only := flag.String("only", "", "run only the lifecycle scenarios whose name contains this")
+	sections := flag.String("sections", "", "run only the sections whose title contains this (default: all)")
+	scenario := flag.String("scenario", "", "run only the lifecycle scenarios whose name contains this (default: all)")
 	rate := flag.Int("rate", 350, "queries per second of each of the 6 load streams (2 IPs x UDP, TCP persistent, TCP per query)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -30,6 +31,9 @@ func main() {
 	var report strings.Builder
 	fmt.Fprintf(&report, "# node-cache benchmarks\n\n%s, measured %s with `make bench`.\n\n", machine(), time.Now().UTC().Format("2006-01-02"))
 	section := func(title string, run func() (string, error)) {
+		if !strings.Contains(title, *sections) {
+			return
+		}
 		fmt.Fprintf(os.Stderr, "== %s\n", title)
 		table, err := run()
 		if err != nil {
@@ -39,8 +43,9 @@ func main() {
 		fmt.Fprintf(&report, "## %s\n\n%s\n", title, table)
 		fmt.Print("## " + title + "\n\n" + table + "\n")
 	}
+	section("Memory", func() (string, error) { return memory("256Mi") })
 	section("Queries lost across reloads, restarts, upgrades and crashes", func() (string, error) {
-		return lifecycle(*rate, *duration, *only)
+		return lifecycle(*rate, *duration, *scenario)
 	})
 	if err := os.WriteFile(*out, []byte(report.String()), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, err)
