@@ -235,6 +235,10 @@ func (m *manager) desiredRules() map[Family][]Rule {
 // isHandedOff: on stop, the interception of Service IPs (not link-local ones)
 // goes first, so kube-proxy sends new queries to kube-dns while this instance
 // still answers what it has and serves the link-local IP through lameduck.
+// A TCP connection open at that instant is reset: its next segment is picked
+// up mid-stream by conntrack and DNATed. Keeping non-SYN segments out of
+// conntrack instead would hijack the new connections too, because the socket
+// match also finds this instance's listener.
 func isHandedOff(r Rule) bool {
 	return r.isInterception() && !netip.MustParsePrefix(r.Args[1]).Addr().IsLinkLocalUnicast()
 }

@@ -13,6 +13,7 @@ import (
 var binaryPackages = map[string]string{
 	"node-cache": "./build",
 	"coredns":    "./test/cmd/coredns",
+	"dnsload":    "./test/cmd/dnsload",
 }
 
 var (

@@ -43,6 +43,8 @@ func main() {
 		fmt.Fprintf(&report, "## %s\n\n%s\n", title, table)
 		fmt.Print("## " + title + "\n\n" + table + "\n")
 	}
+	section("Cache throughput and latency against the peers", throughput)
+	section("Self-healing, start-up and steady-state cost", selfHealing)
 	section("Memory", func() (string, error) { return memory("256Mi") })
 	section("Queries lost across reloads, restarts, upgrades and crashes", func() (string, error) {
 		return lifecycle(*rate, *duration, *scenario)

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -25,6 +26,7 @@ func main() {
 	flag.IntVar(&cfg.Count, "count", 0, "stop after this many queries (0: no limit but the duration)")
 	flag.DurationVar(&cfg.Timeout, "timeout", time.Second, "per-query timeout")
 	flag.IntVar(&cfg.Workers, "workers", 20, "concurrent clients")
+	asJSON := flag.Bool("json", false, "print the result as JSON")
 	flag.Parse()
 
 	queries, err := dnsload.ParseMix(*mix)
@@ -38,7 +40,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	fmt.Println(res)
+	if *asJSON {
+		json.NewEncoder(os.Stdout).Encode(res)
+	} else {
+		fmt.Println(res)
+	}
 	if res.Failed() > 0 {
 		os.Exit(1)
 	}
