@@ -32,7 +32,9 @@ unit-test: ## unit tests only (no root needed)
 demo: build ## run node-cache in a simulated node and show what it does (root)
 	$(GO) run ./test/cmd/demo -node-cache bin/node-cache
 
-bench: build ## side-by-side benchmarks, markdown table in bench-results.md (root)
+bench: build ## side-by-side benchmarks, markdown tables in bench-results.md (root)
+	@command -v unbound >/dev/null && command -v dnsmasq >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq unbound dnsmasq)
 	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -out bench-results.md
 
 image: ## build the container image (needs a container engine)

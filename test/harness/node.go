@@ -335,9 +335,14 @@ func removeStaleNamespaces() {
 
 // Query sends one query from ns to server (an IP; port 53) over udp or tcp.
 func Query(ns *Netns, network, server, name string, qtype uint16) (*dns.Msg, error) {
+	return QueryTimeout(ns, network, server, name, qtype, 2*time.Second)
+}
+
+// QueryTimeout is Query with its own timeout.
+func QueryTimeout(ns *Netns, network, server, name string, qtype uint16, timeout time.Duration) (*dns.Msg, error) {
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), qtype)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	conn, err := ns.DialContext(ctx, network, server+":53")
 	if err != nil {
@@ -345,7 +350,7 @@ func Query(ns *Netns, network, server, name string, qtype uint16) (*dns.Msg, err
 	}
 	c := &dns.Conn{Conn: conn}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(2 * time.Second))
+	c.SetDeadline(time.Now().Add(timeout))
 	if err := c.WriteMsg(m); err != nil {
 		return nil, err
 	}
