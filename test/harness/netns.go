@@ -8,7 +8,9 @@ import (
 	"net/http"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netns"
@@ -30,8 +32,10 @@ func createNetns(name string) (*Netns, error) {
 // deleteNetns kills every process left in the namespace, then removes it.
 func deleteNetns(name string) {
 	if out, err := exec.Command("ip", "netns", "pids", name).Output(); err == nil {
-		for _, pid := range strings.Fields(string(out)) {
-			exec.Command("kill", "-9", pid).Run()
+		for _, field := range strings.Fields(string(out)) {
+			if pid, err := strconv.Atoi(field); err == nil {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
 		}
 	}
 	exec.Command("ip", "netns", "del", name).Run()

@@ -175,13 +175,13 @@ func podAddr(i int, host string) string { return fmt.Sprintf(podSubnetFmt, podSu
 func PodIP(i int) string { return podAddr(i, "2") }
 
 func checkTools(opts Options) error {
-	tools := []string{"ip", opts.Backend.IPTables(), "conntrack"}
+	tools := []string{"ip", "sysctl", opts.Backend.IPTables(), "conntrack"}
 	if opts.Mode == ModeNFTables {
 		tools = append(tools, "nft")
 	}
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Errorf("the simulated node needs %s: apt-get install -y iproute2 iptables nftables conntrack", tool)
+			return fmt.Errorf("the simulated node needs %s: apt-get install -y iproute2 procps iptables nftables conntrack", tool)
 		}
 	}
 	return nil

@@ -44,6 +44,7 @@ func main() {
 		fmt.Print("## " + title + "\n\n" + table + "\n")
 	}
 	section("Cache throughput and latency against the peers", throughput)
+	section("What the node cache buys", whatTheCacheBuys)
 	section("Self-healing, start-up and steady-state cost", selfHealing)
 	section("Memory", func() (string, error) { return memory("256Mi") })
 	section("Queries lost across reloads, restarts, upgrades and crashes", func() (string, error) {
