@@ -6,10 +6,19 @@ LDFLAGS   := -s -w -X main.version=$(VERSION) -X github.com/coredns/coredns/core
 IMAGE     ?= node-cache:$(VERSION)
 TEST_TIMEOUT ?= 20m
 
-.PHONY: help build generate manifests test unit-test demo bench image lint clean check-generated
+.PHONY: help deps build generate manifests test unit-test demo bench image lint clean check-generated
+
+# Debian packages the simulated node needs, by the command that shows each.
+DEPS := ip:iproute2 sysctl:procps iptables-legacy:iptables nft:nftables conntrack:conntrack setpriv:util-linux
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+deps: ## install what the simulated node needs (Debian, as root), when missing
+	@missing=""; for d in $(DEPS); do command -v $${d%%:*} >/dev/null || missing="$$missing $${d#*:}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "missing packages:$$missing (install them as root; privileged tests will skip)"; exit 0; fi; \
+	echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing
 
 build: ## build bin/node-cache (version and commit stamped)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/node-cache ./build
@@ -23,16 +32,16 @@ manifests: ## regenerate the ConfigMap from corefile.tmpl and manifests/nodeloca
 check-generated: generate manifests ## fail when generated files are stale
 	git diff --exit-code -- build/zdirectives.go build/zplugin.go manifests/
 
-test: build ## unit tests and the privileged end-to-end tests (run as root)
+test: deps build ## unit tests and the privileged end-to-end tests (run as root)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 unit-test: ## unit tests only (no root needed)
 	$(GO) test -count=1 -short ./...
 
-demo: build ## run node-cache in a simulated node and show what it does (root)
+demo: deps build ## run node-cache in a simulated node and show what it does (root)
 	$(GO) run ./test/cmd/demo -node-cache bin/node-cache
 
-bench: build ## side-by-side benchmarks, markdown tables in bench-results.md (root)
+bench: deps build ## side-by-side benchmarks, markdown tables in bench-results.md (root)
 	@command -v unbound >/dev/null && command -v dnsmasq >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq unbound dnsmasq)
 	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -out bench-results.md
