@@ -271,34 +271,24 @@ func (c *client) exchange(ctx context.Context, name string, qtype uint16) Outcom
 		return c.roundTrip(conn, m, deadline)
 	case TCPPersistent:
 		reused := c.conn != nil
-		outcome := c.persistentRoundTrip(ctx, m, deadline)
+		outcome := c.keptRoundTrip(ctx, m, deadline)
 		if outcome == ClosedByServer && reused {
 			// RFC 7766 §6.2.1: the server may close an idle connection; retry once on a new one.
-			outcome = c.persistentRoundTrip(ctx, m, deadline)
+			outcome = c.keptRoundTrip(ctx, m, deadline)
 		}
 		if outcome == ClosedByServer {
 			outcome = NetError
 		}
 		return outcome
 	default:
-		if c.conn == nil {
-			conn, err := c.dial(ctx)
-			if err != nil {
-				return classifyErr(err)
-			}
-			c.conn = conn
-		}
-		outcome := c.roundTrip(c.conn, m, deadline)
-		if outcome != Answered && outcome != NXDomain {
-			// A fresh socket (new source port) per failure, as stub resolvers do,
-			// and so late replies never pair with the next query.
-			c.close()
-		}
-		return outcome
+		return c.keptRoundTrip(ctx, m, deadline)
 	}
 }
 
-func (c *client) persistentRoundTrip(ctx context.Context, m *dns.Msg, deadline time.Time) Outcome {
+// keptRoundTrip uses the worker's kept connection, opening one when needed.
+// After a failure it is dropped: a fresh socket (a new source port, as stub
+// resolvers do), and late replies never pair with the next query.
+func (c *client) keptRoundTrip(ctx context.Context, m *dns.Msg, deadline time.Time) Outcome {
 	if c.conn == nil {
 		conn, err := c.dial(ctx)
 		if err != nil {

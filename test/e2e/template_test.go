@@ -12,46 +12,6 @@ import (
 	"github.com/nodelocal/nodelocal/test/harness"
 )
 
-// upstreamConfigMapCorefile is the Corefile of upstream's nodelocaldns.yaml
-// ConfigMap after its deploy-time sed (no nodelocal directive), with this
-// node's addresses.
-const upstreamConfigMapCorefile = `cluster.local:53 {
-    errors
-    cache {
-            success 9984 30
-            denial 9984 5
-    }
-    reload
-    loop
-    bind 169.254.20.10 198.18.0.10
-    forward . __PILLAR__CLUSTER__DNS__ {
-            force_tcp
-    }
-    prometheus :9253
-    health 169.254.20.10:8080
-    }
-in-addr.arpa:53 {
-    errors
-    cache 30
-    reload
-    loop
-    bind 169.254.20.10 198.18.0.10
-    forward . __PILLAR__CLUSTER__DNS__ {
-            force_tcp
-    }
-    prometheus :9253
-    }
-.:53 {
-    errors
-    cache 30
-    reload
-    loop
-    bind 169.254.20.10 198.18.0.10
-    forward . __PILLAR__UPSTREAM__SERVERS__
-    prometheus :9253
-    }
-`
-
 // TestUpstreamConfigMapAndArgs: upstream's ConfigMap Corefile and DaemonSet
 // args (-localip, -conf as the output path, -upstreamsvc through the Service
 // variable) work unchanged; the flags configure the interception.
@@ -61,10 +21,13 @@ func TestUpstreamConfigMapAndArgs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := filepath.Join(node.Dir, "Corefile.base")
-	if err := os.WriteFile(base, []byte(upstreamConfigMapCorefile), 0o644); err != nil {
+	root, err := harness.RepoRoot()
+	if err != nil {
 		t.Fatal(err)
 	}
+	// Upstream's nodelocaldns.yaml ConfigMap Corefile after its deploy-time sed
+	// (no nodelocal directive), with this node's addresses.
+	base := filepath.Join(root, "plugin/nodelocal/pillar/testdata/upstream-configmap.Corefile")
 	resolv := filepath.Join(node.Dir, "resolv.conf")
 	if err := os.WriteFile(resolv, []byte("nameserver "+harness.UpstreamIP+"\n"), 0o644); err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"io/fs"
+	"os"
 	"strings"
 	"testing"
 
@@ -21,31 +22,13 @@ func init() {
 
 // upstreamCorefile is upstream node-cache's ConfigMap Corefile, as its
 // manifest ships it after the deploy-time sed: no nodelocal directive.
-const upstreamCorefile = `cluster.local:53 {
-    errors
-    cache {
-            success 9984 30
-            denial 9984 5
-    }
-    reload
-    loop
-    bind 169.254.20.10 198.18.0.10
-    forward . __PILLAR__CLUSTER__DNS__ {
-            force_tcp
-    }
-    prometheus :9253
-    health 169.254.20.10:8080
-    }
-.:53 {
-    errors
-    cache 30
-    reload
-    loop
-    bind 169.254.20.10 198.18.0.10
-    forward . __PILLAR__UPSTREAM__SERVERS__
-    prometheus :9253
-    }
-`
+var upstreamCorefile = func() string {
+	b, err := os.ReadFile("testdata/upstream-configmap.Corefile")
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}()
 
 type fakeEnv struct {
 	vars  map[string]string

@@ -117,15 +117,11 @@ func lifecycle(rate int, d time.Duration, only string) (string, error) {
 }
 
 func runScenario(sc scenario, rate int, d time.Duration) (string, error) {
-	node, err := harness.New(harness.Options{})
+	node, tmpl, err := newNode()
 	if err != nil {
 		return "", err
 	}
 	defer node.Close()
-	tmpl, err := node.NodeCacheTemplate("")
-	if err != nil {
-		return "", err
-	}
 	tmpl = sc.template(tmpl)
 	p, err := node.StartNodeCache("node-cache", tmpl)
 	if err != nil {

@@ -10,6 +10,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/nodelocal/nodelocal/test/harness"
 )
 
 var verbose = flag.Bool("v", false, "print every load stream's result")
@@ -55,6 +57,21 @@ func main() {
 		os.Exit(1)
 	}
 	fmt.Fprintf(os.Stderr, "written to %s\n", *out)
+}
+
+// newNode builds a simulated node and reads corefile.tmpl for it; the caller
+// closes the node.
+func newNode() (*harness.Node, string, error) {
+	node, err := harness.New(harness.Options{})
+	if err != nil {
+		return nil, "", err
+	}
+	tmpl, err := node.NodeCacheTemplate("")
+	if err != nil {
+		node.Close()
+		return nil, "", err
+	}
+	return node, tmpl, nil
 }
 
 // machine describes where the numbers were measured.

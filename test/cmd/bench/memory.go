@@ -50,15 +50,11 @@ const cacheCapacity = 9984
 // memory measures node-cache's RSS idle, with every cache full, and at its
 // peak during an NXDOMAIN storm (ndots:5 search expansion of unique names).
 func memory(limit string) (string, error) {
-	node, err := harness.New(harness.Options{})
+	node, tmpl, err := newNode()
 	if err != nil {
 		return "", err
 	}
 	defer node.Close()
-	tmpl, err := node.NodeCacheTemplate("")
-	if err != nil {
-		return "", err
-	}
 	p, err := node.StartNodeCache("node-cache", tmpl)
 	if err != nil {
 		return "", err

@@ -54,15 +54,11 @@ func countLines(path string) int {
 // selfHealing measures repairs, start-up and the steady-state cost, with the
 // default Corefile (check_interval 5s).
 func selfHealing() (string, error) {
-	node, err := harness.New(harness.Options{})
+	node, tmpl, err := newNode()
 	if err != nil {
 		return "", err
 	}
 	defer node.Close()
-	tmpl, err := node.NodeCacheTemplate("")
-	if err != nil {
-		return "", err
-	}
 	wrapDir := filepath.Join(node.Dir, "wrap")
 	if err := os.Mkdir(wrapDir, 0o755); err != nil {
 		return "", err
