@@ -21,6 +21,8 @@ type manager struct {
 	detect    func() (Backend, error)
 	probe     func(netip.AddrPort) error
 	peers     Peers
+	// stopAccepting closes this process's TCP listeners on some addresses.
+	stopAccepting func([]netip.AddrPort) error
 
 	mu         sync.Mutex
 	cfg        *Config
@@ -37,6 +39,7 @@ type manager struct {
 	// listeners are up: a stopping peer then sees them and leaves things be.
 	startUnlock   func()
 	handedOff     bool // the Service IPs' interception was handed back to kube-proxy
+	tcpDrains     bool // handed off, the Service IPs' TCP listeners are shut: their interception now holds open connections only
 	noSocketMatch bool // the kernel refused -m socket: unconditional interception
 
 	inPlace   atomic.Bool
@@ -49,7 +52,7 @@ const peerLockTimeout = 30 * time.Second
 
 func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), detect func() (Backend, error), probe func(netip.AddrPort) error, peers Peers) *manager {
 	return &manager{
-		links: links, newTables: newTables, detect: detect, probe: probe, peers: peers,
+		links: links, newTables: newTables, detect: detect, probe: probe, peers: peers, stopAccepting: stopAccepting,
 		ownIPs: map[netip.Addr]bool{}, foreignIPs: map[netip.Addr]string{}, rulesMade: map[Family]bool{},
 		wake: make(chan struct{}, 1),
 	}
@@ -223,10 +226,12 @@ func (m *manager) ensureRules() bool {
 
 // desiredRules is the rule set for the current config and shutdown state.
 func (m *manager) desiredRules() map[Family][]Rule {
-	rules := DesiredRules(m.interceptedListen(), m.cfg.HealthPort, m.cfg.FailOpen && !m.noSocketMatch)
+	failOpen := m.cfg.FailOpen && !m.noSocketMatch
+	rules := DesiredRules(m.interceptedListen(), m.cfg.HealthPort, failOpen)
 	if m.handedOff {
+		keepTCP := m.tcpDrains && failOpen
 		for f, rs := range rules {
-			rules[f] = slices.DeleteFunc(rs, isHandedOff)
+			rules[f] = slices.DeleteFunc(rs, func(r Rule) bool { return isHandedOff(r) && !(keepTCP && r.Args[3] == "tcp") })
 		}
 	}
 	return rules
@@ -235,10 +240,10 @@ func (m *manager) desiredRules() map[Family][]Rule {
 // isHandedOff: on stop, the interception of Service IPs (not link-local ones)
 // goes first, so kube-proxy sends new queries to kube-dns while this instance
 // still answers what it has and serves the link-local IP through lameduck.
-// A TCP connection open at that instant is reset: its next segment is picked
-// up mid-stream by conntrack and DNATed. Keeping non-SYN segments out of
-// conntrack instead would hijack the new connections too, because the socket
-// match also finds this instance's listener.
+// The TCP interception stays once this instance's TCP listeners on those IPs
+// are shut: its socket match then holds only the connections already open, so
+// they finish here instead of being picked up mid-stream by conntrack, DNATed
+// and reset.
 func isHandedOff(r Rule) bool {
 	return r.isInterception() && !netip.MustParsePrefix(r.Args[1]).Addr().IsLinkLocalUnicast()
 }
@@ -439,6 +444,19 @@ func (m *manager) HandOff() {
 		return
 	}
 	m.handedOff = true
+	var services []netip.AddrPort
+	for _, ap := range m.interceptedListen() {
+		if !ap.Addr().IsLinkLocalUnicast() {
+			services = append(services, ap)
+		}
+	}
+	if len(services) > 0 {
+		if err := m.stopAccepting(services); err != nil {
+			log.Warningf("Stopping: TCP connections open at the handoff may be reset: %v", err)
+		} else {
+			m.tcpDrains = true
+		}
+	}
 	for f, t := range m.tables {
 		m.syncRules(f, t, m.desiredRules()[f])
 	}

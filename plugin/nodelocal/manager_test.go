@@ -14,6 +14,8 @@ type fakeNode struct {
 	tables map[Family]*fakeTables
 	peers  *fakePeers
 	mgr    *manager
+
+	stoppedAccepting int
 }
 
 func newFakeNode(t *testing.T) *fakeNode {
@@ -23,6 +25,7 @@ func newFakeNode(t *testing.T) *fakeNode {
 		func() (Backend, error) { return BackendNFT, nil },
 		func(netip.AddrPort) error { return nil },
 		n.peers)
+	n.mgr.stopAccepting = func([]netip.AddrPort) error { n.stoppedAccepting++; return nil }
 	t.Cleanup(func() {
 		n.mgr.mu.Lock()
 		if n.mgr.stop != nil {
@@ -217,18 +220,22 @@ func TestManagerHandsOffServiceIPsFirst(t *testing.T) {
 	if n.mgr.Ready() {
 		t.Fatal("still ready after the stop began")
 	}
+	if n.stoppedAccepting != 1 {
+		t.Fatalf("TCP listeners on the ClusterIP shut %d times, want once", n.stoppedAccepting)
+	}
 	for _, r := range n.tables[IPv4].rules {
-		if r.isInterception() && r.Args[1] == "198.18.0.10/32" {
-			t.Fatalf("ClusterIP still intercepted after the handoff: %v", r)
+		if r.isInterception() && r.Args[1] == "198.18.0.10/32" && r.Args[3] == "udp" {
+			t.Fatalf("ClusterIP UDP still intercepted after the handoff: %v", r)
 		}
 	}
-	// The link-local IP keeps everything through lameduck; the ClusterIP keeps
-	// all but its interception (replies to queries under way still skip conntrack).
-	if got := n.tables[IPv4].count(); got != 22 {
-		t.Fatalf("%d rules after the handoff, want 22 (24 minus the ClusterIP's 2 PREROUTING rules)", got)
+	// The link-local IP keeps everything through lameduck; the ClusterIP loses
+	// its UDP interception, and keeps the TCP one for the connections already
+	// open (its listener is shut, so the socket match holds only those).
+	if got := n.tables[IPv4].count(); got != 23 {
+		t.Fatalf("%d rules after the handoff, want 23 (24 minus the ClusterIP's UDP PREROUTING rule)", got)
 	}
 	n.mgr.check(true) // the check loop must not put the interception back
-	if got := n.tables[IPv4].count(); got != 22 {
+	if got := n.tables[IPv4].count(); got != 23 {
 		t.Fatalf("the check restored handed-off rules: %d", got)
 	}
 	n.mgr.Shutdown()

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -111,19 +112,66 @@ func procNetAddr(ap netip.AddrPort) string {
 }
 
 func ownSocketInodes() (map[string]bool, error) {
+	fds, err := ownSocketFDs()
+	if err != nil {
+		return nil, err
+	}
+	own := make(map[string]bool, len(fds))
+	for inode := range fds {
+		own[inode] = true
+	}
+	return own, nil
+}
+
+// stopAccepting shuts down this process's TCP listeners on listen: the kernel
+// resets nothing that is already accepted, and CoreDNS keeps serving the open
+// connections, but no new one lands here. With its listener gone, the socket
+// match of the interception rule then finds only established connections, so
+// new ones go through conntrack to kube-proxy's DNAT.
+func stopAccepting(listen []netip.AddrPort) error {
+	own, err := ownSocketFDs()
+	if err != nil {
+		return err
+	}
+	stopped := 0
+	for _, table := range []string{"tcp", "tcp6"} {
+		inodes, err := listeningInodes("/proc/net/"+table, "0A", listen)
+		if err != nil {
+			return err
+		}
+		for _, inode := range inodes {
+			for _, fd := range own[inode] {
+				if err := syscall.Shutdown(fd, syscall.SHUT_RD); err != nil {
+					return fmt.Errorf("shut down TCP listener (fd %d): %w", fd, err)
+				}
+				stopped++
+			}
+		}
+	}
+	if stopped == 0 {
+		return fmt.Errorf("no TCP listener of this process on %v", listen)
+	}
+	return nil
+}
+
+// ownSocketFDs maps the inodes of this process's sockets to its descriptors.
+func ownSocketFDs() (map[string][]int, error) {
 	entries, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		return nil, err
 	}
-	own := map[string]bool{}
+	fds := map[string][]int{}
 	for _, e := range entries {
 		target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
 		if err != nil {
 			continue
 		}
 		if inode, ok := strings.CutPrefix(target, "socket:["); ok {
-			own[strings.TrimSuffix(inode, "]")] = true
+			fd, err := strconv.Atoi(e.Name())
+			if err == nil {
+				fds[strings.TrimSuffix(inode, "]")] = append(fds[strings.TrimSuffix(inode, "]")], fd)
+			}
 		}
 	}
-	return own, nil
+	return fds, nil
 }

@@ -84,3 +84,45 @@ func TestHelperListener(t *testing.T) {
 	defer l.Close()
 	time.Sleep(10 * time.Second)
 }
+
+func TestStopAcceptingShutsOnlyTheListener(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ap := netip.MustParseAddrPort(l.Addr().String())
+	open, err := net.Dial("tcp", ap.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	served, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer served.Close()
+
+	if err := stopAccepting([]netip.AddrPort{ap}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Accept(); err == nil {
+		t.Fatal("the listener still accepts")
+	}
+	if c, err := net.DialTimeout("tcp", ap.String(), time.Second); err == nil {
+		c.Close()
+		t.Fatal("a new connection was accepted after stopAccepting")
+	}
+	// The connection already open still works both ways.
+	if _, err := open.Write([]byte("q")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1)
+	served.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := served.Read(buf); err != nil || buf[0] != 'q' {
+		t.Fatalf("open connection broken: %v", err)
+	}
+	if err := stopAccepting([]netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:1")}); err == nil {
+		t.Fatal("no error when there is no listener to shut")
+	}
+}

@@ -81,9 +81,10 @@ func TestCrashFailsOpen(t *testing.T) {
 }
 
 // assertHandoffLosses: across a stop, no ClusterIP query over UDP or a
-// persistent TCP connection fails. A connection-per-query TCP client loses at
-// most the connections open at the instant of the handoff (conntrack picks
-// their next segment up mid-stream and DNATs it to kube-dns, which resets it).
+// persistent TCP connection fails, and connections open at the handoff finish
+// on the stopping instance. A connection-per-query TCP client can still lose
+// a connection that sits in the listener's SYN or accept queue at the instant
+// the listener is shut (the kernel resets it): at most a couple.
 func assertHandoffLosses(t *testing.T, results harness.LoadResults) {
 	t.Helper()
 	if f, sent := results.Failed(harness.ClusterIP, dnsload.UDP, dnsload.TCPPersistent); f != 0 {
@@ -91,8 +92,8 @@ func assertHandoffLosses(t *testing.T, results harness.LoadResults) {
 	}
 	f, sent := results.Failed(harness.ClusterIP, dnsload.TCPPerQuery)
 	t.Logf("ClusterIP, connection-per-query TCP: %d of %d failed across the stop", f, sent)
-	if f > 3 {
-		t.Fatalf("ClusterIP: %d connection-per-query TCP queries failed, more than the connections open at the handoff", f)
+	if f > 2 {
+		t.Fatalf("ClusterIP: %d connection-per-query TCP queries failed, more than the connections queued at the listener when it shut", f)
 	}
 }
 
