@@ -450,7 +450,10 @@ func (m *manager) HandOff() {
 			services = append(services, ap)
 		}
 	}
-	if len(services) > 0 {
+	// Only a socket-matched interception can hold open connections without a
+	// listener; an unconditional one is removed whole, and a shut listener
+	// would refuse the connections that arrive before the removal.
+	if len(services) > 0 && m.cfg.FailOpen && !m.noSocketMatch {
 		if err := m.stopAccepting(services); err != nil {
 			log.Warningf("Stopping: TCP connections open at the handoff may be reset: %v", err)
 		} else {

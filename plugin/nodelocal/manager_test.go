@@ -296,3 +296,22 @@ func TestManagerInstallsInterceptionLast(t *testing.T) {
 		}
 	}
 }
+
+func TestHandOffWithoutSocketMatchKeepsTheListener(t *testing.T) {
+	n := newFakeNode(t)
+	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
+	cfg.FailOpen = false
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	n.mgr.ListenersUp()
+	n.mgr.HandOff()
+	if n.stoppedAccepting != 0 {
+		t.Fatal("listener shut although the interception is unconditional")
+	}
+	for _, r := range n.tables[IPv4].rules {
+		if r.isInterception() && r.Args[1] == "198.18.0.10/32" {
+			t.Fatalf("unconditional ClusterIP interception kept after the handoff: %v", r)
+		}
+	}
+}
