@@ -228,3 +228,52 @@ func exitCode(err error) int {
 	}
 	return -1
 }
+
+// TestDualStackInOneProcess: an IPv4 and an IPv6 listen IP in one process
+// (upstream allows one family): both on the interface, iptables and ip6tables
+// rules, answers over IPv6, and a clean teardown of both.
+func TestDualStackInOneProcess(t *testing.T) {
+	node := harness.NewNode(t, harness.Options{})
+	const ipv6 = "2001:2::a" // the IPv6 benchmarking range
+	p, err := node.StartNodeCache("node-cache", mustTemplate(t, node, ""), "-localip", harness.LocalIP+","+ipv6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := node.Host.Output("ip", "-o", "addr", "show", "dev", "nodelocaldns")
+	if err != nil || !strings.Contains(out, ipv6+"/128") || !strings.Contains(out, harness.LocalIP+"/32") {
+		t.Fatalf("interface addresses: %s %v", out, err)
+	}
+	for _, ipt := range []string{"iptables-nft", "ip6tables-nft"} {
+		n := 0
+		for _, table := range []string{"raw", "filter"} {
+			listing, err := node.Host.Output(ipt, "-w", "5", "-t", table, "-S")
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += strings.Count(listing, "NodeLocal DNS Cache")
+		}
+		want := map[string]int{"iptables-nft": 24, "ip6tables-nft": 12}[ipt]
+		if n != want {
+			t.Fatalf("%s: %d rules, want %d", ipt, n, want)
+		}
+	}
+	// A hostNetwork client on the node asks over IPv6.
+	for _, network := range []string{"udp", "tcp"} {
+		r, err := harness.Query(node.Host, network, "["+ipv6+"]", harness.WebSvc, dns.TypeA)
+		if err != nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 {
+			t.Fatalf("%s over IPv6: %v %v", network, r, err)
+		}
+	}
+	if err := p.Stop(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, ipt := range []string{"iptables-nft", "ip6tables-nft"} {
+		listing, _ := node.Host.Output(ipt, "-w", "5", "-t", "raw", "-S")
+		if strings.Contains(listing, "NodeLocal DNS Cache") {
+			t.Fatalf("%s rules left after the stop:\n%s", ipt, listing)
+		}
+	}
+	if _, err := node.Host.Output("ip", "link", "show", "nodelocaldns"); err == nil {
+		t.Fatal("interface left after the stop")
+	}
+}
