@@ -12,10 +12,11 @@ var errNotFound = errors.New("not found")
 
 // fakeLinks is Links in memory.
 type fakeLinks struct {
-	mu     sync.Mutex
-	links  map[string]bool
-	addrs  map[netip.Addr]string
-	notify func()
+	mu      sync.Mutex
+	links   map[string]bool
+	addrs   map[netip.Addr]string
+	notify  func()
+	failAdd int // AddLink fails this many more times
 }
 
 func newFakeLinks() *fakeLinks {
@@ -41,6 +42,10 @@ func (f *fakeLinks) LinkExists(name string) (bool, error) {
 func (f *fakeLinks) AddLink(name string) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.failAdd > 0 {
+		f.failAdd--
+		return "", errNotFound
+	}
 	f.links[name] = true
 	return "bridge", nil
 }

@@ -33,6 +33,7 @@ type manager struct {
 	listening  bool                  // the DNS listeners are up: rules may go in
 	linkMade   bool                  // the interface was in place once: a new one is a repair
 	rulesMade  map[Family]bool       // the rules were in place once: a new one is a repair
+	rulesOK    bool                  // the last rule check found every rule in place
 	stop       chan struct{}         // closes the check loop; nil when not running
 	wake       chan struct{}
 	// startUnlock releases the instance lock taken for the start, once the
@@ -344,11 +345,11 @@ func (m *manager) check(withRules bool) {
 		log.Errorf("Interface check: %v", err)
 		ifaceOK = false
 	}
-	rulesOK := m.inPlace.Load() || !m.listening
 	if withRules && m.listening {
-		rulesOK = m.ensureRules()
+		m.rulesOK = m.ensureRules()
 	}
-	inPlace := ifaceOK && rulesOK && m.listening
+	// A link event checks the interface only; the rules' state is the last check's.
+	inPlace := ifaceOK && m.rulesOK && m.listening
 	m.inPlace.Store(inPlace)
 	if inPlace {
 		interceptionActive.Set(1)
@@ -499,6 +500,7 @@ func (m *manager) Shutdown() {
 		m.removeInterface()
 	}
 	m.listening = false
+	m.rulesOK = false
 	log.Infof("Torn down: interception removed")
 }
 

@@ -110,6 +110,18 @@ func TestManagerRepairs(t *testing.T) {
 	if got := testutil.ToFloat64(repairs.WithLabelValues(repairInterface)) - before; got != 1 {
 		t.Fatalf("interface repairs counted %v, want 1", got)
 	}
+	// A repair that fails once, then succeeds on the next link event: ready
+	// again at once, not at the next periodic check (the rules never went).
+	n.links.failAdd = 1
+	n.links.DeleteLink("nodelocaldns")
+	n.mgr.check(false)
+	if n.mgr.Ready() {
+		t.Fatal("ready without the interface")
+	}
+	n.mgr.check(false)
+	if !n.mgr.Ready() {
+		t.Fatal("not ready after the interface came back on a link event")
+	}
 
 	n.tables[IPv4].mu.Lock()
 	n.tables[IPv4].rules = n.tables[IPv4].rules[:0] // iptables -t raw -F; iptables -F

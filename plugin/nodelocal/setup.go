@@ -21,7 +21,7 @@ func init() { plugin.Register(pluginName, setup) }
 // blockConfig is what one server block asks for.
 type blockConfig struct {
 	Config
-	explicit []string // options given, to tell conflicts from defaults
+	explicit []string // options given so far, to refuse one given twice
 }
 
 func setup(c *caddy.Controller) error {
