@@ -2,6 +2,11 @@ module github.com/nodelocal/nodelocal
 
 go 1.26.8
 
+// Plain TCP listeners, not MPTCP (Go's default since 1.24): DNS gains nothing
+// from MPTCP, and the stop handoff needs socket filters, which MPTCP sockets
+// refuse.
+godebug multipathtcp=0
+
 require (
 	github.com/coredns/caddy v1.1.4
 	github.com/coredns/coredns v1.15.0

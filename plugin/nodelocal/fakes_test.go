@@ -152,3 +152,28 @@ func (p *fakePeers) Others([]netip.AddrPort) (int, error) {
 	defer p.mu.Unlock()
 	return p.others, nil
 }
+
+// fakeSockets is Sockets recording the addresses each call was given.
+type fakeSockets struct {
+	mu                                sync.Mutex
+	paused, resumed, stopped, udpLeft [][]netip.AddrPort
+}
+
+func (s *fakeSockets) record(calls *[][]netip.AddrPort, listen []netip.AddrPort) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	*calls = append(*calls, listen)
+	return nil
+}
+
+func (s *fakeSockets) PauseAccepting(l []netip.AddrPort) error  { return s.record(&s.paused, l) }
+func (s *fakeSockets) ResumeAccepting(l []netip.AddrPort) error { return s.record(&s.resumed, l) }
+func (s *fakeSockets) StopAccepting(l []netip.AddrPort) error   { return s.record(&s.stopped, l) }
+func (s *fakeSockets) LeaveUDP(l []netip.AddrPort) error        { return s.record(&s.udpLeft, l) }
+
+// counts returns how often each call was made, in the order above.
+func (s *fakeSockets) counts() [4]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return [4]int{len(s.paused), len(s.resumed), len(s.stopped), len(s.udpLeft)}
+}

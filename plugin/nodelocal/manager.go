@@ -21,8 +21,7 @@ type manager struct {
 	detect    func() (Backend, error)
 	probe     func(netip.AddrPort) error
 	peers     Peers
-	// stopAccepting closes this process's TCP listeners on some addresses.
-	stopAccepting func([]netip.AddrPort) error
+	sockets   Sockets
 
 	mu         sync.Mutex
 	cfg        *Config
@@ -42,6 +41,11 @@ type manager struct {
 	handedOff     bool // the Service IPs' interception was handed back to kube-proxy
 	tcpDrains     bool // handed off, the Service IPs' TCP listeners are shut: their interception now holds open connections only
 	noSocketMatch bool // the kernel refused -m socket: unconditional interception
+	// paused are the listen addresses whose TCP listeners refuse new
+	// connections while a reload moves them to the new servers.
+	paused      []netip.AddrPort
+	pausedAt    time.Time
+	resumeTimer *time.Timer
 
 	inPlace   atomic.Bool
 	answering atomic.Bool
@@ -51,9 +55,14 @@ type manager struct {
 // How long an instance waits for a peer that is starting or stopping.
 const peerLockTimeout = 30 * time.Second
 
-func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), detect func() (Backend, error), probe func(netip.AddrPort) error, peers Peers) *manager {
+// The longest a reload keeps new TCP connections waiting: under a second, so a
+// client's SYN refused at the start of the pause gets through on its first
+// retransmission.
+const maxReloadPause = 700 * time.Millisecond
+
+func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), detect func() (Backend, error), probe func(netip.AddrPort) error, peers Peers, sockets Sockets) *manager {
 	return &manager{
-		links: links, newTables: newTables, detect: detect, probe: probe, peers: peers, stopAccepting: stopAccepting,
+		links: links, newTables: newTables, detect: detect, probe: probe, peers: peers, sockets: sockets,
 		ownIPs: map[netip.Addr]bool{}, foreignIPs: map[netip.Addr]string{}, rulesMade: map[Family]bool{},
 		wake: make(chan struct{}, 1),
 	}
@@ -64,7 +73,8 @@ var theManager = newManager(netlinkLinks{},
 	func(b Backend, f Family) (RuleTables, error) { return newIPTablesCmd(b, f) },
 	func() (Backend, error) { return DetectBackend(listWithBinary) },
 	probeDNS,
-	netnsPeers{name: "instance"})
+	netnsPeers{name: "instance"},
+	ownSockets{})
 
 // Apply makes cfg the desired state and puts the interface in place at once,
 // so the listeners can bind its addresses. Rules follow once they listen.
@@ -430,18 +440,68 @@ func (m *manager) Ready() bool {
 	return m.inPlace.Load() && m.answering.Load() && !m.stopping.Load()
 }
 
-// HandOff runs when the process starts to stop, before lameduck: readiness
-// drops, and unless a peer serves the same IPs, the Service IPs' interception
-// is removed so kube-proxy sends new queries to kube-dns.
+// PauseForReload runs as a reload's new servers are about to share the
+// listeners: the old servers must not accept a connection they would then
+// close unread when they stop (CoreDNS's server shutdown closes connections it
+// has not read from). New connections wait until ResumeAccepting, after the
+// old servers stopped, or maxReloadPause at most.
+func (m *manager) PauseForReload() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cfg == nil || !m.listening || m.paused != nil || m.stopping.Load() {
+		return // the first start, or already paused
+	}
+	m.paused, m.pausedAt = slices.Clone(m.cfg.Listen), time.Now()
+	m.resumeTimer = time.AfterFunc(maxReloadPause, m.ResumeAccepting)
+	if err := m.sockets.PauseAccepting(m.paused); err != nil {
+		log.Warningf("Reload: a TCP connection accepted by the old servers may be closed unanswered: %v", err)
+	}
+}
+
+// ResumeAccepting ends a reload's pause.
+func (m *manager) ResumeAccepting() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.paused == nil {
+		return
+	}
+	m.resumeTimer.Stop()
+	if err := m.sockets.ResumeAccepting(m.paused); err != nil {
+		log.Errorf("Reload: TCP listeners may still refuse new connections: %v", err)
+	} else {
+		log.Infof("Reload: new TCP connections waited %v for the new servers", time.Since(m.pausedAt).Round(time.Millisecond))
+	}
+	m.paused = nil
+}
+
+// HandOff runs when the process starts to stop, before lameduck, and readiness
+// drops. If a peer serves the same addresses (a surge upgrade), this instance
+// moves its flows to it at once and leaves the interception in place.
+// Otherwise the Service IPs' interception is removed so kube-proxy sends new
+// queries to kube-dns, and the link-local IP is served through lameduck.
 func (m *manager) HandOff() {
 	m.stopping.Store(true)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.cfg == nil || !m.cfg.Teardown || !m.listening {
+	if m.cfg == nil || !m.listening {
 		return
 	}
-	if others, err := m.peers.Others(m.cfg.Listen); err != nil || others > 0 {
-		log.Infof("Stopping; another instance serves here (%d sockets, %v): interception stays for it", others, err)
+	var shared []netip.AddrPort
+	for _, ap := range m.cfg.Listen {
+		others, err := m.peers.Others([]netip.AddrPort{ap})
+		if err != nil {
+			log.Warningf("Stopping: cannot tell whether another instance serves %s, leaving everything in place: %v", ap, err)
+			return
+		}
+		if others > 0 {
+			shared = append(shared, ap)
+		}
+	}
+	if len(shared) > 0 {
+		m.leaveTo(shared)
+		return
+	}
+	if !m.cfg.Teardown {
 		return
 	}
 	m.handedOff = true
@@ -455,7 +515,7 @@ func (m *manager) HandOff() {
 	// listener; an unconditional one is removed whole, and a shut listener
 	// would refuse the connections that arrive before the removal.
 	if len(services) > 0 && m.cfg.FailOpen && !m.noSocketMatch {
-		if err := m.stopAccepting(services); err != nil {
+		if err := m.sockets.StopAccepting(services); err != nil {
 			log.Warningf("Stopping: TCP connections open at the handoff may be reset: %v", err)
 		} else {
 			m.tcpDrains = true
@@ -465,6 +525,19 @@ func (m *manager) HandOff() {
 		m.syncRules(f, t, m.desiredRules()[f])
 	}
 	log.Infof("Stopping: Service IPs handed back to kube-proxy; the link-local IP is served until the end of lameduck")
+}
+
+// leaveTo hands the flows on addresses a peer also serves to that peer: the
+// TCP listeners drain their queues and shut, the UDP sockets stop taking new
+// datagrams and answer those queued. Open connections finish here.
+func (m *manager) leaveTo(shared []netip.AddrPort) {
+	if err := m.sockets.StopAccepting(shared); err != nil {
+		log.Warningf("Stopping: TCP connections queued here may be reset when the process exits: %v", err)
+	}
+	if err := m.sockets.LeaveUDP(shared); err != nil {
+		log.Warningf("Stopping: UDP queries queued here may be lost when the process exits: %v", err)
+	}
+	log.Infof("Stopping: another instance serves %v; new queries go to it, and the interception stays for it", shared)
 }
 
 // Shutdown stops the checks and, unless teardown is off or another instance

@@ -10,22 +10,20 @@ import (
 )
 
 type fakeNode struct {
-	links  *fakeLinks
-	tables map[Family]*fakeTables
-	peers  *fakePeers
-	mgr    *manager
-
-	stoppedAccepting int
+	links   *fakeLinks
+	tables  map[Family]*fakeTables
+	peers   *fakePeers
+	sockets *fakeSockets
+	mgr     *manager
 }
 
 func newFakeNode(t *testing.T) *fakeNode {
-	n := &fakeNode{links: newFakeLinks(), tables: map[Family]*fakeTables{IPv4: {}, IPv6: {}}, peers: &fakePeers{}}
+	n := &fakeNode{links: newFakeLinks(), tables: map[Family]*fakeTables{IPv4: {}, IPv6: {}}, peers: &fakePeers{}, sockets: &fakeSockets{}}
 	n.mgr = newManager(n.links,
 		func(b Backend, f Family) (RuleTables, error) { return n.tables[f], nil },
 		func() (Backend, error) { return BackendNFT, nil },
 		func(netip.AddrPort) error { return nil },
-		n.peers)
-	n.mgr.stopAccepting = func([]netip.AddrPort) error { n.stoppedAccepting++; return nil }
+		n.peers, n.sockets)
 	t.Cleanup(func() {
 		n.mgr.mu.Lock()
 		if n.mgr.stop != nil {
@@ -232,8 +230,11 @@ func TestManagerHandsOffServiceIPsFirst(t *testing.T) {
 	if n.mgr.Ready() {
 		t.Fatal("still ready after the stop began")
 	}
-	if n.stoppedAccepting != 1 {
-		t.Fatalf("TCP listeners on the ClusterIP shut %d times, want once", n.stoppedAccepting)
+	if got := n.sockets.stopped; len(got) != 1 || len(got[0]) != 1 || got[0][0].Addr().String() != "198.18.0.10" {
+		t.Fatalf("TCP listeners shut on %v, want the ClusterIP's, once", got)
+	}
+	if got := n.sockets.udpLeft; len(got) != 0 {
+		t.Fatalf("UDP sockets taken out of their groups with no peer: %v", got)
 	}
 	for _, r := range n.tables[IPv4].rules {
 		if r.isInterception() && r.Args[1] == "198.18.0.10/32" && r.Args[3] == "udp" {
@@ -264,6 +265,16 @@ func TestManagerLeavesStateToAPeer(t *testing.T) {
 	n.mgr.ListenersUp()
 	n.peers.others = 4 // a surge pod listens on the same IPs
 	n.mgr.HandOff()
+	// Every flow moves to the peer at once: no new connection or datagram
+	// is left to be lost when this process's sockets close.
+	for name, calls := range map[string][][]netip.AddrPort{"TCP listeners shut": n.sockets.stopped, "UDP sockets left": n.sockets.udpLeft} {
+		if len(calls) != 1 || len(calls[0]) != 2 {
+			t.Fatalf("%s: %v, want both IPs once", name, calls)
+		}
+	}
+	if n.mgr.Ready() {
+		t.Fatal("still ready after the stop began")
+	}
 	n.mgr.Shutdown()
 	if got := n.tables[IPv4].count(); got != 24 {
 		t.Fatalf("%d rules left for the peer, want all 24", got)
@@ -318,12 +329,46 @@ func TestHandOffWithoutSocketMatchKeepsTheListener(t *testing.T) {
 	}
 	n.mgr.ListenersUp()
 	n.mgr.HandOff()
-	if n.stoppedAccepting != 0 {
+	if len(n.sockets.stopped) != 0 {
 		t.Fatal("listener shut although the interception is unconditional")
 	}
 	for _, r := range n.tables[IPv4].rules {
 		if r.isInterception() && r.Args[1] == "198.18.0.10/32" {
 			t.Fatalf("unconditional ClusterIP interception kept after the handoff: %v", r)
 		}
+	}
+}
+
+// TestReloadPausesAcceptingUntilTheOldServersStop: a reload's new servers share
+// the listeners; the old ones take no new connection from just before until
+// they have stopped, or for maxReloadPause at most.
+func TestReloadPausesAcceptingUntilTheOldServersStop(t *testing.T) {
+	n := newFakeNode(t)
+	cfg := testConfig("169.254.20.10:53")
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	n.mgr.PauseForReload() // the first start: nothing listens yet
+	if got := n.sockets.counts(); got != [4]int{} {
+		t.Fatalf("the first start paused or touched sockets: %v", got)
+	}
+	n.mgr.ListenersUp()
+
+	n.mgr.PauseForReload()
+	n.mgr.PauseForReload() // a second block's hook: still one pause
+	n.mgr.ResumeAccepting()
+	n.mgr.ResumeAccepting()
+	if got := n.sockets.counts(); got != [4]int{1, 1, 0, 0} {
+		t.Fatalf("pause, resume, stop, leave: %v, want one pause and one resume", got)
+	}
+
+	// A reload whose old servers take long to stop still resumes in time.
+	n.mgr.PauseForReload()
+	deadline := time.Now().Add(5 * maxReloadPause)
+	for n.sockets.counts()[1] != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("not resumed %v after the pause", 5*maxReloadPause)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

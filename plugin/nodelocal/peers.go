@@ -46,31 +46,40 @@ func (p netnsPeers) Lock(timeout time.Duration) (func(), error) {
 }
 
 func (netnsPeers) Others(listen []netip.AddrPort) (int, error) {
-	own, err := ownSocketInodes()
+	own, err := ownSocketFDs()
 	if err != nil {
 		return 0, err
 	}
 	others := 0
 	for _, table := range []struct {
-		file   string
-		listen string // the state of a listening socket: TCP LISTEN, UDP unconnected
-	}{{"tcp", "0A"}, {"tcp6", "0A"}, {"udp", "07"}, {"udp6", "07"}} {
-		inodes, err := listeningInodes("/proc/net/"+table.file, table.listen, listen)
-		if err != nil {
-			return 0, err
-		}
-		for _, inode := range inodes {
-			if !own[inode] {
-				others++
+		files []string
+		state string
+	}{{tcpTables, tcpListen}, {udpTables, udpUnconnected}} {
+		for _, file := range table.files {
+			entries, err := socketEntries("/proc/net/"+file, table.state, listen)
+			if err != nil {
+				return 0, err
+			}
+			for _, e := range entries {
+				if len(own[e.inode]) == 0 {
+					others++
+				}
 			}
 		}
 	}
 	return others, nil
 }
 
-// listeningInodes reads a /proc/net socket table and returns the inodes of
-// the sockets in state that are bound to one of listen.
-func listeningInodes(path, state string, listen []netip.AddrPort) ([]string, error) {
+// socketEntry is a line of a /proc/net socket table.
+type socketEntry struct {
+	addr    netip.AddrPort
+	inode   string
+	rxQueue int // for a listener, the connections waiting to be accepted
+}
+
+// socketEntries reads a /proc/net socket table and returns the sockets in
+// state that are bound to one of listen.
+func socketEntries(path, state string, listen []netip.AddrPort) ([]socketEntry, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil // no IPv6 on this node
@@ -79,21 +88,27 @@ func listeningInodes(path, state string, listen []netip.AddrPort) ([]string, err
 		return nil, err
 	}
 	defer f.Close()
-	want := map[string]bool{}
+	want := map[string]netip.AddrPort{}
 	for _, ap := range listen {
-		want[procNetAddr(ap)] = true
+		want[procNetAddr(ap)] = ap
 	}
-	var inodes []string
+	var entries []socketEntry
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		// sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
 		fields := strings.Fields(sc.Text())
-		if len(fields) < 10 || fields[3] != state || !want[fields[1]] {
+		if len(fields) < 10 || fields[3] != state {
 			continue
 		}
-		inodes = append(inodes, fields[9])
+		ap, ok := want[fields[1]]
+		if !ok {
+			continue
+		}
+		_, rx, _ := strings.Cut(fields[4], ":")
+		rxQueue, _ := strconv.ParseInt(rx, 16, 64)
+		entries = append(entries, socketEntry{addr: ap, inode: fields[9], rxQueue: int(rxQueue)})
 	}
-	return inodes, sc.Err()
+	return entries, sc.Err()
 }
 
 // procNetAddr writes an address the way /proc/net tables do: each 32-bit word
@@ -109,49 +124,6 @@ func procNetAddr(ap netip.AddrPort) string {
 	}
 	fmt.Fprintf(&b, ":%04X", ap.Port())
 	return b.String()
-}
-
-func ownSocketInodes() (map[string]bool, error) {
-	fds, err := ownSocketFDs()
-	if err != nil {
-		return nil, err
-	}
-	own := make(map[string]bool, len(fds))
-	for inode := range fds {
-		own[inode] = true
-	}
-	return own, nil
-}
-
-// stopAccepting shuts down this process's TCP listeners on listen: the kernel
-// resets nothing that is already accepted, and CoreDNS keeps serving the open
-// connections, but no new one lands here. With its listener gone, the socket
-// match of the interception rule then finds only established connections, so
-// new ones go through conntrack to kube-proxy's DNAT.
-func stopAccepting(listen []netip.AddrPort) error {
-	own, err := ownSocketFDs()
-	if err != nil {
-		return err
-	}
-	stopped := 0
-	for _, table := range []string{"tcp", "tcp6"} {
-		inodes, err := listeningInodes("/proc/net/"+table, "0A", listen)
-		if err != nil {
-			return err
-		}
-		for _, inode := range inodes {
-			for _, fd := range own[inode] {
-				if err := syscall.Shutdown(fd, syscall.SHUT_RD); err != nil {
-					return fmt.Errorf("shut down TCP listener (fd %d): %w", fd, err)
-				}
-				stopped++
-			}
-		}
-	}
-	if stopped == 0 {
-		return fmt.Errorf("no TCP listener of this process on %v", listen)
-	}
-	return nil
 }
 
 // ownSocketFDs maps the inodes of this process's sockets to its descriptors.

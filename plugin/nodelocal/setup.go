@@ -45,10 +45,17 @@ func setup(c *caddy.Controller) error {
 		// First start: after every block's setup and before any plugin's
 		// OnStartup, because health and ready listen on these IPs too.
 		c.OnFirstStartup(apply)
-		// Reloads (OnFirstStartup does not run): before the DNS listeners open.
-		c.OnStartup(apply)
+		// Reloads (OnFirstStartup does not run): before the new servers take
+		// over the listeners. Until the old servers have stopped (their
+		// OnShutdown), the listeners take no new TCP connection.
+		c.OnStartup(func() error {
+			mgr.PauseForReload()
+			return apply()
+		})
+		c.OnShutdown(func() error { mgr.ResumeAccepting(); return nil })
 		// A failed reload leaves this instance serving: its config again.
 		c.OnRestartFailed(func() error {
+			mgr.ResumeAccepting()
 			CountConfigError()
 			log.Errorf("The new Corefile was rejected; the previous configuration keeps serving")
 			return mgr.Apply(inst.merged())
