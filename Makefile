@@ -42,8 +42,8 @@ demo: deps build ## run node-cache in a simulated node and show what it does (ro
 	$(GO) run ./test/cmd/demo -node-cache bin/node-cache
 
 bench: deps build ## side-by-side benchmarks, markdown tables in bench-results.md (root)
-	@command -v unbound >/dev/null && command -v dnsmasq >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq unbound dnsmasq)
+	@command -v unbound >/dev/null && command -v dnsmasq >/dev/null && command -v dnsperf >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq unbound dnsmasq dnsperf)
 	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -out bench-results.md
 
 image: ## build the container image (needs a container engine)

@@ -55,8 +55,11 @@ func memory(limit string) (string, error) {
 		return "", err
 	}
 	defer node.Close()
-	p, err := node.StartNodeCache("node-cache", tmpl)
+	p, err := node.StartNodeCacheProcess("node-cache", tmpl, append([]string{"env"}, shippedEnv...))
 	if err != nil {
+		return "", err
+	}
+	if err := node.WaitReady(p, 15*time.Second); err != nil {
 		return "", err
 	}
 	time.Sleep(2 * time.Second)
@@ -97,7 +100,8 @@ func memory(limit string) (string, error) {
 		return "", err
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "node-cache with the default corefile.tmpl (4 server blocks; each cache %d entries).\n\n", cacheCapacity)
+	fmt.Fprintf(&b, "node-cache with the default corefile.tmpl (4 server blocks; each cache %d entries) and the DaemonSet's environment (%s).\n\n",
+		cacheCapacity, strings.Join(shippedEnv, ", "))
 	b.WriteString("| state | RSS |\n|---|---|\n")
 	fmt.Fprintf(&b, "| idle, after start | %s |\n", mib(idle))
 	fmt.Fprintf(&b, "| every cache full (%d unique names into each of %d caches) | %s |\n", cacheCapacity*5/4, len(fills), mib(full))
