@@ -153,6 +153,8 @@ func (p *fakePeers) Others([]netip.AddrPort) (int, error) {
 	return p.others, nil
 }
 
+func (p *fakePeers) Remaining(listen []netip.AddrPort) (int, error) { return p.Others(listen) }
+
 // fakeSockets is Sockets recording the addresses each call was given.
 type fakeSockets struct {
 	mu                                sync.Mutex

@@ -562,7 +562,7 @@ func (m *manager) Shutdown() {
 	if _, err := m.peers.Lock(peerLockTimeout); err != nil {
 		log.Warningf("Tearing down without the instance lock: %v", err)
 	}
-	if others, err := m.peers.Others(m.cfg.Listen); err != nil || others > 0 {
+	if others, err := m.peers.Remaining(m.cfg.Listen); err != nil || others > 0 {
 		log.Infof("Teardown skipped: another instance serves here (%d sockets, %v)", others, err)
 		return
 	}

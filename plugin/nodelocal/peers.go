@@ -24,6 +24,9 @@ type Peers interface {
 	Lock(timeout time.Duration) (unlock func(), err error)
 	// Others counts listening sockets on listen that belong to other processes.
 	Others(listen []netip.AddrPort) (int, error)
+	// Remaining also counts those that handed their flows off (Sockets) and
+	// have not exited yet: their process will decide on the teardown.
+	Remaining(listen []netip.AddrPort) (int, error)
 }
 
 // netnsPeers finds peers through the node's network namespace, which
@@ -46,15 +49,32 @@ func (p netnsPeers) Lock(timeout time.Duration) (func(), error) {
 }
 
 func (netnsPeers) Others(listen []netip.AddrPort) (int, error) {
+	return countOthers(listen, udpUnconnected)
+}
+
+func (netnsPeers) Remaining(listen []netip.AddrPort) (int, error) {
+	return countOthers(listen, udpUnconnected, udpConnected)
+}
+
+// countOthers counts other processes' TCP listeners and UDP sockets in
+// udpStates on listen.
+func countOthers(listen []netip.AddrPort, udpStates ...string) (int, error) {
 	own, err := ownSocketFDs()
 	if err != nil {
 		return 0, err
 	}
 	others := 0
-	for _, table := range []struct {
+	tables := []struct {
 		files []string
 		state string
-	}{{tcpTables, tcpListen}, {udpTables, udpUnconnected}} {
+	}{{tcpTables, tcpListen}}
+	for _, state := range udpStates {
+		tables = append(tables, struct {
+			files []string
+			state string
+		}{udpTables, state})
+	}
+	for _, table := range tables {
 		for _, file := range table.files {
 			entries, err := socketEntries("/proc/net/"+file, table.state, listen)
 			if err != nil {

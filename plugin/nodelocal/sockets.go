@@ -169,6 +169,7 @@ var (
 const (
 	tcpListen      = "0A"
 	udpUnconnected = "07"
+	udpConnected   = "01" // after LeaveUDP
 )
 
 // ownSocket is one of this process's sockets, with its descriptors (a reload
