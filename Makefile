@@ -6,7 +6,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION) -X github.com/coredns/coredns/core
 IMAGE     ?= node-cache:$(VERSION)
 TEST_TIMEOUT ?= 20m
 
-.PHONY: help deps build generate manifests test unit-test demo bench image lint clean check-generated
+.PHONY: help deps bench-deps build generate manifests test unit-test demo bench pgo image lint clean check-generated
 
 # Debian packages the simulated node needs, by the command that shows each.
 DEPS := ip:iproute2 sysctl:procps iptables-legacy:iptables nft:nftables conntrack:conntrack setpriv:util-linux
@@ -41,10 +41,15 @@ unit-test: ## unit tests only (no root needed)
 demo: deps build ## run node-cache in a simulated node and show what it does (root)
 	$(GO) run ./test/cmd/demo -node-cache bin/node-cache
 
-bench: deps build ## side-by-side benchmarks, markdown tables in bench-results.md (root)
+bench-deps: deps
 	@command -v unbound >/dev/null && command -v dnsmasq >/dev/null && command -v dnsperf >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq unbound dnsmasq dnsperf)
+
+bench: bench-deps build ## side-by-side benchmarks, markdown tables in bench-results.md (root)
 	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -out bench-results.md
+
+pgo: bench-deps build ## profile node-cache under the bench's load into build/default.pgo, which go build optimises with (root)
+	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -profile build/default.pgo
 
 image: ## build the container image (needs a container engine)
 	docker build -f build/Dockerfile --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t $(IMAGE) .

@@ -46,6 +46,11 @@ type manager struct {
 	paused      []netip.AddrPort
 	pausedAt    time.Time
 	resumeTimer *time.Timer
+	// takeover is how far the start has taken the Service IPs' TCP over
+	// from kube-dns (takeOverTCP); takeoverDrain how long it waits.
+	takeover      takeoverPhase
+	takeoverDrain time.Duration
+	takeoverTimer *time.Timer
 
 	inPlace   atomic.Bool
 	answering atomic.Bool
@@ -60,11 +65,29 @@ const peerLockTimeout = 30 * time.Second
 // retransmission.
 const maxReloadPause = 700 * time.Millisecond
 
+// takeoverPhase is how far a starting instance has taken the Service IPs'
+// TCP over from kube-dns. The socket match cannot tell a listener from an open
+// connection: once the interception and our listener both exist, every packet
+// of a connection kube-proxy sent to kube-dns (a query in flight) skips
+// conntrack, misses its DNAT, and is reset here. So TCP is taken in steps that
+// let those connections finish.
+type takeoverPhase int
+
+const (
+	takeoverDone     takeoverPhase = iota
+	takeoverWithheld               // no TCP interception on the Service IPs: kube-dns serves them
+	takeoverSYNs                   // SYNs only are intercepted, and our listeners drop them
+)
+
+// How long connections that kube-dns serves get to finish at the start: under
+// a second, so a SYN dropped meanwhile gets through on its first retransmission.
+const takeoverDrain = 500 * time.Millisecond
+
 func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), detect func() (Backend, error), probe func(netip.AddrPort) error, peers Peers, sockets Sockets) *manager {
 	return &manager{
 		links: links, newTables: newTables, detect: detect, probe: probe, peers: peers, sockets: sockets,
 		ownIPs: map[netip.Addr]bool{}, foreignIPs: map[netip.Addr]string{}, rulesMade: map[Family]bool{},
-		wake: make(chan struct{}, 1),
+		wake: make(chan struct{}, 1), takeoverDrain: takeoverDrain,
 	}
 }
 
@@ -81,7 +104,8 @@ var theManager = newManager(netlinkLinks{},
 func (m *manager) Apply(cfg *Config) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.cfg == nil {
+	starting := m.cfg == nil
+	if starting {
 		// The process starts: wait for a peer that is tearing down, and keep
 		// peers from tearing down until our listeners are up.
 		unlock, err := m.peers.Lock(peerLockTimeout)
@@ -98,8 +122,11 @@ func (m *manager) Apply(cfg *Config) error {
 	if err := m.ensureInterface(); err != nil {
 		return err
 	}
+	if starting {
+		m.withholdTCP()
+	}
 	if m.listening {
-		m.ensureRules()
+		m.ensureRules(false)
 	}
 	m.startLoop()
 	return nil
@@ -222,13 +249,14 @@ func (m *manager) interceptedListen() []netip.AddrPort {
 }
 
 // ensureRules brings every family's tables to the desired rules with one
-// listing per table, adding what is missing and removing extra copies.
+// listing per table, adding what is missing and removing extra copies. With
+// repair (the periodic check), a change is a repair: logged and counted.
 // It reports whether all rules are in place.
-func (m *manager) ensureRules() bool {
+func (m *manager) ensureRules(repair bool) bool {
 	desired := m.desiredRules()
 	ok := true
 	for f, t := range m.tables {
-		if !m.syncRules(f, t, desired[f]) {
+		if !m.syncRules(f, t, desired[f], repair) {
 			ok = false
 		}
 	}
@@ -239,10 +267,20 @@ func (m *manager) ensureRules() bool {
 func (m *manager) desiredRules() map[Family][]Rule {
 	failOpen := m.cfg.FailOpen && !m.noSocketMatch
 	rules := DesiredRules(m.interceptedListen(), m.cfg.HealthPort, failOpen)
+	if m.takeover != takeoverDone && failOpen {
+		for f, rs := range rules {
+			rules[f] = slices.DeleteFunc(rs, func(r Rule) bool { return m.takeover == takeoverWithheld && isServiceTCPInterception(r) })
+			for i, r := range rules[f] {
+				if isServiceTCPInterception(r) {
+					rules[f][i] = r.synOnly()
+				}
+			}
+		}
+	}
 	if m.handedOff {
 		keepTCP := m.tcpDrains && failOpen
 		for f, rs := range rules {
-			rules[f] = slices.DeleteFunc(rs, func(r Rule) bool { return isHandedOff(r) && !(keepTCP && r.Args[3] == "tcp") })
+			rules[f] = slices.DeleteFunc(rs, func(r Rule) bool { return isHandedOff(r) && !(keepTCP && r.proto() == "tcp") })
 		}
 	}
 	return rules
@@ -256,13 +294,110 @@ func (m *manager) desiredRules() map[Family][]Rule {
 // they finish here instead of being picked up mid-stream by conntrack, DNATed
 // and reset.
 func isHandedOff(r Rule) bool {
-	return r.isInterception() && !netip.MustParsePrefix(r.Args[1]).Addr().IsLinkLocalUnicast()
+	if !r.isInterception() || len(r.Args) < 2 || r.Args[0] != "-d" {
+		return false
+	}
+	dst, err := netip.ParsePrefix(r.Args[1])
+	return err == nil && !dst.Addr().IsLinkLocalUnicast()
+}
+
+// isServiceTCPInterception: the TCP interception of a Service IP, which a
+// starting instance takes over from kube-dns in steps.
+func isServiceTCPInterception(r Rule) bool { return isHandedOff(r) && r.proto() == "tcp" }
+
+// serviceListen are the intercepted listen addresses that are Service IPs.
+func (m *manager) serviceListen() []netip.AddrPort {
+	return slices.DeleteFunc(m.interceptedListen(), func(ap netip.AddrPort) bool { return ap.Addr().IsLinkLocalUnicast() })
+}
+
+// withholdTCP starts the takeover, before the listeners open, unless another
+// instance serves the Service IPs (a surge: kube-dns serves no connection).
+// The TCP interception a dead instance left goes now: it would take the
+// connections kube-dns serves over the moment our listeners appear.
+func (m *manager) withholdTCP() {
+	services := m.serviceListen()
+	if len(services) == 0 || !m.cfg.FailOpen {
+		return
+	}
+	if others, err := m.peers.Others(services); err != nil || others > 0 {
+		return
+	}
+	m.takeover = takeoverWithheld
+	for _, t := range m.tables {
+		out, err := t.List("raw")
+		if err != nil {
+			m.iptablesError("list", err)
+			continue
+		}
+		listed, err := ParseListing("raw", out)
+		if err != nil {
+			m.iptablesError("list", err)
+			continue
+		}
+		for _, r := range listed {
+			if !r.isOurs() || !isServiceTCPInterception(r) {
+				continue
+			}
+			if err := t.Delete(r); err != nil {
+				m.iptablesError("delete "+r.String(), err)
+				continue
+			}
+			log.Infof("Removed the TCP interception an earlier instance left, until kube-dns's open connections finish: %s", r)
+		}
+	}
+}
+
+// takeOverTCP runs once the listeners are up and the other rules are in:
+// our Service IP listeners drop new SYNs, and SYNs only are intercepted, so no
+// new connection goes to kube-dns and none opens here while the connections
+// kube-dns serves finish. After takeoverDrain, finishTakeover intercepts all
+// of TCP and the listeners accept again; the dropped SYNs' retransmissions
+// arrive here.
+func (m *manager) takeOverTCP() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.takeover != takeoverWithheld || m.stopping.Load() {
+		return
+	}
+	if err := m.sockets.PauseAccepting(m.serviceListen()); err != nil {
+		log.Warningf("Taking TCP over from kube-dns at once: its open connections may be reset: %v", err)
+		m.takeover = takeoverDone
+	} else {
+		m.takeover = takeoverSYNs
+		m.takeoverTimer = time.AfterFunc(m.takeoverDrain, m.finishTakeover)
+	}
+	m.rulesOK = m.ensureRules(false)
+}
+
+// finishTakeover ends the takeover's SYN phase; readiness waited for it.
+func (m *manager) finishTakeover() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.takeover != takeoverSYNs {
+		return
+	}
+	m.endTakeover()
+	m.rulesOK = m.ensureRules(false)
+	log.Infof("Took TCP on %v over from kube-dns, after %v for its open connections to finish", m.serviceListen(), m.takeoverDrain)
+	go m.check(false) // readiness
+}
+
+// endTakeover lets the Service IP listeners accept again, with the rules
+// as always from now on.
+func (m *manager) endTakeover() {
+	if m.takeover == takeoverSYNs {
+		m.takeoverTimer.Stop()
+		if err := m.sockets.ResumeAccepting(m.serviceListen()); err != nil {
+			log.Errorf("TCP listeners on %v may still refuse new connections: %v", m.serviceListen(), err)
+		}
+	}
+	m.takeover = takeoverDone
 }
 
 // ruleTables are the tables the rule set lives in.
 var ruleTables = []string{"raw", "filter"}
 
-func (m *manager) syncRules(f Family, t RuleTables, desired []Rule) bool {
+func (m *manager) syncRules(f Family, t RuleTables, desired []Rule, repair bool) bool {
 	var listed []Rule
 	for _, table := range ruleTables {
 		out, err := t.List(table)
@@ -290,13 +425,13 @@ func (m *manager) syncRules(f Family, t RuleTables, desired []Rule) bool {
 			if slices.Contains(r.Args, "socket") && !m.noSocketMatch {
 				m.noSocketMatch = true
 				log.Errorf("The kernel refused the socket match (%v): interception will not fail open if the cache dies; using upstream's unconditional rule", err)
-				return m.syncRules(f, t, m.desiredRules()[f])
+				return m.syncRules(f, t, m.desiredRules()[f], repair)
 			}
 			m.iptablesError("insert "+r.String(), err)
 			ok = false
 			continue
 		}
-		if m.rulesMade[f] {
+		if repair && m.rulesMade[f] {
 			log.Warningf("Rule was missing; added it again: %s", r)
 			repairs.WithLabelValues(repairRule).Inc()
 		}
@@ -308,7 +443,9 @@ func (m *manager) syncRules(f Family, t RuleTables, desired []Rule) bool {
 			continue
 		}
 		log.Infof("Removed extra or stale rule: %s", r)
-		repairs.WithLabelValues(repairRule).Inc()
+		if repair {
+			repairs.WithLabelValues(repairRule).Inc()
+		}
 	}
 	if ok && len(desired) > 0 && !m.rulesMade[f] {
 		log.Infof("Installed %d IPv%d iptables rules (%s backend)", len(desired), f, m.backend)
@@ -339,6 +476,7 @@ func (m *manager) ListenersUp() {
 		m.startUnlock = nil
 	}
 	m.mu.Unlock()
+	m.takeOverTCP() // before the rules go in and readiness is reported
 	m.check(true)
 }
 
@@ -356,10 +494,10 @@ func (m *manager) check(withRules bool) {
 		ifaceOK = false
 	}
 	if withRules && m.listening {
-		m.rulesOK = m.ensureRules()
+		m.rulesOK = m.ensureRules(true)
 	}
 	// A link event checks the interface only; the rules' state is the last check's.
-	inPlace := ifaceOK && m.rulesOK && m.listening
+	inPlace := ifaceOK && m.rulesOK && m.listening && m.takeover == takeoverDone
 	m.inPlace.Store(inPlace)
 	if inPlace {
 		interceptionActive.Set(1)
@@ -448,8 +586,8 @@ func (m *manager) Ready() bool {
 func (m *manager) PauseForReload() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.cfg == nil || !m.listening || m.paused != nil || m.stopping.Load() {
-		return // the first start, or already paused
+	if m.cfg == nil || !m.listening || m.paused != nil || m.stopping.Load() || m.takeover != takeoverDone {
+		return // the first start, already paused, or the start still taking TCP over
 	}
 	m.paused, m.pausedAt = slices.Clone(m.cfg.Listen), time.Now()
 	m.resumeTimer = time.AfterFunc(maxReloadPause, m.ResumeAccepting)
@@ -486,6 +624,7 @@ func (m *manager) HandOff() {
 	if m.cfg == nil || !m.listening {
 		return
 	}
+	m.endTakeover()
 	var shared []netip.AddrPort
 	for _, ap := range m.cfg.Listen {
 		others, err := m.peers.Others([]netip.AddrPort{ap})
@@ -522,7 +661,7 @@ func (m *manager) HandOff() {
 		}
 	}
 	for f, t := range m.tables {
-		m.syncRules(f, t, m.desiredRules()[f])
+		m.syncRules(f, t, m.desiredRules()[f], false)
 	}
 	log.Infof("Stopping: Service IPs handed back to kube-proxy; the link-local IP is served until the end of lameduck")
 }
@@ -567,7 +706,7 @@ func (m *manager) Shutdown() {
 		return
 	}
 	for f, t := range m.tables {
-		m.syncRules(f, t, nil) // no rule desired: every rule of ours goes
+		m.syncRules(f, t, nil, false) // no rule desired: every rule of ours goes
 	}
 	if m.cfg.ManageInterface {
 		m.removeInterface()

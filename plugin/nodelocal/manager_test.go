@@ -24,6 +24,7 @@ func newFakeNode(t *testing.T) *fakeNode {
 		func() (Backend, error) { return BackendNFT, nil },
 		func(netip.AddrPort) error { return nil },
 		n.peers, n.sockets)
+	n.mgr.takeoverDrain = time.Hour // tests end the takeover themselves
 	t.Cleanup(func() {
 		n.mgr.mu.Lock()
 		if n.mgr.stop != nil {
@@ -33,6 +34,14 @@ func newFakeNode(t *testing.T) *fakeNode {
 		n.mgr.mu.Unlock()
 	})
 	return n
+}
+
+// listenersUp is the listeners coming up and, where the start takes the
+// Service IPs' TCP over from kube-dns, that takeover's end.
+func (n *fakeNode) listenersUp() {
+	n.mgr.ListenersUp()
+	n.mgr.finishTakeover()
+	n.mgr.check(false) // the readiness finishTakeover updates in the background
 }
 
 func testConfig(listen ...string) *Config {
@@ -57,7 +66,7 @@ func TestManagerLifecycle(t *testing.T) {
 	if n.tables[IPv4].count() != 0 || n.mgr.Ready() {
 		t.Fatal("rules installed or ready before the listeners are up")
 	}
-	n.mgr.ListenersUp()
+	n.listenersUp()
 	if got := n.tables[IPv4].count(); got != 24 {
 		t.Fatalf("IPv4 rules %d, want 24 (12 per IP)", got)
 	}
@@ -96,7 +105,7 @@ func TestManagerRepairs(t *testing.T) {
 	if err := n.mgr.Apply(testConfig("169.254.20.10:53")); err != nil {
 		t.Fatal(err)
 	}
-	n.mgr.ListenersUp()
+	n.listenersUp()
 	before := testutil.ToFloat64(repairs.WithLabelValues(repairInterface))
 	beforeRules := testutil.ToFloat64(repairs.WithLabelValues(repairRule))
 
@@ -147,7 +156,7 @@ func TestManagerAdoptsAndDeduplicates(t *testing.T) {
 	if err := n.mgr.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
-	n.mgr.ListenersUp()
+	n.listenersUp()
 	if got := n.tables[IPv4].count(); got != 12 {
 		t.Fatalf("rules %d after adoption, want 12 (duplicates removed)", got)
 	}
@@ -171,7 +180,7 @@ func TestManagerLeavesForeignAddressAlone(t *testing.T) {
 	if err := n.mgr.Apply(testConfig("169.254.20.10:53", "198.18.0.10:53")); err != nil {
 		t.Fatal(err)
 	}
-	n.mgr.ListenersUp()
+	n.listenersUp()
 	if owner := n.links.addrs[netip.MustParseAddr("198.18.0.10")]; owner != "kube-ipvs0" {
 		t.Fatalf("ClusterIP moved to %s", owner)
 	}
@@ -194,7 +203,7 @@ func TestManagerReloadDropsOldAddress(t *testing.T) {
 	if err := n.mgr.Apply(testConfig("169.254.20.10:53", "198.18.0.10:53")); err != nil {
 		t.Fatal(err)
 	}
-	n.mgr.ListenersUp()
+	n.listenersUp()
 	if err := n.mgr.Apply(testConfig("169.254.20.10:53")); err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +222,7 @@ func TestSkipTeardownLeavesEverything(t *testing.T) {
 	if err := n.mgr.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
-	n.mgr.ListenersUp()
+	n.listenersUp()
 	n.mgr.Shutdown()
 	if n.tables[IPv4].count() != 12 || !n.links.links["nodelocaldns"] {
 		t.Fatal("skip_teardown removed state")
@@ -225,7 +234,7 @@ func TestManagerHandsOffServiceIPsFirst(t *testing.T) {
 	if err := n.mgr.Apply(testConfig("169.254.20.10:53", "198.18.0.10:53")); err != nil {
 		t.Fatal(err)
 	}
-	n.mgr.ListenersUp()
+	n.listenersUp()
 	n.mgr.HandOff()
 	if n.mgr.Ready() {
 		t.Fatal("still ready after the stop began")
@@ -262,7 +271,7 @@ func TestManagerLeavesStateToAPeer(t *testing.T) {
 	if err := n.mgr.Apply(testConfig("169.254.20.10:53", "198.18.0.10:53")); err != nil {
 		t.Fatal(err)
 	}
-	n.mgr.ListenersUp()
+	n.listenersUp()
 	n.peers.others = 4 // a surge pod listens on the same IPs
 	n.mgr.HandOff()
 	// Every flow moves to the peer at once: no new connection or datagram
@@ -295,7 +304,7 @@ func TestManagerReplacesUnconditionalRules(t *testing.T) {
 	if err := n.mgr.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
-	n.mgr.ListenersUp()
+	n.listenersUp()
 	if got := n.tables[IPv4].count(); got != 12 {
 		t.Fatalf("%d rules, want 12: upstream's replaced, not kept beside ours", got)
 	}
@@ -311,7 +320,7 @@ func TestManagerInstallsInterceptionLast(t *testing.T) {
 	if err := n.mgr.Apply(testConfig("169.254.20.10:53", "198.18.0.10:53")); err != nil {
 		t.Fatal(err)
 	}
-	n.mgr.ListenersUp()
+	n.listenersUp()
 	// fakeTables prepends: the first rules listed were inserted last.
 	for i, r := range n.tables[IPv4].rules {
 		if want := i < 4; r.isInterception() != want {
@@ -327,7 +336,7 @@ func TestHandOffWithoutSocketMatchKeepsTheListener(t *testing.T) {
 	if err := n.mgr.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
-	n.mgr.ListenersUp()
+	n.listenersUp()
 	n.mgr.HandOff()
 	if len(n.sockets.stopped) != 0 {
 		t.Fatal("listener shut although the interception is unconditional")
@@ -352,7 +361,7 @@ func TestReloadPausesAcceptingUntilTheOldServersStop(t *testing.T) {
 	if got := n.sockets.counts(); got != [4]int{} {
 		t.Fatalf("the first start paused or touched sockets: %v", got)
 	}
-	n.mgr.ListenersUp()
+	n.listenersUp()
 
 	n.mgr.PauseForReload()
 	n.mgr.PauseForReload() // a second block's hook: still one pause
@@ -370,5 +379,77 @@ func TestReloadPausesAcceptingUntilTheOldServersStop(t *testing.T) {
 			t.Fatalf("not resumed %v after the pause", 5*maxReloadPause)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestStartTakesTCPOverFromKubeDNSInSteps: connections that kube-dns serves
+// when the cache starts are not reset. A dead instance's TCP interception
+// goes before the listeners open; once they are up, SYNs only are intercepted
+// and dropped by the paused listeners; after the drain, all of TCP is.
+func TestStartTakesTCPOverFromKubeDNSInSteps(t *testing.T) {
+	n := newFakeNode(t)
+	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
+	n.tables[IPv4].rules = DesiredRules(cfg.Listen, cfg.HealthPort, true)[IPv4] // a SIGKILLed instance's
+	tcpInterception := func() []string {
+		var out []string
+		for _, r := range n.tables[IPv4].rules {
+			if isServiceTCPInterception(r) {
+				out = append(out, r.String())
+			}
+		}
+		return out
+	}
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if got := tcpInterception(); len(got) != 0 {
+		t.Fatalf("the dead instance's ClusterIP TCP interception is still there before the listeners open: %v", got)
+	}
+	n.mgr.ListenersUp()
+	got := tcpInterception()
+	if len(got) != 1 || !strings.Contains(got[0], "--tcp-flags FIN,SYN,RST,ACK SYN -m socket") {
+		t.Fatalf("while kube-dns's connections finish, ClusterIP TCP interception %v, want SYNs only", got)
+	}
+	if p := n.sockets.paused; len(p) != 1 || len(p[0]) != 1 || p[0][0] != cfg.Listen[1] {
+		t.Fatalf("listeners paused %v, want the ClusterIP's", p)
+	}
+	if n.tables[IPv4].count() != 24 {
+		t.Fatalf("%d rules, want 24", n.tables[IPv4].count())
+	}
+	if n.mgr.Ready() {
+		t.Fatal("ready before the takeover ended")
+	}
+	n.mgr.PauseForReload() // a reload meanwhile leaves the takeover's pause alone
+	n.mgr.finishTakeover()
+	want := DesiredRules(cfg.Listen, cfg.HealthPort, true)[IPv4]
+	if ch := DiffRules(want, n.tables[IPv4].rules); len(ch.Add)+len(ch.Delete) != 0 {
+		t.Fatalf("after the takeover, rules differ from the usual set: %+v", ch)
+	}
+	if got := n.sockets.counts(); got != [4]int{1, 1, 0, 0} {
+		t.Fatalf("pause, resume, stop, leave: %v, want the takeover's pause and resume", got)
+	}
+	n.mgr.check(false)
+	if !n.mgr.Ready() {
+		t.Fatal("not ready after the takeover")
+	}
+}
+
+// TestSurgeStartTakesNothingOver: with a peer serving the Service IPs, kube-dns
+// serves no connection, and the peer's interception must stay.
+func TestSurgeStartTakesNothingOver(t *testing.T) {
+	n := newFakeNode(t)
+	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
+	n.tables[IPv4].rules = DesiredRules(cfg.Listen, cfg.HealthPort, true)[IPv4]
+	n.peers.others = 2
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	n.mgr.ListenersUp()
+	want := DesiredRules(cfg.Listen, cfg.HealthPort, true)[IPv4]
+	if ch := DiffRules(want, n.tables[IPv4].rules); len(ch.Add)+len(ch.Delete) != 0 || n.tables[IPv4].inserts != 0 {
+		t.Fatalf("a surge start changed the peer's rules: %+v, %d inserts", ch, n.tables[IPv4].inserts)
+	}
+	if got := n.sockets.counts(); got != [4]int{} {
+		t.Fatalf("a surge start paused listeners: %v", got)
 	}
 }

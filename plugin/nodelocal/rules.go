@@ -3,6 +3,7 @@ package nodelocal
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -112,6 +113,24 @@ func DesiredRules(listen []netip.AddrPort, healthPort int, failOpen bool) map[Fa
 		out[f] = append(out[f], rs...)
 	}
 	return out
+}
+
+// proto is the protocol of a rule built by rule() or listed from one.
+func (r Rule) proto() string {
+	if i := slices.Index(r.Args, "-p"); i >= 0 && i+1 < len(r.Args) {
+		return r.Args[i+1]
+	}
+	return ""
+}
+
+// synOnly narrows a TCP rule to segments that open a connection, as
+// `iptables -S` prints --syn.
+func (r Rule) synOnly() Rule {
+	args := slices.Clone(r.Args)
+	if i := slices.Index(args, "--dport"); i >= 0 && i+2 <= len(args) {
+		args = slices.Insert(args, i+2, "--tcp-flags", "FIN,SYN,RST,ACK", "SYN")
+	}
+	return Rule{Table: r.Table, Chain: r.Chain, Args: args}
 }
 
 // isInterception reports whether r is what steers pods' queries to the cache

@@ -22,7 +22,8 @@ const (
 	Answered       Outcome = iota // NOERROR
 	NXDomain                      // NXDOMAIN: an answer, not a failure
 	ServFail                      // SERVFAIL
-	Refused                       // REFUSED, or the connection was refused
+	Refused                       // REFUSED
+	ConnRefused                   // the TCP connection was refused (RST to the SYN)
 	Timeout                       // no answer within the timeout
 	OtherRcode                    // any other rcode
 	NetError                      // the connection failed or was closed without an answer
@@ -30,7 +31,7 @@ const (
 	numOutcomes
 )
 
-var outcomeNames = [numOutcomes]string{"answered", "nxdomain", "servfail", "refused", "timeout", "other_rcode", "net_error", "closed"}
+var outcomeNames = [numOutcomes]string{"answered", "nxdomain", "servfail", "refused", "conn_refused", "timeout", "other_rcode", "net_error", "closed"}
 
 func (o Outcome) String() string { return outcomeNames[o] }
 
@@ -57,7 +58,7 @@ func classifyErr(err error) Outcome {
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
 		return Timeout
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return Refused
+		return ConnRefused
 	case errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
 		return ClosedByServer
 	}

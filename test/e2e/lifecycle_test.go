@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"syscall"
 	"testing"
@@ -211,4 +212,72 @@ func TestRestartWithoutSurge(t *testing.T) {
 	f, sent := results.Failed(harness.LocalIP, allTransports...)
 	t.Logf("link-local: %d of %d failed (the 2s gap)", f, sent)
 	assertRules(t, node, 24)
+}
+
+// TestStartLetsKubeDNSConnectionsFinish: a TCP connection that kube-dns
+// serves (through kube-proxy's DNAT) when node-cache starts is not reset by
+// the new interception while the takeover lets it finish: a query sent on it
+// once node-cache's rules are in is still answered by kube-dns. A connection
+// opened meanwhile waits for its SYN's retransmission and reaches the cache.
+func TestStartLetsKubeDNSConnectionsFinish(t *testing.T) {
+	node := harness.NewNode(t, harness.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	dial := func() *dns.Conn {
+		c, err := node.Pods[0].DialContext(ctx, "tcp", harness.ClusterIP+":53")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return &dns.Conn{Conn: c}
+	}
+	exchange := func(c *dns.Conn) error {
+		m := new(dns.Msg)
+		m.SetQuestion(harness.WebSvc, dns.TypeA)
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		if err := c.WriteMsg(m); err != nil {
+			return err
+		}
+		r, err := c.ReadMsg()
+		if err == nil && r.Rcode != dns.RcodeSuccess {
+			err = errors.New(dns.RcodeToString[r.Rcode])
+		}
+		return err
+	}
+	open := dial()
+	if err := exchange(open); err != nil {
+		t.Fatalf("kube-dns over TCP before the start: %v", err)
+	}
+	p, err := node.StartNodeCacheProcess("node-cache", mustTemplate(t, node, ""), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitForLog(t, p, "IPv4 iptables rules", 1, 10*time.Second)
+	// The cache forwards its misses to kube-dns, so its own request count tells who served.
+	served := func() float64 {
+		n, err := node.NodeCacheMetric("coredns_dns_requests_total")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := served()
+	if err := exchange(open); err != nil {
+		t.Fatalf("a connection kube-dns served was cut by the start: %v\n%s", err, p.Log())
+	}
+	if served() != before {
+		t.Fatal("the query on the connection opened before the start reached the cache, not kube-dns")
+	}
+	start := time.Now()
+	if err := exchange(dial()); err != nil {
+		t.Fatalf("a connection opened during the takeover: %v", err)
+	}
+	t.Logf("a connection opened during the takeover was answered after %v", time.Since(start).Round(time.Millisecond))
+	if served() == before {
+		t.Fatal("a connection opened during the takeover was served by kube-dns, not the cache")
+	}
+	if err := node.WaitReady(p, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitForLog(t, p, "Took TCP on", 1, time.Second)
 }

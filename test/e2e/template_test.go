@@ -52,9 +52,18 @@ func TestUpstreamConfigMapAndArgs(t *testing.T) {
 	if !strings.Contains(string(rendered), "forward . "+harness.UpstreamIP+" {") || !strings.Contains(string(rendered), "nodelocal {") {
 		t.Fatalf("rendered Corefile:\n%s", rendered)
 	}
-	rules, err := node.NodeLocalRules()
-	if err != nil || len(rules) != 24 {
-		t.Fatalf("%d rules (%v), want 24", len(rules), err)
+	// Answers do not wait for the rules (without them, the ClusterIP goes to
+	// kube-dns), and this Corefile has no ready plugin: poll.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		rules, err := node.NodeLocalRules()
+		if err == nil && len(rules) == 24 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d rules (%v) 5s after the first answers, want 24", len(rules), err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

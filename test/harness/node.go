@@ -358,11 +358,13 @@ func QueryTimeout(ns *Netns, network, server, name string, qtype uint16, timeout
 }
 
 // WaitForAnswer polls until server answers name (NOERROR) from ns over UDP.
+// Each attempt waits 100 ms at most: a query sent before the server could
+// answer is lost, and must not use up the whole timeout.
 func (n *Node) WaitForAnswer(ns *Netns, server, name string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var lastErr error
 	for time.Now().Before(deadline) {
-		r, err := Query(ns, "udp", server, name, dns.TypeA)
+		r, err := QueryTimeout(ns, "udp", server, name, dns.TypeA, min(100*time.Millisecond, time.Until(deadline)))
 		if err == nil && r.Rcode == dns.RcodeSuccess {
 			return nil
 		}
@@ -375,13 +377,23 @@ func (n *Node) WaitForAnswer(ns *Netns, server, name string, timeout time.Durati
 	return fmt.Errorf("no answer for %s from %s within %v: %v", name, server, timeout, lastErr)
 }
 
-// KubeDNSQueries is how many queries kube-dns has answered so far.
+// KubeDNSQueries is how many client queries kube-dns has answered so far.
+// Queries CoreDNS sends on its own are left out, as they come at their own
+// times: the loop plugin's HINFO probes after a start (retried every second
+// until the listeners are up), and the NS queries of forward's health checks
+// and of node-cache's readiness probe.
 func (n *Node) KubeDNSQueries() (int, error) {
 	body, err := n.KubeDNS.HTTPGet("http://" + KubeDNSMetrics + "/metrics")
 	if err != nil {
 		return 0, fmt.Errorf("kube-dns metrics: %w", err)
 	}
-	return int(MetricSum(body, "coredns_dns_requests_total")), nil
+	var clients strings.Builder
+	for line := range strings.Lines(body) {
+		if !strings.Contains(line, `type="HINFO"`) && !strings.Contains(line, `type="NS"`) {
+			clients.WriteString(line)
+		}
+	}
+	return int(MetricSum(clients.String(), "coredns_dns_requests_total")), nil
 }
 
 // MetricSum adds up every sample of a metric in Prometheus text format.

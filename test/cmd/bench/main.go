@@ -23,12 +23,20 @@ func main() {
 	sections := flag.String("sections", "", "run only the sections whose title contains this (default: all)")
 	scenario := flag.String("scenario", "", "run only the lifecycle scenarios whose name contains this (default: all)")
 	rate := flag.Int("rate", 350, "queries per second of each of the 6 load streams (2 IPs x UDP, TCP persistent, TCP per query)")
+	profileOut := flag.String("profile", "", "measure nothing: write a CPU profile of node-cache under load to this file (for PGO: build/default.pgo)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench needs root (network namespaces, iptables): run `sudo make bench`")
 		os.Exit(1)
 	}
 	os.Setenv("NODELOCAL_NODE_CACHE_BIN", *bin)
+	if *profileOut != "" {
+		if err := profile(*profileOut); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
 
 	var report strings.Builder
 	fmt.Fprintf(&report, "# node-cache benchmarks\n\n%s, measured %s with `make bench`.\n\n", machine(), time.Now().UTC().Format("2006-01-02"))

@@ -72,9 +72,10 @@ func startWithConfig(node *harness.Node, dir, name, file, config string, wrapper
 	return node.Start(node.Host, name, append(append([]string{}, wrapper...), argv...))
 }
 
-// startStockCoreDNS runs the stock CoreDNS build with corefile.
-func startStockCoreDNS(node *harness.Node, dir, corefile string, wrapper []string) (*harness.Process, error) {
-	bin, err := harness.Binary("coredns")
+// startStockCoreDNS runs a stock CoreDNS build (coredns, or coredns-pgo: built
+// with node-cache's profile) with corefile.
+func startStockCoreDNS(node *harness.Node, dir, build, corefile string, wrapper []string) (*harness.Process, error) {
+	bin, err := harness.Binary(build)
 	if err != nil {
 		return nil, err
 	}
@@ -86,26 +87,26 @@ func startStockCoreDNS(node *harness.Node, dir, corefile string, wrapper []strin
 var shippedEnv = []string{"GOMEMLIMIT=256MiB"}
 
 var servers = []server{
-	{"node-cache: shipped defaults (corefile.tmpl, the DaemonSet's environment)", shippedEnv, func(node *harness.Node, dir string, wrapper []string) (*harness.Process, error) {
+	{"node-cache: shipped defaults (corefile.tmpl, the DaemonSet's environment, built with build/default.pgo)", shippedEnv, func(node *harness.Node, dir string, wrapper []string) (*harness.Process, error) {
 		tmpl, err := node.NodeCacheTemplate("skip_teardown") // the rules stay for the servers after it
 		if err != nil {
 			return nil, err
 		}
 		return node.StartNodeCacheProcess("node-cache", tmpl, wrapper)
 	}},
-	{"stock CoreDNS 1.15: the same Corefile without nodelocal, the same environment", shippedEnv, func(node *harness.Node, dir string, wrapper []string) (*harness.Process, error) {
+	{"stock CoreDNS 1.15: the same Corefile without nodelocal, the same environment and profile (PGO)", shippedEnv, func(node *harness.Node, dir string, wrapper []string) (*harness.Process, error) {
 		corefile, err := renderedCorefile(node)
 		if err != nil {
 			return nil, err
 		}
-		return startStockCoreDNS(node, dir, strings.ReplaceAll(corefile, "    nodelocal\n", ""), wrapper)
+		return startStockCoreDNS(node, dir, "coredns-pgo", strings.ReplaceAll(corefile, "    nodelocal\n", ""), wrapper)
 	}},
-	{"stock CoreDNS 1.15: stock defaults (upstream node-local-dns Corefile, Go's defaults)", nil, func(node *harness.Node, dir string, wrapper []string) (*harness.Process, error) {
+	{"stock CoreDNS 1.15: stock defaults (upstream node-local-dns Corefile, Go's defaults, no PGO)", nil, func(node *harness.Node, dir string, wrapper []string) (*harness.Process, error) {
 		corefile, err := upstreamCorefile(node)
 		if err != nil {
 			return nil, err
 		}
-		return startStockCoreDNS(node, dir, corefile, wrapper)
+		return startStockCoreDNS(node, dir, "coredns", corefile, wrapper)
 	}},
 	{"unbound, 1 thread", nil, func(node *harness.Node, dir string, wrapper []string) (*harness.Process, error) {
 		conf := fmt.Sprintf("server:\n  interface: %s\n  port: 53\n  access-control: 0.0.0.0/0 allow\n  do-daemonize: no\n  num-threads: 1\n"+
@@ -232,7 +233,7 @@ func measure(node *harness.Node, s server, m *measured, withMisses bool) error {
 	if _, err := client(node, "-queries", cachedMix, "-rate", "500", "-duration", "1s"); err != nil {
 		return err
 	}
-	qps, err := saturate(node, dir)
+	qps, err := saturate(node, dir, saturateFor)
 	if err != nil {
 		return err
 	}
@@ -268,9 +269,9 @@ func measure(node *harness.Node, s server, m *measured, withMisses bool) error {
 	return nil
 }
 
-// saturate runs dnsperf from the pod, pinned to the client CPU, with the
-// cache-hit mix, and returns the answered queries per second.
-func saturate(node *harness.Node, dir string) (float64, error) {
+// saturate runs dnsperf for d from the pod, pinned to the client CPU, with
+// the cache-hit mix, and returns the answered queries per second.
+func saturate(node *harness.Node, dir string, d time.Duration) (float64, error) {
 	var data strings.Builder
 	for _, q := range strings.Split(cachedMix, ",") {
 		typ, name, _ := strings.Cut(q, ":")
@@ -281,7 +282,7 @@ func saturate(node *harness.Node, dir string) (float64, error) {
 		return 0, err
 	}
 	argv := append(append([]string{}, clientCPU...), "ip", "netns", "exec", node.Pods[0].Name, "dnsperf", "-s", harness.LocalIP,
-		"-d", file, "-l", fmt.Sprint(int(saturateFor.Seconds())), "-T", "1", "-c", fmt.Sprint(dnsperfSockets), "-q", fmt.Sprint(dnsperfOutstanding), "-t", "2")
+		"-d", file, "-l", fmt.Sprint(int(d.Seconds())), "-T", "1", "-c", fmt.Sprint(dnsperfSockets), "-q", fmt.Sprint(dnsperfOutstanding), "-t", "2")
 	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
 	if err != nil {
 		return 0, fmt.Errorf("dnsperf: %v: %s", err, tailLines(string(out), 3))
