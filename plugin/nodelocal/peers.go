@@ -64,27 +64,26 @@ func countOthers(listen []netip.AddrPort, udpStates ...string) (int, error) {
 		return 0, err
 	}
 	others := 0
-	tables := []struct {
-		files []string
-		state string
-	}{{tcpTables, tcpListen}}
-	for _, state := range udpStates {
-		tables = append(tables, struct {
-			files []string
-			state string
-		}{udpTables, state})
-	}
-	for _, table := range tables {
-		for _, file := range table.files {
-			entries, err := socketEntries("/proc/net/"+file, table.state, listen)
+	count := func(files []string, state string) error {
+		for _, file := range files {
+			entries, err := socketEntries("/proc/net/"+file, state, listen)
 			if err != nil {
-				return 0, err
+				return err
 			}
 			for _, e := range entries {
 				if len(own[e.inode]) == 0 {
 					others++
 				}
 			}
+		}
+		return nil
+	}
+	if err := count(tcpTables, tcpListen); err != nil {
+		return 0, err
+	}
+	for _, state := range udpStates {
+		if err := count(udpTables, state); err != nil {
+			return 0, err
 		}
 	}
 	return others, nil
