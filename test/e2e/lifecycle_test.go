@@ -44,6 +44,23 @@ func assertRules(t *testing.T, node *harness.Node, want int) {
 	}
 }
 
+// waitForRules polls until node-cache's rules number want, and fails the
+// test, saying what was awaited, if they do not within timeout.
+func waitForRules(t *testing.T, node *harness.Node, want int, timeout time.Duration, what string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		rules, err := node.NodeLocalRules()
+		if err == nil && len(rules) == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d rules (%v) after %v, want %d", what, len(rules), err, timeout, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // TestCrashFailsOpen: after SIGKILL nothing tears down, yet the ClusterIP
 // falls back to kube-dns by itself (the interception needs a live socket);
 // the next instance adopts what the dead one left.

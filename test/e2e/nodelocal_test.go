@@ -132,17 +132,7 @@ func TestSelfHealing(t *testing.T) {
 	if err := node.Host.Run(ipt, "-w", "5", "-t", "raw", "-F"); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		rules, err := node.NodeLocalRules()
-		if err == nil && len(rules) == 24 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("rules not restored within 3s of a raw flush (check_interval 1s): %d rules, %v", len(rules), err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitForRules(t, node, 24, 3*time.Second, "rules after a raw flush (check_interval 1s)")
 	t.Logf("raw table flushed -> rules restored: %v", time.Since(start))
 	if n, _ := node.NodeCacheMetric(`coredns_nodelocal_repairs_total{kind="interface"}`); n < 1 {
 		t.Fatalf("interface repair not counted: %v", n)

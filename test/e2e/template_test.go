@@ -54,17 +54,7 @@ func TestUpstreamConfigMapAndArgs(t *testing.T) {
 	}
 	// Answers do not wait for the rules (without them, the ClusterIP goes to
 	// kube-dns), and this Corefile has no ready plugin: poll.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		rules, err := node.NodeLocalRules()
-		if err == nil && len(rules) == 24 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d rules (%v) 5s after the first answers, want 24", len(rules), err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitForRules(t, node, 24, 5*time.Second, "rules after the first answers")
 }
 
 // waitForLog waits until the process log contains s n times.
