@@ -311,12 +311,13 @@ func (m *manager) serviceListen() []netip.AddrPort {
 }
 
 // withholdTCP starts the takeover, before the listeners open, unless another
-// instance serves the Service IPs (a surge: kube-dns serves no connection).
+// instance serves the Service IPs (a surge: kube-dns serves no connection) or
+// there is no interception to take (no Service IP, or `iptables off`).
 // The TCP interception a dead instance left goes now: it would take the
 // connections kube-dns serves over the moment our listeners appear.
 func (m *manager) withholdTCP() {
 	services := m.serviceListen()
-	if len(services) == 0 || !m.cfg.FailOpen {
+	if len(services) == 0 || !m.cfg.FailOpen || len(m.tables) == 0 {
 		return
 	}
 	if others, err := m.peers.Others(services); err != nil || others > 0 {

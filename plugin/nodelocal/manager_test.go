@@ -453,3 +453,18 @@ func TestSurgeStartTakesNothingOver(t *testing.T) {
 		t.Fatalf("a surge start paused listeners: %v", got)
 	}
 }
+
+// TestNoTakeoverWithoutRules: with `iptables off` there is no interception to
+// take over, so the start neither pauses listeners nor delays readiness.
+func TestNoTakeoverWithoutRules(t *testing.T) {
+	n := newFakeNode(t)
+	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
+	cfg.Backend = BackendOff
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	n.mgr.ListenersUp()
+	if got := n.sockets.counts(); got != [4]int{} || !n.mgr.Ready() {
+		t.Fatalf("sockets touched %v, ready %v: want no takeover and ready at once", got, n.mgr.Ready())
+	}
+}
