@@ -269,12 +269,17 @@ func (m *manager) desiredRules() map[Family][]Rule {
 	rules := DesiredRules(m.interceptedListen(), m.cfg.HealthPort, failOpen)
 	if m.takeover != takeoverDone && failOpen {
 		for f, rs := range rules {
-			rules[f] = slices.DeleteFunc(rs, func(r Rule) bool { return m.takeover == takeoverWithheld && isServiceTCPInterception(r) })
-			for i, r := range rules[f] {
+			var kept []Rule
+			for _, r := range rs {
 				if isServiceTCPInterception(r) {
-					rules[f][i] = r.synOnly()
+					if m.takeover == takeoverWithheld {
+						continue
+					}
+					r = r.synOnly()
 				}
+				kept = append(kept, r)
 			}
+			rules[f] = kept
 		}
 	}
 	if m.handedOff {
@@ -348,8 +353,8 @@ func (m *manager) withholdTCP() {
 	}
 }
 
-// takeOverTCP runs once the listeners are up and the other rules are in:
-// our Service IP listeners drop new SYNs, and SYNs only are intercepted, so no
+// takeOverTCP runs once the listeners are up, before the rules go in: our
+// Service IP listeners drop new SYNs, and SYNs only are intercepted, so no
 // new connection goes to kube-dns and none opens here while the connections
 // kube-dns serves finish. After takeoverDrain, finishTakeover intercepts all
 // of TCP and the listeners accept again; the dropped SYNs' retransmissions
@@ -367,7 +372,6 @@ func (m *manager) takeOverTCP() {
 		m.takeover = takeoverSYNs
 		m.takeoverTimer = time.AfterFunc(m.takeoverDrain, m.finishTakeover)
 	}
-	m.rulesOK = m.ensureRules(false)
 }
 
 // finishTakeover ends the takeover's SYN phase; readiness waited for it.
@@ -477,7 +481,7 @@ func (m *manager) ListenersUp() {
 		m.startUnlock = nil
 	}
 	m.mu.Unlock()
-	m.takeOverTCP() // before the rules go in and readiness is reported
+	m.takeOverTCP() // so that the rules go in with its first step
 	m.check(true)
 }
 

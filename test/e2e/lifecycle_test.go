@@ -249,13 +249,7 @@ func TestStartLetsKubeDNSConnectionsFinish(t *testing.T) {
 		return &dns.Conn{Conn: c}
 	}
 	exchange := func(c *dns.Conn) error {
-		m := new(dns.Msg)
-		m.SetQuestion(harness.WebSvc, dns.TypeA)
-		c.SetDeadline(time.Now().Add(3 * time.Second))
-		if err := c.WriteMsg(m); err != nil {
-			return err
-		}
-		r, err := c.ReadMsg()
+		r, err := harness.Exchange(c, harness.WebSvc, dns.TypeA, 3*time.Second)
 		if err == nil && r.Rcode != dns.RcodeSuccess {
 			err = errors.New(dns.RcodeToString[r.Rcode])
 		}

@@ -104,10 +104,13 @@ func (n *Netns) DialContext(ctx context.Context, network, address string) (net.C
 	return conn, err
 }
 
-// HTTPGet fetches a URL from inside the namespace.
-func (n *Netns) HTTPGet(url string) (string, error) {
+// HTTPGet fetches a URL from inside the namespace, within 3 s.
+func (n *Netns) HTTPGet(url string) (string, error) { return n.HTTPGetTimeout(url, 3*time.Second) }
+
+// HTTPGetTimeout fetches a URL from inside the namespace within timeout.
+func (n *Netns) HTTPGetTimeout(url string, timeout time.Duration) (string, error) {
 	client := &http.Client{
-		Timeout:   3 * time.Second,
+		Timeout:   timeout,
 		Transport: &http.Transport{DialContext: n.DialContext, DisableKeepAlives: true},
 	}
 	resp, err := client.Get(url)

@@ -340,8 +340,6 @@ func Query(ns *Netns, network, server, name string, qtype uint16) (*dns.Msg, err
 
 // QueryTimeout is Query with its own timeout.
 func QueryTimeout(ns *Netns, network, server, name string, qtype uint16, timeout time.Duration) (*dns.Msg, error) {
-	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(name), qtype)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	conn, err := ns.DialContext(ctx, network, server+":53")
@@ -350,6 +348,13 @@ func QueryTimeout(ns *Netns, network, server, name string, qtype uint16, timeout
 	}
 	c := &dns.Conn{Conn: conn}
 	defer c.Close()
+	return Exchange(c, name, qtype, timeout)
+}
+
+// Exchange asks name on an open connection and reads the reply.
+func Exchange(c *dns.Conn, name string, qtype uint16, timeout time.Duration) (*dns.Msg, error) {
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), qtype)
 	c.SetDeadline(time.Now().Add(timeout))
 	if err := c.WriteMsg(m); err != nil {
 		return nil, err

@@ -3,13 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"strings"
 	"time"
-
-	"github.com/nodelocal/nodelocal/test/harness"
 )
 
 // profileFor is how long the CPU profile for PGO is taken.
@@ -57,7 +53,7 @@ func profile(out string) error {
 		_, err := saturate(node, dir, profileFor+time.Second)
 		saturated <- err
 	}()
-	prof, err := fetch(node, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", pprofAddr, int(profileFor.Seconds())), profileFor+10*time.Second)
+	prof, err := node.Host.HTTPGetTimeout(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", pprofAddr, int(profileFor.Seconds())), profileFor+10*time.Second)
 	if err != nil {
 		return fmt.Errorf("CPU profile: %w", err)
 	}
@@ -65,24 +61,9 @@ func profile(out string) error {
 		return err
 	}
 	<-mixed
-	if err := os.WriteFile(out, prof, 0o644); err != nil {
+	if err := os.WriteFile(out, []byte(prof), 0o644); err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "wrote a %v CPU profile of node-cache (%d bytes) to %s\n", profileFor, len(prof), out)
 	return nil
-}
-
-// fetch GETs url from inside the node netns.
-func fetch(node *harness.Node, url string, timeout time.Duration) ([]byte, error) {
-	c := &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: node.Host.DialContext}}
-	resp, err := c.Get(url)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err == nil && resp.StatusCode != http.StatusOK {
-		err = fmt.Errorf("GET %s: %s: %s", url, resp.Status, body)
-	}
-	return body, err
 }
