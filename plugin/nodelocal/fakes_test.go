@@ -159,6 +159,7 @@ func (p *fakePeers) Remaining(listen []netip.AddrPort) (int, error) { return p.O
 type fakeSockets struct {
 	mu                                sync.Mutex
 	paused, resumed, stopped, udpLeft [][]netip.AddrPort
+	onResume                          func() // if set, runs as the listeners resume
 }
 
 func (s *fakeSockets) record(calls *[][]netip.AddrPort, listen []netip.AddrPort) error {
@@ -168,10 +169,15 @@ func (s *fakeSockets) record(calls *[][]netip.AddrPort, listen []netip.AddrPort)
 	return nil
 }
 
-func (s *fakeSockets) PauseAccepting(l []netip.AddrPort) error  { return s.record(&s.paused, l) }
-func (s *fakeSockets) ResumeAccepting(l []netip.AddrPort) error { return s.record(&s.resumed, l) }
-func (s *fakeSockets) StopAccepting(l []netip.AddrPort) error   { return s.record(&s.stopped, l) }
-func (s *fakeSockets) LeaveUDP(l []netip.AddrPort) error        { return s.record(&s.udpLeft, l) }
+func (s *fakeSockets) PauseAccepting(l []netip.AddrPort) error { return s.record(&s.paused, l) }
+func (s *fakeSockets) ResumeAccepting(l []netip.AddrPort) error {
+	if s.onResume != nil {
+		s.onResume()
+	}
+	return s.record(&s.resumed, l)
+}
+func (s *fakeSockets) StopAccepting(l []netip.AddrPort) error { return s.record(&s.stopped, l) }
+func (s *fakeSockets) LeaveUDP(l []netip.AddrPort) error      { return s.record(&s.udpLeft, l) }
 
 // counts returns how often each call was made, in the order above.
 func (s *fakeSockets) counts() [4]int {

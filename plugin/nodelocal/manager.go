@@ -381,22 +381,22 @@ func (m *manager) finishTakeover() {
 	if m.takeover != takeoverSYNs {
 		return
 	}
-	m.endTakeover()
-	m.rulesOK = m.ensureRules(false)
+	m.completeTakeover()
 	log.Infof("Took TCP on %v over from kube-dns, after %v for its open connections to finish", m.serviceListen(), m.takeoverDrain)
 	go m.check(false) // readiness
 }
 
-// endTakeover lets the Service IP listeners accept again, with the rules
-// as always from now on.
-func (m *manager) endTakeover() {
-	if m.takeover == takeoverSYNs {
-		m.takeoverTimer.Stop()
-		if err := m.sockets.ResumeAccepting(m.serviceListen()); err != nil {
-			log.Errorf("TCP listeners on %v may still refuse new connections: %v", m.serviceListen(), err)
-		}
-	}
+// completeTakeover intercepts all of the Service IPs' TCP, then lets their
+// listeners accept again. In that order: a connection accepted under the
+// SYN-only rule would have the rest of its segments conntracked, DNATed to
+// kube-dns and reset there.
+func (m *manager) completeTakeover() {
+	m.takeoverTimer.Stop()
 	m.takeover = takeoverDone
+	m.rulesOK = m.ensureRules(false)
+	if err := m.sockets.ResumeAccepting(m.serviceListen()); err != nil {
+		log.Errorf("TCP listeners on %v may still refuse new connections: %v", m.serviceListen(), err)
+	}
 }
 
 // ruleTables are the tables the rule set lives in.
@@ -629,7 +629,9 @@ func (m *manager) HandOff() {
 	if m.cfg == nil || !m.listening {
 		return
 	}
-	m.endTakeover()
+	if m.takeover == takeoverSYNs {
+		m.completeTakeover() // what follows expects the rules and listeners of a running instance
+	}
 	var shared []netip.AddrPort
 	for _, ap := range m.cfg.Listen {
 		others, err := m.peers.Others([]netip.AddrPort{ap})

@@ -420,6 +420,11 @@ func TestStartTakesTCPOverFromKubeDNSInSteps(t *testing.T) {
 		t.Fatal("ready before the takeover ended")
 	}
 	n.mgr.PauseForReload() // a reload meanwhile leaves the takeover's pause alone
+	n.sockets.onResume = func() {
+		if got := tcpInterception(); len(got) != 1 || strings.Contains(got[0], "--tcp-flags") {
+			t.Errorf("the listeners accept again while the ClusterIP's TCP interception is %v: want the full rule in first, or the connections they accept are reset by kube-dns", got)
+		}
+	}
 	n.mgr.finishTakeover()
 	want := DesiredRules(cfg.Listen, cfg.HealthPort, true)[IPv4]
 	if ch := DiffRules(want, n.tables[IPv4].rules); len(ch.Add)+len(ch.Delete) != 0 {
@@ -431,6 +436,30 @@ func TestStartTakesTCPOverFromKubeDNSInSteps(t *testing.T) {
 	n.mgr.check(false)
 	if !n.mgr.Ready() {
 		t.Fatal("not ready after the takeover")
+	}
+}
+
+// TestStopDuringTakeover: a SIGTERM in the takeover's SYN phase completes it
+// (full rule, then the listeners accept) before the usual handoff, which then
+// shuts the listeners and hands the Service IP back.
+func TestStopDuringTakeover(t *testing.T) {
+	n := newFakeNode(t)
+	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	n.mgr.ListenersUp()
+	n.mgr.HandOff()
+	if got := n.sockets.counts(); got != [4]int{1, 1, 1, 0} {
+		t.Fatalf("pause, resume, stop, leave: %v, want the takeover's pause and resume, then the handoff's stop", got)
+	}
+	for _, r := range n.tables[IPv4].rules {
+		if strings.Contains(r.String(), "--tcp-flags") {
+			t.Fatalf("the takeover's SYN-only rule outlived the handoff: %v", r)
+		}
+		if isHandedOff(r) && r.proto() == "udp" {
+			t.Fatalf("the ClusterIP's UDP interception outlived the handoff: %v", r)
+		}
 	}
 }
 
