@@ -55,11 +55,18 @@ func (n *Node) StartMixedLoad(ctx context.Context, rate int, d time.Duration) <-
 		var wg sync.WaitGroup
 		for _, target := range []string{LocalIP, ClusterIP} {
 			for _, tr := range AllTransports {
+				// Connection-per-query clients are many, as a node's pods are:
+				// those whose SYN an instance holds for 1 s leave others free to
+				// open connections through every step of a start or a stop.
+				workers := 8
+				if tr == dnsload.TCPPerQuery {
+					workers = 200
+				}
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
 					res, err := dnsload.Run(ctx, dnsload.Config{Target: target + ":53", Transport: tr, Queries: queries,
-						Rate: rate, Duration: d, Workers: 8, Timeout: 2 * time.Second, Dial: n.Pods[0].DialContext})
+						Rate: rate, Duration: d, Workers: workers, Timeout: 2 * time.Second, Dial: n.Pods[0].DialContext})
 					mu.Lock()
 					results = append(results, LoadRun{target, tr, res, err})
 					mu.Unlock()
