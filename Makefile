@@ -23,14 +23,14 @@ deps: ## install what the simulated node needs (Debian, as root), when missing
 build: ## build bin/node-cache (version and commit stamped)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/node-cache ./build
 
-generate: ## regenerate the directive list and imports from plugin.cfg
-	cd build && $(GO) generate ./...
+generate: ## regenerate the directive list and imports from plugin.cfg (node-cache's, and the bench's reference build)
+	$(GO) generate ./build/... ./test/cmd/coredns-plugincfg
 
 manifests: ## regenerate the ConfigMap from corefile.tmpl and manifests/nodelocaldns.yaml
 	$(GO) run ./manifests/gen
 
 check-generated: generate manifests ## fail when generated files are stale
-	git diff --exit-code -- build/zdirectives.go build/zplugin.go manifests/
+	git diff --exit-code -- build/zdirectives.go build/zplugin.go test/cmd/coredns-plugincfg/ manifests/
 
 test: deps build ## unit tests and the privileged end-to-end tests (run as root)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...

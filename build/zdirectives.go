@@ -16,7 +16,6 @@ var directives = []string{
 	"trace",
 	"ready",
 	"health",
-	"nodelocal",
 	"pprof",
 	"prometheus",
 	"errors",
@@ -31,6 +30,7 @@ var directives = []string{
 	"loop",
 	"forward",
 	"whoami",
+	"nodelocal",
 }
 
 func init() {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/nodelocal/nodelocal/build/internal/plugincfg"
 )
@@ -15,14 +16,15 @@ func main() {
 	cfg := flag.String("cfg", "../plugin.cfg", "plugin.cfg to read")
 	out := flag.String("out", ".", "directory to write zdirectives.go and zplugin.go into")
 	pkg := flag.String("pkg", "main", "package name of the generated files")
+	without := flag.String("without", "", "leave this plugin out (for a reference build without it)")
 	flag.Parse()
-	if err := run(*cfg, *out, *pkg); err != nil {
+	if err := run(*cfg, *out, *pkg, *without); err != nil {
 		fmt.Fprintf(os.Stderr, "directivegen: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(cfgPath, outDir, pkg string) error {
+func run(cfgPath, outDir, pkg, without string) error {
 	f, err := os.Open(cfgPath)
 	if err != nil {
 		return err
@@ -31,6 +33,13 @@ func run(cfgPath, outDir, pkg string) error {
 	entries, err := plugincfg.Parse(f)
 	if err != nil {
 		return fmt.Errorf("%s: %w", cfgPath, err)
+	}
+	if without != "" {
+		n := len(entries)
+		entries = slices.DeleteFunc(entries, func(e plugincfg.Entry) bool { return e.Name == without })
+		if len(entries) == n {
+			return fmt.Errorf("%s: no plugin %q to leave out", cfgPath, without)
+		}
 	}
 	directives, err := plugincfg.RenderDirectives(pkg, entries)
 	if err != nil {

@@ -60,7 +60,7 @@ func setup(c *caddy.Controller) error {
 			log.Errorf("The new Corefile was rejected; the previous configuration keeps serving")
 			return mgr.Apply(inst.merged())
 		})
-		// On exit only, and after health's lameduck: nodelocal follows health in plugin.cfg.
+		// On exit only, and after health's lameduck: nodelocal comes after health in plugin.cfg.
 		c.OnFinalShutdown(func() error { mgr.Shutdown(); return nil })
 		registerListenHook()
 	}

@@ -12,16 +12,16 @@ import (
 
 // binaryPackages maps the programs the harness runs to their packages and
 // build flags. go build optimises ./build with build/default.pgo by itself;
-// coredns-pgo is stock CoreDNS built with that same profile, so a comparison
-// of the two isolates what the nodelocal plugin costs. Every program is built
-// as `make build` builds node-cache and CoreDNS's Makefile builds coredns:
-// static (CGO_ENABLED=0), stripped, so the references are built like what
-// ships.
+// coredns-plugincfg is stock CoreDNS with node-cache's plugins and order minus
+// nodelocal, built with that same profile, so a comparison of the two
+// isolates what the nodelocal plugin costs. Every program is built as `make
+// build` builds node-cache and CoreDNS's Makefile builds coredns: static
+// (CGO_ENABLED=0), stripped, so the references are built like what ships.
 var binaryPackages = map[string][]string{
-	"node-cache":  {"./build"},
-	"coredns":     {"./test/cmd/coredns"},
-	"coredns-pgo": {"-pgo=build/default.pgo", "./test/cmd/coredns"},
-	"dnsload":     {"./test/cmd/dnsload"},
+	"node-cache":        {"./build"},
+	"coredns":           {"./test/cmd/coredns"},
+	"coredns-plugincfg": {"-pgo=build/default.pgo", "./test/cmd/coredns-plugincfg"},
+	"dnsload":           {"./test/cmd/dnsload"},
 }
 
 var (
