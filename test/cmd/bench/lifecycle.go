@@ -100,7 +100,8 @@ var scenarios = []scenario{
 func lifecycle(rate int, d time.Duration, only string) (string, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d queries/s for %v per scenario from a pod: UDP, TCP with persistent connections (RFC 7766 retry) and TCP with a connection per query, "+
-		"each to 169.254.20.10 and to the kube-dns ClusterIP, cache hits and misses; 2 s timeout.\n\n", 6*rate, d)
+		"each to 169.254.20.10 and to the kube-dns ClusterIP, cache hits and misses; 2 s timeout. The connection-per-query clients are 200 concurrent "+
+		"workers, so new connections keep arriving while some wait for a SYN retransmission.\n\n", 6*rate, d)
 	b.WriteString("| scenario | ClusterIP failed / sent | link-local failed / sent | ClusterIP UDP / TCP persistent / TCP per query | goal |\n|---|---|---|---|---|\n")
 	for _, sc := range scenarios {
 		if !strings.Contains(sc.name, only) {
