@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,8 +34,14 @@ type manager struct {
 	linkMade   bool                  // the interface was in place once: a new one is a repair
 	rulesMade  map[Family]bool       // the rules were in place once: a new one is a repair
 	rulesOK    bool                  // the last rule check found every rule in place
-	stop       chan struct{}         // closes the check loop; nil when not running
-	wake       chan struct{}
+	generation RulesetGeneration
+	// verified is what the last check that listed the rules found complete,
+	// unchanged and as desired: the ruleset generation read before the listing
+	// and the desired rules. A check finding both the same lists nothing.
+	verified    *verifiedRules
+	genErrShown bool          // a failed generation read is logged once
+	stop        chan struct{} // closes the check loop; nil when not running
+	wake        chan struct{}
 	// startUnlock releases the instance lock taken for the start, once the
 	// listeners are up: a stopping peer then sees them and leaves things be.
 	startUnlock   func()
@@ -83,9 +90,9 @@ const (
 // a second, so a SYN dropped meanwhile gets through on its first retransmission.
 const takeoverDrain = 500 * time.Millisecond
 
-func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), detect func() (Backend, error), probe func(netip.AddrPort) error, peers Peers, sockets Sockets) *manager {
+func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), generation RulesetGeneration, detect func() (Backend, error), probe func(netip.AddrPort) error, peers Peers, sockets Sockets) *manager {
 	return &manager{
-		links: links, newTables: newTables, detect: detect, probe: probe, peers: peers, sockets: sockets,
+		links: links, newTables: newTables, generation: generation, detect: detect, probe: probe, peers: peers, sockets: sockets,
 		ownIPs: map[netip.Addr]bool{}, foreignIPs: map[netip.Addr]string{}, rulesMade: map[Family]bool{},
 		wake: make(chan struct{}, 1), takeoverDrain: takeoverDrain,
 	}
@@ -94,6 +101,7 @@ func newManager(links Links, newTables func(Backend, Family) (RuleTables, error)
 // theManager is the process-wide manager of the real node.
 var theManager = newManager(netlinkLinks{},
 	func(b Backend, f Family) (RuleTables, error) { return newIPTablesCmd(b, f) },
+	nftGeneration,
 	func() (Backend, error) { return DetectBackend(listWithBinary) },
 	probeDNS,
 	netnsPeers{name: "instance"},
@@ -254,13 +262,47 @@ func (m *manager) interceptedListen() []netip.AddrPort {
 // It reports whether all rules are in place.
 func (m *manager) ensureRules(repair bool) bool {
 	desired := m.desiredRules()
-	ok := true
+	current := m.readGeneration(desired)
+	if repair && current != nil && m.verified != nil && *current == *m.verified {
+		return true // nothing in the ruleset changed since it was found complete
+	}
+	ok, changed := true, false
 	for f, t := range m.tables {
-		if !m.syncRules(f, t, desired[f], repair) {
-			ok = false
-		}
+		fOK, fChanged := m.syncRules(f, t, desired[f], repair)
+		ok, changed = ok && fOK, changed || fChanged
+	}
+	m.verified = nil
+	if ok && !changed {
+		m.verified = current // read before the listing: covers what it showed
 	}
 	return ok
+}
+
+// verifiedRules identifies a rule check: the ruleset generation it saw and
+// the rules it wanted.
+type verifiedRules struct {
+	generation uint32
+	desired    string
+}
+
+// readGeneration is the rule check's identity now, or nil if the backend
+// keeps no generation (legacy) or it cannot be read: then every check lists.
+func (m *manager) readGeneration(desired map[Family][]Rule) *verifiedRules {
+	gen, ok, err := m.generation(m.backend)
+	if err != nil && !m.genErrShown {
+		m.genErrShown = true
+		log.Warningf("Rules are listed on every check (%v)", err)
+	}
+	if !ok || err != nil {
+		return nil
+	}
+	var b strings.Builder
+	for _, f := range []Family{IPv4, IPv6} {
+		for _, r := range desired[f] {
+			fmt.Fprintf(&b, "%d %s\n", f, r)
+		}
+	}
+	return &verifiedRules{generation: gen, desired: b.String()}
 }
 
 // desiredRules is the rule set for the current config and shutdown state.
@@ -402,7 +444,9 @@ func (m *manager) completeTakeover() {
 // ruleTables are the tables the rule set lives in.
 var ruleTables = []string{"raw", "filter"}
 
-func (m *manager) syncRules(f Family, t RuleTables, desired []Rule, repair bool) bool {
+// syncRules lists a family's rules and makes them desired; it reports whether
+// every call succeeded and whether it changed anything.
+func (m *manager) syncRules(f Family, t RuleTables, desired []Rule, repair bool) (ok, changed bool) {
 	var listed []Rule
 	for _, table := range ruleTables {
 		out, err := t.List(table)
@@ -413,11 +457,11 @@ func (m *manager) syncRules(f Family, t RuleTables, desired []Rule, repair bool)
 		}
 		if err != nil {
 			m.iptablesError("list", err)
-			return false
+			return false, false
 		}
 	}
 	changes := DiffRules(desired, listed)
-	ok := true
+	ok, changed = true, len(changes.Add)+len(changes.Delete) > 0
 	// The interception goes in last: once it steers a pod's flow here, the
 	// replies must already skip conntrack, or a reply whose reverse tuple
 	// matches the flow's earlier DNAT entry (to kube-dns) is dropped as a
@@ -430,7 +474,8 @@ func (m *manager) syncRules(f Family, t RuleTables, desired []Rule, repair bool)
 			if slices.Contains(r.Args, "socket") && !m.noSocketMatch {
 				m.noSocketMatch = true
 				log.Errorf("The kernel refused the socket match (%v): interception will not fail open if the cache dies; using upstream's unconditional rule", err)
-				return m.syncRules(f, t, m.desiredRules()[f], repair)
+				ok, _ := m.syncRules(f, t, m.desiredRules()[f], repair)
+				return ok, true
 			}
 			m.iptablesError("insert "+r.String(), err)
 			ok = false
@@ -456,7 +501,7 @@ func (m *manager) syncRules(f Family, t RuleTables, desired []Rule, repair bool)
 		log.Infof("Installed %d IPv%d iptables rules (%s backend)", len(desired), f, m.backend)
 	}
 	m.rulesMade[f] = m.rulesMade[f] || ok
-	return ok
+	return ok, changed
 }
 
 func (m *manager) iptablesError(what string, err error) {

@@ -14,6 +14,7 @@ type fakeNode struct {
 	tables  map[Family]*fakeTables
 	peers   *fakePeers
 	sockets *fakeSockets
+	nftGen  *uint32 // the ruleset generation, if the fake node keeps one
 	mgr     *manager
 }
 
@@ -21,6 +22,12 @@ func newFakeNode(t *testing.T) *fakeNode {
 	n := &fakeNode{links: newFakeLinks(), tables: map[Family]*fakeTables{IPv4: {}, IPv6: {}}, peers: &fakePeers{}, sockets: &fakeSockets{}}
 	n.mgr = newManager(n.links,
 		func(b Backend, f Family) (RuleTables, error) { return n.tables[f], nil },
+		func(Backend) (uint32, bool, error) {
+			if n.nftGen == nil {
+				return 0, false, nil
+			}
+			return *n.nftGen, true, nil
+		},
 		func() (Backend, error) { return BackendNFT, nil },
 		func(netip.AddrPort) error { return nil },
 		n.peers, n.sockets)
@@ -460,6 +467,50 @@ func TestStopDuringTakeover(t *testing.T) {
 		if isHandedOff(r) && r.proto() == "udp" {
 			t.Fatalf("the ClusterIP's UDP interception outlived the handoff: %v", r)
 		}
+	}
+}
+
+// TestChecksListOnlyWhenTheRulesetChanged: with a ruleset generation (nft),
+// a check lists the rules only when the generation or the desired rules
+// changed since a check found them complete; a change is still repaired.
+func TestChecksListOnlyWhenTheRulesetChanged(t *testing.T) {
+	n := newFakeNode(t)
+	gen := uint32(7)
+	n.nftGen = &gen
+	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	n.listenersUp()
+	gen++ // our own inserts
+	lists := func() int { return n.tables[IPv4].lists + n.tables[IPv6].lists }
+	n.mgr.check(true) // finds everything in place: remembers the generation
+	before := lists()
+	n.mgr.check(true)
+	n.mgr.check(true)
+	if got := lists() - before; got != 0 {
+		t.Fatalf("unchanged ruleset: %d listings, want none", got)
+	}
+
+	n.tables[IPv4].rules = n.tables[IPv4].rules[1:] // someone deletes a rule
+	gen++
+	n.mgr.check(true)
+	if got := lists() - before; got != len(ruleTables) {
+		t.Fatalf("changed ruleset: %d listings, want one per table", got)
+	}
+	if got := n.tables[IPv4].count(); got != 24 {
+		t.Fatalf("%d rules after the check, want the deleted one back (24)", got)
+	}
+	gen++
+	n.mgr.check(true)
+
+	// Other rules wanted, the ruleset unchanged: the check lists and syncs.
+	n.mgr.mu.Lock()
+	n.mgr.handedOff = true
+	n.mgr.mu.Unlock()
+	n.mgr.check(true)
+	if got := n.tables[IPv4].count(); got == 24 {
+		t.Fatal("a check skipped a change of the desired rules")
 	}
 }
 

@@ -159,6 +159,6 @@ func selfHealing() (string, error) {
 	fmt.Fprintf(&b, "| `ip addr del 169.254.20.10/32` to answering again | %s | < 1 s |\n", summary(addrHeals))
 	fmt.Fprintf(&b, "| `iptables -t raw -F` to all rules back | %s | one check interval (5 s) |\n", summary(ruleHeals))
 	fmt.Fprintf(&b, "| start-up: exec to the first answer on 169.254.20.10 | %s | < 500 ms |\n", summary(startups))
-	fmt.Fprintf(&b, "| iptables processes per minute, steady state (counted over %v) | %.0f | one listing per table per check: 2 tables x 12 checks = 24 |\n", window, perMinute)
+	fmt.Fprintf(&b, "| iptables processes per minute, steady state (counted over %v) | %.0f | 0 with the nft backend, which counts ruleset changes (read over netlink each check); legacy: one listing per table per check, 24 |\n", window, perMinute)
 	return b.String(), nil
 }
