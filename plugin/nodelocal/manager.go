@@ -531,7 +531,8 @@ func (m *manager) ListenersUp() {
 }
 
 // check puts everything right; link events check only the interface, the
-// periodic check the rules too (they cost one iptables process per table).
+// periodic check the rules too (a listing, one iptables process per table,
+// when the ruleset may have changed).
 func (m *manager) check(withRules bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
