@@ -286,6 +286,30 @@ func (n *Node) startKubeDNS() error {
 	return n.WaitForAnswer(n.KubeDNS, KubeDNSPodIP, KubernetesSvc, 10*time.Second)
 }
 
+// AddServerIPs puts ips on a bridge of their own in the node netns and routes
+// every pod to them, so that servers other than node-cache can listen on the
+// node beside it (the bench runs its references there).
+func (n *Node) AddServerIPs(ips ...string) error {
+	const bridge = "servers0"
+	if err := n.Host.Run("ip", "link", "add", bridge, "type", "bridge"); err != nil {
+		return err
+	}
+	if err := n.Host.Run("ip", "link", "set", bridge, "up"); err != nil {
+		return err
+	}
+	for _, ip := range ips {
+		if err := n.Host.Run("ip", "addr", "add", ip+"/32", "dev", bridge); err != nil {
+			return err
+		}
+		for i, pod := range n.Pods {
+			if err := pod.Run("ip", "route", "add", ip+"/32", "via", podAddr(i, "1")); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // Start runs a program inside ns; Close stops it.
 func (n *Node) Start(ns *Netns, name string, argv []string, env ...string) (*Process, error) {
 	p, err := StartProcess(ns, n.Dir, name, argv, env...)

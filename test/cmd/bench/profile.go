@@ -6,6 +6,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/nodelocal/nodelocal/test/harness"
 )
 
 // profileFor is how long the CPU profile for PGO is taken.
@@ -42,7 +44,7 @@ func profile(out string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := client(node, "-queries", cachedMix, "-rate", "500", "-duration", "1s"); err != nil {
+	if _, err := client(node, harness.LocalIP, "-queries", cachedMix, "-rate", "500", "-duration", "1s"); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -50,7 +52,7 @@ func profile(out string) error {
 	mixed := node.StartMixedLoad(ctx, 100, profileFor+2*time.Second)
 	saturated := make(chan error, 1)
 	go func() {
-		_, err := saturate(node, dir, profileFor+time.Second)
+		_, err := saturate(node, dir, harness.LocalIP, profileFor+time.Second)
 		saturated <- err
 	}()
 	prof, err := node.Host.HTTPGetTimeout(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", pprofAddr, int(profileFor.Seconds())), profileFor+10*time.Second)

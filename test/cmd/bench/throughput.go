@@ -22,19 +22,13 @@ var serverCPU, clientCPU = []string{"taskset", "-c", "0"}, []string{"taskset", "
 const cachedMix = "A:web.default.svc.cluster.local,AAAA:web.default.svc.cluster.local,A:kubernetes.default.svc.cluster.local," +
 	"SRV:_http._tcp.web.default.svc.cluster.local,A:www.example.org,AAAA:www.example.org,A:api.example.org,A:cdn.example.org"
 
-type server struct {
-	name  string
-	env   []string // set on top of the bench's own environment
-	start func(node *harness.Node, dir string, wrapper []string) (*harness.Process, error)
-}
-
-// client runs the dnsload command in the pod, pinned to the client CPU.
-func client(node *harness.Node, args ...string) (*dnsload.Result, error) {
+// client runs the dnsload command in the pod against ip, pinned to the client CPU.
+func client(node *harness.Node, ip string, args ...string) (*dnsload.Result, error) {
 	bin, err := harness.Binary("dnsload")
 	if err != nil {
 		return nil, err
 	}
-	argv := append(append(clientCPU, "ip", "netns", "exec", node.Pods[0].Name, bin, "-json", "-target", harness.LocalIP+":53"), args...)
+	argv := append(append(clientCPU, "ip", "netns", "exec", node.Pods[0].Name, bin, "-json", "-target", ip+":53"), args...)
 	out, err := exec.Command(argv[0], argv[1:]...).Output()
 	var res dnsload.Result
 	if jerr := json.Unmarshal(out, &res); jerr != nil {
@@ -79,45 +73,62 @@ func startStockCoreDNS(node *harness.Node, dir, build, corefile string, wrapper 
 	if err != nil {
 		return nil, err
 	}
-	return startWithConfig(node, dir, "coredns", "Corefile", corefile, wrapper, bin, "-conf", filepath.Join(dir, "Corefile"))
+	return startWithConfig(node, dir, build, "Corefile", corefile, wrapper, bin, "-conf", filepath.Join(dir, "Corefile"))
+}
+
+// onIP moves a Corefile written for node-cache's addresses to ip: its
+// listeners, health, ready and metrics endpoints. The kube-dns ClusterIP
+// stays node-cache's alone (a server sharing it would count as a surge peer).
+func onIP(corefile, ip string) string {
+	return strings.NewReplacer(harness.LocalIP, ip, " "+harness.ClusterIP, "", "prometheus :9253", "prometheus "+ip+":9253").Replace(corefile)
 }
 
 // shippedEnv is the environment manifests/base/daemonset.yaml gives node-cache:
 // GOMEMLIMIT from its memory limit.
 var shippedEnv = []string{"GOMEMLIMIT=256MiB"}
 
+// server is one of the compared caches. node-cache answers on the link-local
+// IP it manages; each other server on an address of its own beside it, all
+// with the same conntrack exemption (see throughput).
+type server struct {
+	name  string
+	ip    string
+	env   []string // set on top of the bench's own environment
+	start func(node *harness.Node, ip, dir string, wrapper []string) (*harness.Process, error)
+}
+
 var servers = []server{
-	{"node-cache: shipped defaults (corefile.tmpl, the DaemonSet's environment, built with build/default.pgo)", shippedEnv, func(node *harness.Node, dir string, wrapper []string) (*harness.Process, error) {
-		tmpl, err := node.NodeCacheTemplate("skip_teardown") // the rules stay for the servers after it
+	{"node-cache: shipped defaults (corefile.tmpl, the DaemonSet's environment, built with build/default.pgo)", harness.LocalIP, shippedEnv, func(node *harness.Node, _, _ string, wrapper []string) (*harness.Process, error) {
+		tmpl, err := node.NodeCacheTemplate("")
 		if err != nil {
 			return nil, err
 		}
 		return node.StartNodeCacheProcess("node-cache", tmpl, wrapper)
 	}},
-	{"stock CoreDNS 1.15: node-cache's plugins without nodelocal, the same Corefile without nodelocal, the same environment and profile (PGO)", shippedEnv, func(node *harness.Node, dir string, wrapper []string) (*harness.Process, error) {
+	{"stock CoreDNS 1.15: node-cache's plugins without nodelocal, the same Corefile without nodelocal, the same environment and profile (PGO)", "169.254.20.11", shippedEnv, func(node *harness.Node, ip, dir string, wrapper []string) (*harness.Process, error) {
 		corefile, err := renderedCorefile(node)
 		if err != nil {
 			return nil, err
 		}
-		return startStockCoreDNS(node, dir, "coredns-plugincfg", strings.ReplaceAll(corefile, "    nodelocal\n", ""), wrapper)
+		return startStockCoreDNS(node, dir, "coredns-plugincfg", onIP(strings.ReplaceAll(corefile, "    nodelocal\n", ""), ip), wrapper)
 	}},
-	{"stock CoreDNS 1.15: stock defaults (upstream node-local-dns Corefile, Go's defaults, no PGO; 14 plugins compiled in)", nil, func(node *harness.Node, dir string, wrapper []string) (*harness.Process, error) {
+	{"stock CoreDNS 1.15: stock defaults (upstream node-local-dns Corefile, Go's defaults, no PGO; 14 plugins compiled in)", "169.254.20.12", nil, func(node *harness.Node, ip, dir string, wrapper []string) (*harness.Process, error) {
 		corefile, err := upstreamCorefile(node)
 		if err != nil {
 			return nil, err
 		}
-		return startStockCoreDNS(node, dir, "coredns", corefile, wrapper)
+		return startStockCoreDNS(node, dir, "coredns", onIP(corefile, ip), wrapper)
 	}},
-	{"unbound, 1 thread", nil, func(node *harness.Node, dir string, wrapper []string) (*harness.Process, error) {
+	{"unbound, 1 thread", "169.254.20.13", nil, func(node *harness.Node, ip, dir string, wrapper []string) (*harness.Process, error) {
 		conf := fmt.Sprintf("server:\n  interface: %s\n  port: 53\n  access-control: 0.0.0.0/0 allow\n  do-daemonize: no\n  num-threads: 1\n"+
 			"  username: \"\"\n  chroot: \"\"\n  directory: %q\n  pidfile: \"\"\n  use-syslog: no\n  do-ip6: no\n  so-reuseport: yes\n"+
 			"  module-config: \"iterator\"\n  msg-cache-size: 64m\n  rrset-cache-size: 128m\n  do-not-query-localhost: no\n"+
-			"forward-zone:\n  name: \".\"\n  forward-addr: %s\n", harness.LocalIP, dir, harness.UpstreamIP)
+			"forward-zone:\n  name: \".\"\n  forward-addr: %s\n", ip, dir, harness.UpstreamIP)
 		return startWithConfig(node, dir, "unbound", "unbound.conf", conf, wrapper, "unbound", "-d", "-c", filepath.Join(dir, "unbound.conf"))
 	}},
-	{"dnsmasq", nil, func(node *harness.Node, dir string, wrapper []string) (*harness.Process, error) {
+	{"dnsmasq", "169.254.20.14", nil, func(node *harness.Node, ip, dir string, wrapper []string) (*harness.Process, error) {
 		return startWithConfig(node, dir, "dnsmasq", "dnsmasq.conf", "", wrapper, "dnsmasq", "-k", "-C", filepath.Join(dir, "dnsmasq.conf"),
-			"--no-resolv", "--no-hosts", "--server="+harness.UpstreamIP, "--listen-address="+harness.LocalIP, "--bind-interfaces",
+			"--no-resolv", "--no-hosts", "--server="+harness.UpstreamIP, "--listen-address="+ip, "--bind-interfaces",
 			"--cache-size=10000", "--user=root", "--pid-file=")
 	}},
 }
@@ -127,6 +138,11 @@ const (
 	stockSameCorefile = 1
 	stockDefaults     = 2
 )
+
+// serverNet holds every server's address; the bench exempts it from conntrack
+// with rules ahead of node-cache's, so every server's packets take the same
+// path through the raw and filter tables.
+const serverNet = "169.254.20.0/24"
 
 // upstreamCorefile is upstream node-local-dns's ConfigMap Corefile with its
 // placeholders filled in for this node, as stock CoreDNS would run it.
@@ -149,62 +165,74 @@ type measured struct {
 	cpuPerQuery      []time.Duration // the server's CPU time per answered query at the fixed rate
 	missP50, missP99 time.Duration
 	upstreamPerMiss  float64
-	err              error
 }
 
 // throughput compares the servers with the same upstream, query mix and
-// clients. The servers take turns, round after round, and each figure is the
-// best of its rounds: on a shared machine, interference only ever makes a
-// round worse (seen here: whole rounds at two thirds of the usual rate).
+// client. They all run at once, pinned to the same CPU, and take turns under
+// load, round after round, in an order that alternates, so a slow phase of
+// this shared machine (whole seconds at two thirds of the usual rate) hits
+// the servers of a round alike; no restart separates their turns. Each ratio
+// is the median of the ratios within a round, each absolute figure the best
+// of the rounds (interference only ever makes a round worse).
 func throughput() (string, error) {
 	node, err := harness.New(harness.Options{})
 	if err != nil {
 		return "", err
 	}
 	defer node.Close()
+	procs, err := startServers(node)
+	if err != nil {
+		return "", err
+	}
 	rows := make([]measured, len(servers))
-	for round := range rounds {
-		for i, s := range servers {
-			if rows[i].err != nil {
-				continue
+	for i, s := range servers {
+		rows[i].server = s.name
+	}
+	for round := range saturatedRounds {
+		fmt.Fprintf(os.Stderr, "   saturated round %d:", round+1)
+		for _, i := range turns(round) {
+			qps, err := saturate(node, node.Dir, servers[i].ip, saturateFor)
+			if err != nil {
+				return "", fmt.Errorf("%s: %w", servers[i].name, err)
 			}
-			fmt.Fprintf(os.Stderr, "   round %d: %s\n", round+1, s.name)
-			rows[i].server = s.name
-			rows[i].err = measure(node, s, &rows[i], round == 0)
+			rows[i].saturated = append(rows[i].saturated, qps)
+			fmt.Fprintf(os.Stderr, " %.0f", qps)
+		}
+		fmt.Fprintln(os.Stderr)
+	}
+	for round := range latencyRounds {
+		for _, i := range turns(round) {
+			if err := measureLatency(node, servers[i], procs[i], &rows[i]); err != nil {
+				return "", fmt.Errorf("%s: %w", servers[i].name, err)
+			}
+		}
+	}
+	for i, s := range servers {
+		if err := measureMisses(node, s, &rows[i]); err != nil {
+			return "", fmt.Errorf("%s: %w", s.name, err)
 		}
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "Each server on CPU 0 (`taskset`), the clients on CPU 1, the same upstream (the simulated kube-dns) and the same "+
-		"cache-hit mix of 8 names; UDP from the pod to 169.254.20.10 with the node-cache rules in place. The servers take turns, %d rounds; "+
-		"each figure is the best of the rounds (interference on this shared machine only makes a round worse), and each ratio the median of the "+
-		"ratios within a round (a slow phase of the machine mostly hits the servers of one round alike). Saturated: dnsperf for %v, %d sockets, %d queries outstanding. Latency and the server's CPU time (utime+stime) per answered query: dnsload at a fixed "+
-		"10k queries/s for %v. Misses (first round): unique names at 2k queries/s for %v.\n\n",
-		rounds, saturateFor, dnsperfSockets, dnsperfOutstanding, latencyFor, missFor)
+		"cache-hit mix of 8 names, UDP from the pod. node-cache answers on 169.254.20.10 with its rules in place, each other server on "+
+		"an address of its own in %s beside it, with the same conntrack exemption. The servers run at once and take turns under load in "+
+		"an alternating order, without restarts; each figure is the best of the rounds, each ratio the median of the ratios within a "+
+		"round. Saturated: dnsperf for %v, %d sockets, %d queries outstanding, %d rounds. Latency and the server's CPU time "+
+		"(utime+stime) per answered query: dnsload at a fixed 10k queries/s for %v, %d rounds. Misses: unique names at 2k queries/s for %v.\n\n",
+		serverNet, saturateFor, dnsperfSockets, dnsperfOutstanding, saturatedRounds, latencyFor, latencyRounds, missFor)
 	b.WriteString("| server | cache-hit qps, saturated | vs stock, same plugins and Corefile | vs stock defaults | CPU per query at 10k qps (vs stock defaults) | p50 / p99 at 10k qps | cache miss p50 / p99 at 2k qps | upstream queries per miss |\n|---|---|---|---|---|---|---|---|\n")
 	ratio := func(r measured, to int) string {
 		ref := rows[to].saturated
-		if rows[to].err != nil || len(ref) != len(r.saturated) {
-			return "n/a"
-		}
 		perRound := make([]float64, len(ref))
 		for i := range ref {
 			perRound[i] = r.saturated[i] / ref[i]
 		}
 		return fmt.Sprintf("%.2fx", median(perRound))
 	}
-	cpu := func(r measured) string {
-		c := slices.Min(r.cpuPerQuery).Round(100 * time.Nanosecond)
-		if rows[stockDefaults].err != nil {
-			return c.String()
-		}
-		return fmt.Sprintf("%v (%.2fx)", c, float64(c)/float64(slices.Min(rows[stockDefaults].cpuPerQuery)))
-	}
 	for _, r := range rows {
-		if r.err != nil {
-			fmt.Fprintf(&b, "| %s | not measured: %v | | | | | | |\n", r.server, r.err)
-			continue
-		}
-		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %s | %v / %v | %v / %v | %.2f |\n", r.server, slices.Max(r.saturated), ratio(r, stockSameCorefile), ratio(r, stockDefaults), cpu(r),
+		cpu := slices.Min(r.cpuPerQuery).Round(100 * time.Nanosecond)
+		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %v (%.2fx) | %v / %v | %v / %v | %.2f |\n", r.server, slices.Max(r.saturated),
+			ratio(r, stockSameCorefile), ratio(r, stockDefaults), cpu, float64(cpu)/float64(slices.Min(rows[stockDefaults].cpuPerQuery)),
 			slices.Min(r.p50).Round(time.Microsecond), slices.Min(r.p99).Round(time.Microsecond), r.missP50.Round(time.Microsecond), r.missP99.Round(time.Microsecond), r.upstreamPerMiss)
 	}
 	return b.String(), nil
@@ -212,43 +240,75 @@ func throughput() (string, error) {
 
 // How the servers are measured.
 const (
-	rounds             = 5
-	saturateFor        = 3 * time.Second
+	saturatedRounds    = 10
+	saturateFor        = 2 * time.Second
 	dnsperfSockets     = 8
 	dnsperfOutstanding = 256
+	latencyRounds      = 3
 	latencyFor         = 2 * time.Second
 	missFor            = 5 * time.Second
 )
 
-// measure starts s, adds one round of figures to m, and the miss figures when
-// withMisses.
-func measure(node *harness.Node, s server, m *measured, withMisses bool) error {
-	dir, err := os.MkdirTemp(node.Dir, "srv-")
-	if err != nil {
-		return err
+// turns is the order of the servers in a round: rotated by one each round,
+// and reversed every other round, so no server always follows the same one.
+func turns(round int) []int {
+	order := make([]int, len(servers))
+	for k := range order {
+		order[k] = (k + round) % len(servers)
 	}
-	wrapper := append(append([]string{"env"}, s.env...), serverCPU...)
-	p, err := s.start(node, dir, wrapper)
-	if err != nil {
-		return err
+	if round%2 == 1 {
+		slices.Reverse(order)
 	}
-	defer p.Kill()
-	if err := node.WaitForAnswer(node.Pods[0], harness.LocalIP, harness.WebSvc, 10*time.Second); err != nil {
-		return fmt.Errorf("%v (%s)", err, strings.TrimSpace(tailLines(p.Log(), 3)))
+	return order
+}
+
+// startServers gives the servers their addresses and conntrack exemption,
+// starts them, and warms their caches with the mix.
+func startServers(node *harness.Node) ([]*harness.Process, error) {
+	var ips []string
+	for _, s := range servers[1:] {
+		ips = append(ips, s.ip)
 	}
-	if _, err := client(node, "-queries", cachedMix, "-rate", "500", "-duration", "1s"); err != nil {
-		return err
+	if err := node.AddServerIPs(ips...); err != nil {
+		return nil, err
 	}
-	qps, err := saturate(node, dir, saturateFor)
-	if err != nil {
-		return err
+	for _, rule := range [][]string{
+		{"-t", "raw", "-I", "PREROUTING", "-d", serverNet, "-j", "NOTRACK"},
+		{"-t", "raw", "-I", "OUTPUT", "-s", serverNet, "-j", "NOTRACK"},
+		{"-t", "filter", "-I", "INPUT", "-d", serverNet, "-j", "ACCEPT"},
+		{"-t", "filter", "-I", "OUTPUT", "-s", serverNet, "-j", "ACCEPT"},
+	} {
+		if err := node.Host.Run(node.Opts.Backend.IPTables(), append([]string{"-w", "5"}, rule...)...); err != nil {
+			return nil, err
+		}
 	}
-	m.saturated = append(m.saturated, qps)
+	procs := make([]*harness.Process, len(servers))
+	for i, s := range servers {
+		dir, err := os.MkdirTemp(node.Dir, "srv-")
+		if err != nil {
+			return nil, err
+		}
+		wrapper := append(append([]string{"env"}, s.env...), serverCPU...)
+		if procs[i], err = s.start(node, s.ip, dir, wrapper); err != nil {
+			return nil, fmt.Errorf("%s: %w", s.name, err)
+		}
+		if err := node.WaitForAnswer(node.Pods[0], s.ip, harness.WebSvc, 10*time.Second); err != nil {
+			return nil, fmt.Errorf("%s: %v (%s)", s.name, err, strings.TrimSpace(tailLines(procs[i].Log(), 3)))
+		}
+		if _, err := client(node, s.ip, "-queries", cachedMix, "-rate", "500", "-duration", "1s"); err != nil {
+			return nil, err
+		}
+	}
+	return procs, nil
+}
+
+// measureLatency adds one round of latency and CPU figures at a fixed rate to m.
+func measureLatency(node *harness.Node, s server, p *harness.Process, m *measured) error {
 	cpuBefore, err := cpuTime(p.Pid())
 	if err != nil {
 		return err
 	}
-	res, err := client(node, "-queries", cachedMix, "-rate", "10000", "-workers", "32", "-duration", latencyFor.String())
+	res, err := client(node, s.ip, "-queries", cachedMix, "-rate", "10000", "-workers", "32", "-duration", latencyFor.String())
 	if err != nil {
 		return err
 	}
@@ -259,25 +319,33 @@ func measure(node *harness.Node, s server, m *measured, withMisses bool) error {
 	perQuery := (cpuAfter - cpuBefore) / time.Duration(max(res.Sent-res.Failed(), 1))
 	m.p50, m.p99 = append(m.p50, res.Latencies.P50), append(m.p99, res.Latencies.P99)
 	m.cpuPerQuery = append(m.cpuPerQuery, perQuery)
-	fmt.Fprintf(os.Stderr, "     %.0f qps saturated; p50 %v, p99 %v, %v CPU per query at 10k qps\n", qps, res.Latencies.P50, res.Latencies.P99, perQuery)
-	if !withMisses {
-		return nil
+	fmt.Fprintf(os.Stderr, "   %s: p50 %v, p99 %v, %v CPU per query at 10k qps\n", s.name[:min(len(s.name), 24)], res.Latencies.P50, res.Latencies.P99, perQuery)
+	return nil
+}
+
+// measureMisses sends unique names through s and counts the upstream queries.
+func measureMisses(node *harness.Node, s server, m *measured) error {
+	before, err := node.KubeDNSQueries()
+	if err != nil {
+		return err
 	}
-	before, _ := node.KubeDNSQueries()
-	res, err = client(node, "-queries", "A:"+dnsload.UniqueToken+"."+strings.ReplaceAll(strings.ToLower(s.name[:4]), " ", "")+".example.org",
+	res, err := client(node, s.ip, "-queries", "A:"+dnsload.UniqueToken+"."+strings.ReplaceAll(s.ip, ".", "-")+".example.org",
 		"-rate", "2000", "-workers", "32", "-duration", missFor.String())
 	if err != nil {
 		return err
 	}
-	after, _ := node.KubeDNSQueries()
+	after, err := node.KubeDNSQueries()
+	if err != nil {
+		return err
+	}
 	m.missP50, m.missP99 = res.Latencies.P50, res.Latencies.P99
 	m.upstreamPerMiss = float64(after-before) / float64(res.Sent)
 	return nil
 }
 
-// saturate runs dnsperf for d from the pod, pinned to the client CPU, with
-// the cache-hit mix, and returns the answered queries per second.
-func saturate(node *harness.Node, dir string, d time.Duration) (float64, error) {
+// saturate runs dnsperf for d from the pod against ip, pinned to the client
+// CPU, with the cache-hit mix, and returns the answered queries per second.
+func saturate(node *harness.Node, dir, ip string, d time.Duration) (float64, error) {
 	var data strings.Builder
 	for _, q := range strings.Split(cachedMix, ",") {
 		typ, name, _ := strings.Cut(q, ":")
@@ -287,8 +355,8 @@ func saturate(node *harness.Node, dir string, d time.Duration) (float64, error) 
 	if err := os.WriteFile(file, []byte(data.String()), 0o644); err != nil {
 		return 0, err
 	}
-	argv := append(append([]string{}, clientCPU...), "ip", "netns", "exec", node.Pods[0].Name, "dnsperf", "-s", harness.LocalIP,
-		"-d", file, "-l", fmt.Sprint(int(d.Seconds())), "-T", "1", "-c", fmt.Sprint(dnsperfSockets), "-q", fmt.Sprint(dnsperfOutstanding), "-t", "2")
+	argv := append(append([]string{}, clientCPU...), "ip", "netns", "exec", node.Pods[0].Name, "dnsperf", "-s", ip,
+		"-d", file, "-l", fmt.Sprint(d.Seconds()), "-T", "1", "-c", fmt.Sprint(dnsperfSockets), "-q", fmt.Sprint(dnsperfOutstanding), "-t", "2")
 	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
 	if err != nil {
 		return 0, fmt.Errorf("dnsperf: %v: %s", err, tailLines(string(out), 3))
