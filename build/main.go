@@ -15,6 +15,7 @@ import (
 	"github.com/coredns/coredns/coremain"
 
 	nodelocal "github.com/nodelocal/nodelocal"
+	"github.com/nodelocal/nodelocal/build/internal/heapfloor"
 	"github.com/nodelocal/nodelocal/plugin/nodelocal/pillar"
 )
 
@@ -22,6 +23,8 @@ import (
 var version = "dev"
 
 var options = pillar.RegisterFlags(flag.CommandLine)
+
+var heapFloorMiB = flag.Uint64("heapfloor", 16, "MiB of heap below which the Go GC does not collect (GOGC raised while the live heap is small); 0, or GOGC set: Go's default")
 
 func init() {
 	// Runs after coremain's init, so these override CoreDNS's name and version
@@ -50,6 +53,8 @@ func main() {
 	if confPath != "stdin" {
 		caddy.RegisterCaddyfileLoader("nodelocal", loader)
 	}
+	_, gogcSet := os.LookupEnv("GOGC")
+	heapfloor.Start(*heapFloorMiB<<20, gogcSet)
 	coremain.Run()
 }
 

@@ -85,6 +85,10 @@ func TestNodeCacheIntercepts(t *testing.T) {
 			if active, _ := node.NodeCacheMetric("coredns_nodelocal_interception_active"); active != 1 {
 				t.Fatalf("interception_active = %v, want 1", active)
 			}
+			// -heapfloor: a few MiB of live heap collect at 16 MiB, not at twice the live heap.
+			if gogc, _ := node.NodeCacheMetric("go_gc_gogc_percent"); gogc <= 100 {
+				t.Fatalf("go_gc_gogc_percent = %v, want more than Go's default 100 with a small heap", gogc)
+			}
 			if tc.mode == harness.ModeIPVS {
 				out, err := node.Host.Output("ip", "-o", "addr", "show", "dev", "kube-ipvs0")
 				if err != nil || !strings.Contains(out, harness.ClusterIP+"/32") {

@@ -119,6 +119,15 @@ var servers = []server{
 		}
 		return startStockCoreDNS(node, dir, "coredns", onIP(corefile, ip), wrapper)
 	}},
+	{"node-cache with Go's GC defaults (-heapfloor 0, as the stock rows); nodelocal without interface and rules, on an address of its own", "169.254.20.15", shippedEnv, func(node *harness.Node, ip, _ string, wrapper []string) (*harness.Process, error) {
+		tmpl, err := node.NodeCacheTemplate("")
+		if err != nil {
+			return nil, err
+		}
+		// The directive node-cache adds from its flags: no interface, no rules.
+		tmpl = strings.NewReplacer("__PILLAR__LOCAL__DNS__", ip, " __PILLAR__DNS__SERVER__", "", "    nodelocal\n", "").Replace(tmpl)
+		return node.StartNodeCacheProcess("node-cache-gc-defaults", tmpl, wrapper, "-localip", ip, "-setupinterface=false", "-setupiptables=false", "-heapfloor", "0")
+	}},
 	{"unbound, 1 thread", "169.254.20.13", nil, func(node *harness.Node, ip, dir string, wrapper []string) (*harness.Process, error) {
 		conf := fmt.Sprintf("server:\n  interface: %s\n  port: 53\n  access-control: 0.0.0.0/0 allow\n  do-daemonize: no\n  num-threads: 1\n"+
 			"  username: \"\"\n  chroot: \"\"\n  directory: %q\n  pidfile: \"\"\n  use-syslog: no\n  do-ip6: no\n  so-reuseport: yes\n"+

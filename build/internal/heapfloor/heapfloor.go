@@ -1,0 +1,72 @@
+// Package heapfloor keeps the Go garbage collector from collecting a small
+// heap many times a second. A cache answering from a few MiB of live heap
+// allocates tens of MiB per second under load; with Go's default GOGC=100
+// that is a collection every few tens of milliseconds, each with its fixed
+// costs. The package raises GOGC while the live heap is small, so the next
+// collection starts at the floor at the earliest, and leaves Go's default
+// once the live heap is half the floor or more: a full cache, whose memory
+// the DaemonSet's limit is sized for, costs no extra memory.
+package heapfloor
+
+import (
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+)
+
+// Bounds of the GOGC the floor sets: Go's default, and a cap for a nearly
+// empty heap (just after start).
+const (
+	minPercent = 100
+	maxPercent = 2000
+)
+
+// Start keeps the heap goal at floor bytes or more, retuning after every
+// collection. It does nothing when floor is 0 or GOGC is set: an operator's
+// GOGC wins.
+func Start(floor uint64, gogcSet bool) {
+	if floor == 0 || gogcSet {
+		return
+	}
+	t := &tuner{floor: floor, percent: minPercent, sample: []metrics.Sample{{Name: "/gc/heap/live:bytes"}}}
+	t.retune()
+	t.armAfterNextGC()
+}
+
+type tuner struct {
+	floor   uint64
+	percent int
+	sample  []metrics.Sample
+}
+
+// sentinel is garbage the moment it is made; its cleanup runs after the
+// collection that frees it. It holds a pointer so that it is not packed into
+// a tiny-allocator block, whose cleanups may never run.
+type sentinel struct{ _ *byte }
+
+func (t *tuner) armAfterNextGC() {
+	runtime.AddCleanup(&sentinel{}, func(t *tuner) {
+		t.retune()
+		t.armAfterNextGC()
+	}, t)
+}
+
+func (t *tuner) retune() {
+	metrics.Read(t.sample)
+	p := percentFor(t.sample[0].Value.Uint64(), t.floor)
+	// Small changes are left alone: the live heap moves a little every cycle.
+	if diff := p - t.percent; diff > t.percent/8 || -diff > t.percent/8 {
+		debug.SetGCPercent(p)
+		t.percent = p
+	}
+}
+
+// percentFor is the GOGC that puts the next collection at floor for a live
+// heap of live bytes, within [minPercent, maxPercent].
+func percentFor(live, floor uint64) int {
+	if live == 0 {
+		return maxPercent
+	}
+	p := int(min(floor*100/live, maxPercent+100)) - 100
+	return max(p, minPercent)
+}
