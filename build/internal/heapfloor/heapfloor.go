@@ -5,7 +5,7 @@
 // costs. The package raises GOGC while the live heap is small, so the next
 // collection starts at the floor at the earliest, and leaves Go's default
 // once the live heap is half the floor or more: a full cache, whose memory
-// the DaemonSet's limit is sized for, costs no extra memory.
+// the DaemonSet's limit is sized for, collects as with Go's default.
 package heapfloor
 
 import (
@@ -18,7 +18,7 @@ import (
 // empty heap (just after start).
 const (
 	minPercent = 100
-	maxPercent = 2000
+	maxPercent = 1000
 )
 
 // Start keeps the heap goal at floor bytes or more, retuning after every
@@ -28,7 +28,9 @@ func Start(floor uint64, gogcSet bool) {
 	if floor == 0 || gogcSet {
 		return
 	}
-	t := &tuner{floor: floor, percent: minPercent, sample: []metrics.Sample{{Name: "/gc/heap/live:bytes"}}}
+	t := &tuner{floor: floor, percent: minPercent, sample: []metrics.Sample{
+		{Name: "/gc/heap/live:bytes"}, {Name: "/gc/scan/stack:bytes"}, {Name: "/gc/scan/globals:bytes"},
+	}}
 	t.retune()
 	t.armAfterNextGC()
 }
@@ -53,7 +55,8 @@ func (t *tuner) armAfterNextGC() {
 
 func (t *tuner) retune() {
 	metrics.Read(t.sample)
-	p := percentFor(t.sample[0].Value.Uint64(), t.floor)
+	live := t.sample[0].Value.Uint64()
+	p := percentFor(live, live+t.sample[1].Value.Uint64()+t.sample[2].Value.Uint64(), t.floor)
 	// Small changes are left alone: the live heap moves a little every cycle.
 	if diff := p - t.percent; diff > t.percent/8 || -diff > t.percent/8 {
 		debug.SetGCPercent(p)
@@ -61,12 +64,16 @@ func (t *tuner) retune() {
 	}
 }
 
-// percentFor is the GOGC that puts the next collection at floor for a live
-// heap of live bytes, within [minPercent, maxPercent].
-func percentFor(live, floor uint64) int {
-	if live == 0 {
+// percentFor is the GOGC that puts the next collection at floor, within
+// [minPercent, maxPercent]. Go sets that point at live + scannable*GOGC/100,
+// where scannable is the live heap plus the stacks and globals it scans.
+func percentFor(live, scannable, floor uint64) int {
+	if floor <= live {
+		return minPercent
+	}
+	if scannable == 0 {
 		return maxPercent
 	}
-	p := int(min(floor*100/live, maxPercent+100)) - 100
-	return max(p, minPercent)
+	p := min((floor-live)*100/scannable, maxPercent)
+	return max(int(p), minPercent)
 }

@@ -11,19 +11,20 @@ import (
 func TestPercentFor(t *testing.T) {
 	const mib = 1 << 20
 	tests := []struct {
-		live, floor uint64
-		want        int
+		live, scannable, floor uint64
+		want                   int
 	}{
-		{0, 16 * mib, maxPercent},
-		{2 * mib, 16 * mib, 700},
-		{4 * mib, 16 * mib, 300},
-		{8 * mib, 16 * mib, 100},  // half the floor: Go's default
-		{60 * mib, 16 * mib, 100}, // full caches: never below the default
-		{1, 16 * mib, maxPercent},
+		{0, 0, 16 * mib, maxPercent},
+		{2 * mib, 2 * mib, 16 * mib, 700},
+		{2 * mib, 4 * mib, 16 * mib, 350}, // stacks and globals count
+		{4 * mib, 4 * mib, 16 * mib, 300},
+		{8 * mib, 8 * mib, 16 * mib, 100},   // half the floor: Go's default
+		{60 * mib, 61 * mib, 16 * mib, 100}, // full caches: never below the default
+		{1, 1, 16 * mib, maxPercent},
 	}
 	for _, tt := range tests {
-		if got := percentFor(tt.live, tt.floor); got != tt.want {
-			t.Errorf("percentFor(%d, %d) = %d, want %d", tt.live, tt.floor, got, tt.want)
+		if got := percentFor(tt.live, tt.scannable, tt.floor); got != tt.want {
+			t.Errorf("percentFor(%d, %d, %d) = %d, want %d", tt.live, tt.scannable, tt.floor, got, tt.want)
 		}
 	}
 }
