@@ -249,7 +249,7 @@ func throughput() (string, error) {
 
 // How the servers are measured.
 const (
-	saturatedRounds    = 10
+	saturatedRounds    = 8
 	saturateFor        = 2 * time.Second
 	dnsperfSockets     = 8
 	dnsperfOutstanding = 256
