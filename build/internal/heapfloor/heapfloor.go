@@ -14,12 +14,14 @@ import (
 	"runtime/metrics"
 )
 
-// Bounds of the GOGC the floor sets: Go's default, and a cap for a nearly
-// empty heap (just after start).
-const (
-	minPercent = 100
-	maxPercent = 1000
-)
+// minPercent is Go's default GOGC, the least the floor sets.
+const minPercent = 100
+
+// goHeapMinimum is the runtime's minimum heap goal at GOGC=100 (its
+// defaultHeapMinimum). Go scales it with GOGC like the rest of the goal, so a
+// GOGC above floor/goHeapMinimum*100 would put the goal past the floor
+// however small the heap.
+const goHeapMinimum = 4 << 20
 
 // Start keeps the heap goal at floor bytes or more, retuning after every
 // collection. It does nothing when floor is 0 or GOGC is set: an operator's
@@ -64,16 +66,17 @@ func (t *tuner) retune() {
 	}
 }
 
-// percentFor is the GOGC that puts the next collection at floor, within
-// [minPercent, maxPercent]. Go sets that point at live + scannable*GOGC/100,
-// where scannable is the live heap plus the stacks and globals it scans.
+// percentFor is the GOGC that puts the next collection at floor, and at
+// least Go's default. Go sets that point at live + scannable*GOGC/100, where
+// scannable is the live heap plus the stacks and globals it scans, and never
+// below goHeapMinimum*GOGC/100.
 func percentFor(live, scannable, floor uint64) int {
 	if floor <= live {
 		return minPercent
 	}
-	if scannable == 0 {
-		return maxPercent
+	p := floor * 100 / goHeapMinimum
+	if scannable > 0 {
+		p = min(p, (floor-live)*100/scannable)
 	}
-	p := min((floor-live)*100/scannable, maxPercent)
 	return max(int(p), minPercent)
 }
