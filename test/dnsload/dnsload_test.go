@@ -205,3 +205,17 @@ func TestParseMix(t *testing.T) {
 		}
 	}
 }
+
+func TestHistogramPercentiles(t *testing.T) {
+	// 90 queries at 100µs, 100 at 200µs and 10 at 5ms: of the 200, ranks 90
+	// to 189 took 200µs and the last 10 5ms.
+	h := Histogram{100: 90, 200: 100, 5000: 10}
+	want := Percentiles{P50: 200 * time.Microsecond, P90: 200 * time.Microsecond, P99: 5 * time.Millisecond,
+		P999: 5 * time.Millisecond, Max: 5 * time.Millisecond}
+	if got := h.Percentiles(); got != want {
+		t.Errorf("percentiles %+v, want %+v", got, want)
+	}
+	if got := (Histogram{}).Percentiles(); got != (Percentiles{}) {
+		t.Errorf("empty histogram: %+v, want zeros", got)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"slices"
@@ -77,7 +78,34 @@ type Result struct {
 	Sent      int
 	Outcomes  [numOutcomes]int
 	Latencies Percentiles // of answered queries (NOERROR and NXDOMAIN)
+	Histogram Histogram   // the same latencies, counted
 	PerSecond []Second
+}
+
+// Histogram counts answered queries by latency in whole microseconds. Its
+// size depends on the spread of latencies, not on the number of queries, and
+// the counts of several runs add up to the percentiles of all their queries.
+type Histogram map[int64]int
+
+// Percentiles of the counted latencies; zero when nothing was counted.
+func (h Histogram) Percentiles() Percentiles {
+	keys := slices.Sorted(maps.Keys(h))
+	total := 0
+	for _, n := range h {
+		total += n
+	}
+	// at is the latency of the query with rank q*total (from 0), as a sorted
+	// list of all latencies would hold it.
+	at := func(q float64) time.Duration {
+		rank := min(total-1, int(q*float64(total)))
+		for _, us := range keys {
+			if rank -= h[us]; rank < 0 {
+				return time.Duration(us) * time.Microsecond
+			}
+		}
+		return 0
+	}
+	return Percentiles{P50: at(0.50), P90: at(0.90), P99: at(0.99), P999: at(0.999), Max: at(1)}
 }
 
 // Percentiles of query latency.
@@ -132,12 +160,12 @@ type recorder struct {
 	start     time.Time
 	mu        sync.Mutex
 	outcomes  [numOutcomes]int
-	latencies []time.Duration
+	latencies Histogram
 	perSecond []Second
 }
 
 func newRecorder(start time.Time, d time.Duration) *recorder {
-	return &recorder{start: start, perSecond: make([]Second, int(d/time.Second)+2)}
+	return &recorder{start: start, latencies: Histogram{}, perSecond: make([]Second, int(d/time.Second)+2)}
 }
 
 func (r *recorder) record(sentAt time.Time, latency time.Duration, o Outcome) {
@@ -152,14 +180,14 @@ func (r *recorder) record(sentAt time.Time, latency time.Duration, o Outcome) {
 		}
 	}
 	if !o.Failed() {
-		r.latencies = append(r.latencies, latency)
+		r.latencies[latency.Microseconds()]++
 	}
 }
 
 func (r *recorder) result(elapsed time.Duration) *Result {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	res := &Result{Elapsed: elapsed, Outcomes: r.outcomes, PerSecond: r.perSecond}
+	res := &Result{Elapsed: elapsed, Outcomes: r.outcomes, Histogram: r.latencies, Latencies: r.latencies.Percentiles(), PerSecond: r.perSecond}
 	for _, c := range r.outcomes {
 		res.Sent += c
 	}
@@ -167,13 +195,5 @@ func (r *recorder) result(elapsed time.Duration) *Result {
 	if last+1 < len(res.PerSecond) {
 		res.PerSecond = res.PerSecond[:last+1]
 	}
-	slices.Sort(r.latencies)
-	at := func(q float64) time.Duration {
-		if len(r.latencies) == 0 {
-			return 0
-		}
-		return r.latencies[min(len(r.latencies)-1, int(q*float64(len(r.latencies))))]
-	}
-	res.Latencies = Percentiles{P50: at(0.50), P90: at(0.90), P99: at(0.99), P999: at(0.999), Max: at(1)}
 	return res
 }

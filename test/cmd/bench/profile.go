@@ -40,10 +40,6 @@ func profile(out string) error {
 	if err := node.WaitReady(p, 10*time.Second); err != nil {
 		return err
 	}
-	dir, err := os.MkdirTemp(node.Dir, "profile-")
-	if err != nil {
-		return err
-	}
 	if _, err := client(node, harness.LocalIP, "-queries", cachedMix, "-rate", "500", "-duration", "1s"); err != nil {
 		return err
 	}
@@ -52,7 +48,7 @@ func profile(out string) error {
 	mixed := node.StartMixedLoad(ctx, 100, profileFor+2*time.Second)
 	saturated := make(chan error, 1)
 	go func() {
-		_, err := saturate(node, dir, harness.LocalIP, profileFor+time.Second)
+		_, err := saturate(node, harness.LocalIP, profileFor+time.Second)
 		saturated <- err
 	}()
 	prof, err := node.Host.HTTPGetTimeout(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", pprofAddr, int(profileFor.Seconds())), profileFor+10*time.Second)

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -112,13 +113,8 @@ var servers = []server{
 		}
 		return startStockCoreDNS(node, dir, "coredns-plugincfg", onIP(strings.ReplaceAll(corefile, "    nodelocal\n", ""), ip), wrapper)
 	}},
-	{"stock CoreDNS 1.15: stock defaults (upstream node-local-dns Corefile, Go's defaults, no PGO; 14 plugins compiled in)", "169.254.20.12", nil, func(node *harness.Node, ip, dir string, wrapper []string) (*harness.Process, error) {
-		corefile, err := upstreamCorefile(node)
-		if err != nil {
-			return nil, err
-		}
-		return startStockCoreDNS(node, dir, "coredns", onIP(corefile, ip), wrapper)
-	}},
+	{"stock CoreDNS 1.15: stock defaults (upstream node-local-dns Corefile, Go's defaults, no PGO; 14 plugins compiled in)", "169.254.20.12", nil, startStockDefaults},
+	{"stock CoreDNS 1.15: stock defaults again, a second instance (A/A: how far two identical servers differ in this run)", "169.254.20.16", nil, startStockDefaults},
 	{"node-cache with Go's GC defaults (-heapfloor 0, as the stock rows); nodelocal without interface and rules, on an address of its own", "169.254.20.15", shippedEnv, func(node *harness.Node, ip, _ string, wrapper []string) (*harness.Process, error) {
 		tmpl, err := node.NodeCacheTemplate("")
 		if err != nil {
@@ -140,6 +136,16 @@ var servers = []server{
 			"--no-resolv", "--no-hosts", "--server="+harness.UpstreamIP, "--listen-address="+ip, "--bind-interfaces",
 			"--cache-size=10000", "--user=root", "--pid-file=")
 	}},
+}
+
+// startStockDefaults runs stock CoreDNS as upstream's node-local-dns
+// DaemonSet would, on ip.
+func startStockDefaults(node *harness.Node, ip, dir string, wrapper []string) (*harness.Process, error) {
+	corefile, err := upstreamCorefile(node)
+	if err != nil {
+		return nil, err
+	}
+	return startStockCoreDNS(node, dir, "coredns", onIP(corefile, ip), wrapper)
 }
 
 // The rows the ratios are taken to.
@@ -170,8 +176,8 @@ func upstreamCorefile(node *harness.Node) (string, error) {
 type measured struct {
 	server           string
 	saturated        []float64
-	p50, p99         []time.Duration
-	cpuPerQuery      []time.Duration // the server's CPU time per answered query at the fixed rate
+	latencies        dnsload.Histogram // every answered query of the fixed-rate turns
+	cpu              time.Duration     // the server's CPU time in those turns
 	missP50, missP99 time.Duration
 	upstreamPerMiss  float64
 }
@@ -180,9 +186,12 @@ type measured struct {
 // client. They all run at once, pinned to the same CPU, and take turns under
 // load, round after round, in an order that alternates, so a slow phase of
 // this shared machine (whole seconds at two thirds of the usual rate) hits
-// the servers of a round alike; no restart separates their turns. Each ratio
-// is the median of the ratios within a round, each absolute figure the best
-// of the rounds (interference only ever makes a round worse).
+// the servers of a round alike; no restart separates their turns. Each
+// throughput ratio is the median of the ratios within a round, each rate the
+// best of the rounds (interference only ever makes a round worse). Latency
+// percentiles pool every query of a server's turns: the tail comes from
+// stalls of a few milliseconds, a handful per turn, so one turn's p99 moves
+// by a factor of two between turns, where the pool of all of them holds.
 func throughput() (string, error) {
 	node, err := harness.New(harness.Options{})
 	if err != nil {
@@ -195,12 +204,12 @@ func throughput() (string, error) {
 	}
 	rows := make([]measured, len(servers))
 	for i, s := range servers {
-		rows[i].server = s.name
+		rows[i] = measured{server: s.name, latencies: dnsload.Histogram{}}
 	}
 	for round := range saturatedRounds {
 		fmt.Fprintf(os.Stderr, "   saturated round %d:", round+1)
 		for _, i := range turns(round) {
-			qps, err := saturate(node, node.Dir, servers[i].ip, saturateFor)
+			qps, err := saturate(node, servers[i].ip, saturateFor)
 			if err != nil {
 				return "", fmt.Errorf("%s: %w", servers[i].name, err)
 			}
@@ -225,10 +234,11 @@ func throughput() (string, error) {
 	fmt.Fprintf(&b, "Each server on CPU 0 (`taskset`), the clients on CPU 1, the same upstream (the simulated kube-dns) and the same "+
 		"cache-hit mix of 8 names, UDP from the pod. node-cache answers on 169.254.20.10 with its rules in place, each other server on "+
 		"an address of its own in %s beside it, with the same conntrack exemption. The servers run at once and take turns under load in "+
-		"an alternating order, without restarts; each figure is the best of the rounds, each ratio the median of the ratios within a "+
-		"round. Saturated: dnsperf for %v, %d sockets, %d queries outstanding, %d rounds. Latency and the server's CPU time "+
-		"(utime+stime) per answered query: dnsload at a fixed 10k queries/s for %v, %d rounds. Misses: unique names at 2k queries/s for %v.\n\n",
-		serverNet, saturateFor, dnsperfSockets, dnsperfOutstanding, saturatedRounds, latencyFor, latencyRounds, missFor)
+		"an alternating order, without restarts. Saturated: dnsperf for %v, %d sockets, %d queries outstanding, %d rounds; the rate is "+
+		"the best of the rounds, each ratio the median of the ratios within a round. Latency and the server's CPU time (utime+stime) "+
+		"per answered query: dnsperf at a fixed %d queries/s for %v, %d rounds; the percentiles are of all the queries of the rounds "+
+		"together, and so is the p99 ratio. Misses: dnsload, unique names at 2k queries/s for %v.\n\n",
+		serverNet, saturateFor, dnsperfSockets, dnsperfOutstanding, saturatedRounds, fixedRate, latencyFor, latencyRounds, missFor)
 	b.WriteString("| server | cache-hit qps, saturated | vs stock, same plugins and Corefile | vs stock defaults | CPU per query at 10k qps (vs stock defaults) | p50 / p99 at 10k qps (p99 vs stock defaults) | cache miss p50 / p99 at 2k qps | upstream queries per miss |\n|---|---|---|---|---|---|---|---|\n")
 	ratio := func(r measured, to int) string {
 		ref := rows[to].saturated
@@ -238,32 +248,26 @@ func throughput() (string, error) {
 		}
 		return fmt.Sprintf("%.2fx", median(perRound))
 	}
-	p99Ratio := func(r measured) string {
-		ref := rows[stockDefaults].p99
-		perRound := make([]float64, len(ref))
-		for i := range ref {
-			perRound[i] = float64(r.p99[i]) / float64(ref[i])
-		}
-		return fmt.Sprintf("%.2fx", median(perRound))
-	}
+	refCPU, refP99 := rows[stockDefaults].cpuPerQuery(), rows[stockDefaults].latencies.Percentiles().P99
 	for _, r := range rows {
-		cpu := slices.Min(r.cpuPerQuery).Round(100 * time.Nanosecond)
-		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %v (%.2fx) | %v / %v (%s) | %v / %v | %.2f |\n", r.server, slices.Max(r.saturated),
-			ratio(r, stockSameCorefile), ratio(r, stockDefaults), cpu, float64(cpu)/float64(slices.Min(rows[stockDefaults].cpuPerQuery)),
-			slices.Min(r.p50).Round(time.Microsecond), slices.Min(r.p99).Round(time.Microsecond), p99Ratio(r), r.missP50.Round(time.Microsecond), r.missP99.Round(time.Microsecond), r.upstreamPerMiss)
+		cpu, l := r.cpuPerQuery(), r.latencies.Percentiles()
+		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %v (%.2fx) | %v / %v (%.2fx) | %v / %v | %.2f |\n", r.server, slices.Max(r.saturated),
+			ratio(r, stockSameCorefile), ratio(r, stockDefaults), cpu, float64(cpu)/float64(refCPU),
+			l.P50, l.P99, float64(l.P99)/float64(refP99), r.missP50.Round(time.Microsecond), r.missP99.Round(time.Microsecond), r.upstreamPerMiss)
 	}
 	return b.String(), nil
 }
 
 // How the servers are measured.
 const (
-	saturatedRounds    = 8
+	saturatedRounds    = 5
 	saturateFor        = 2 * time.Second
 	dnsperfSockets     = 8
 	dnsperfOutstanding = 256
+	fixedRate          = 10000
 	latencyRounds      = 5
-	latencyFor         = 2 * time.Second
-	missFor            = 5 * time.Second
+	latencyFor         = 3 * time.Second
+	missFor            = 3 * time.Second
 )
 
 // turns is the order of the servers in a round: rotated by one each round,
@@ -319,13 +323,14 @@ func startServers(node *harness.Node) ([]*harness.Process, error) {
 	return procs, nil
 }
 
-// measureLatency adds one round of latency and CPU figures at a fixed rate to m.
+// measureLatency adds one turn at the fixed rate to m: every answered
+// query's latency, and the server's CPU time.
 func measureLatency(node *harness.Node, s server, p *harness.Process, m *measured) error {
 	cpuBefore, err := cpuTime(p.Pid())
 	if err != nil {
 		return err
 	}
-	res, err := client(node, s.ip, "-queries", cachedMix, "-rate", "10000", "-workers", "32", "-duration", latencyFor.String())
+	out, err := dnsperf(node, s.ip, latencyFor, "-Q", fmt.Sprint(fixedRate), "-c", "32", "-q", "64", "-v")
 	if err != nil {
 		return err
 	}
@@ -333,11 +338,34 @@ func measureLatency(node *harness.Node, s server, p *harness.Process, m *measure
 	if err != nil {
 		return err
 	}
-	perQuery := (cpuAfter - cpuBefore) / time.Duration(max(res.Sent-res.Failed(), 1))
-	m.p50, m.p99 = append(m.p50, res.Latencies.P50), append(m.p99, res.Latencies.P99)
-	m.cpuPerQuery = append(m.cpuPerQuery, perQuery)
-	fmt.Fprintf(os.Stderr, "   %s: p50 %v, p99 %v, %v CPU per query at 10k qps\n", s.name[:min(len(s.name), 24)], res.Latencies.P50, res.Latencies.P99, perQuery)
+	turn := dnsload.Histogram{}
+	// With -v, dnsperf prints a line per query; an answered one ends in its
+	// latency in seconds: "> NOERROR www.example.org A 0.000188".
+	for line := range strings.Lines(out) {
+		f := strings.Fields(line)
+		if len(f) < 5 || f[0] != ">" {
+			continue
+		}
+		if secs, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
+			turn[int64(math.Round(secs*1e6))]++
+		}
+	}
+	for us, n := range turn {
+		m.latencies[us] += n
+	}
+	m.cpu += cpuAfter - cpuBefore
+	l := turn.Percentiles()
+	fmt.Fprintf(os.Stderr, "   %s: p50 %v, p99 %v\n", s.name[:min(len(s.name), 24)], l.P50, l.P99)
 	return nil
+}
+
+// cpuPerQuery is the server's CPU time per answered query at the fixed rate.
+func (m measured) cpuPerQuery() time.Duration {
+	n := 0
+	for _, c := range m.latencies {
+		n += c
+	}
+	return (m.cpu / time.Duration(max(n, 1))).Round(100 * time.Nanosecond)
 }
 
 // measureMisses sends unique names through s and counts the upstream queries.
@@ -360,30 +388,40 @@ func measureMisses(node *harness.Node, s server, m *measured) error {
 	return nil
 }
 
-// saturate runs dnsperf for d from the pod against ip, pinned to the client
-// CPU, with the cache-hit mix, and returns the answered queries per second.
-func saturate(node *harness.Node, dir, ip string, d time.Duration) (float64, error) {
+// saturate runs dnsperf for d from the pod against ip, as fast as ip answers,
+// and returns the answered queries per second.
+func saturate(node *harness.Node, ip string, d time.Duration) (float64, error) {
+	out, err := dnsperf(node, ip, d, "-c", fmt.Sprint(dnsperfSockets), "-q", fmt.Sprint(dnsperfOutstanding))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(out) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "Queries per second:"); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("dnsperf printed no rate: %s", tailLines(out, 5))
+}
+
+// dnsperf runs dnsperf for d from the pod against ip, pinned to the client
+// CPU, with the cache-hit mix and the given options, and returns its output.
+func dnsperf(node *harness.Node, ip string, d time.Duration, options ...string) (string, error) {
 	var data strings.Builder
 	for _, q := range strings.Split(cachedMix, ",") {
 		typ, name, _ := strings.Cut(q, ":")
 		fmt.Fprintf(&data, "%s %s\n", name, typ)
 	}
-	file := filepath.Join(dir, "dnsperf.queries")
+	file := filepath.Join(node.Dir, "dnsperf.queries")
 	if err := os.WriteFile(file, []byte(data.String()), 0o644); err != nil {
-		return 0, err
+		return "", err
 	}
 	argv := append(append([]string{}, clientCPU...), "ip", "netns", "exec", node.Pods[0].Name, "dnsperf", "-s", ip,
-		"-d", file, "-l", fmt.Sprint(d.Seconds()), "-T", "1", "-c", fmt.Sprint(dnsperfSockets), "-q", fmt.Sprint(dnsperfOutstanding), "-t", "2")
-	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+		"-d", file, "-l", fmt.Sprint(d.Seconds()), "-T", "1", "-t", "2")
+	out, err := exec.Command(argv[0], append(argv[1:], options...)...).Output()
 	if err != nil {
-		return 0, fmt.Errorf("dnsperf: %v: %s", err, tailLines(string(out), 3))
+		return "", fmt.Errorf("dnsperf: %v: %s", err, tailLines(string(out), 3))
 	}
-	for line := range strings.Lines(string(out)) {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "Queries per second:"); ok {
-			return strconv.ParseFloat(strings.TrimSpace(v), 64)
-		}
-	}
-	return 0, fmt.Errorf("dnsperf printed no rate: %s", tailLines(string(out), 5))
+	return string(out), nil
 }
 
 // cpuTime is the user plus system CPU time a process has used.
