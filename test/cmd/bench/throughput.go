@@ -417,7 +417,7 @@ func dnsperf(node *harness.Node, ip string, d time.Duration, options ...string) 
 	}
 	argv := append(append([]string{}, clientCPU...), "ip", "netns", "exec", node.Pods[0].Name, "dnsperf", "-s", ip,
 		"-d", file, "-l", fmt.Sprint(d.Seconds()), "-T", "1", "-t", "2")
-	out, err := exec.Command(argv[0], append(argv[1:], options...)...).Output()
+	out, err := exec.Command(argv[0], append(argv[1:], options...)...).CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("dnsperf: %v: %s", err, tailLines(string(out), 3))
 	}
