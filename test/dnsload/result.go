@@ -78,7 +78,6 @@ type Result struct {
 	Sent      int
 	Outcomes  [numOutcomes]int
 	Latencies Percentiles // of answered queries (NOERROR and NXDOMAIN)
-	Histogram Histogram   // the same latencies, counted
 	PerSecond []Second
 }
 
@@ -187,7 +186,7 @@ func (r *recorder) record(sentAt time.Time, latency time.Duration, o Outcome) {
 func (r *recorder) result(elapsed time.Duration) *Result {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	res := &Result{Elapsed: elapsed, Outcomes: r.outcomes, Histogram: r.latencies, Latencies: r.latencies.Percentiles(), PerSecond: r.perSecond}
+	res := &Result{Elapsed: elapsed, Outcomes: r.outcomes, Latencies: r.latencies.Percentiles(), PerSecond: r.perSecond}
 	for _, c := range r.outcomes {
 		res.Sent += c
 	}
