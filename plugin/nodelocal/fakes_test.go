@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 )
 
@@ -184,4 +185,55 @@ func (s *fakeSockets) counts() [4]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return [4]int{len(s.paused), len(s.resumed), len(s.stopped), len(s.udpLeft)}
+}
+
+type fakeNode struct {
+	links   *fakeLinks
+	tables  map[Family]*fakeTables
+	peers   *fakePeers
+	sockets *fakeSockets
+	nftGen  *uint32 // the ruleset generation, if the fake node keeps one
+	mgr     *manager
+}
+
+func newFakeNode(t *testing.T) *fakeNode {
+	n := &fakeNode{links: newFakeLinks(), tables: map[Family]*fakeTables{IPv4: {}, IPv6: {}}, peers: &fakePeers{}, sockets: &fakeSockets{}}
+	n.mgr = newManager(n.links,
+		func(b Backend, f Family) (RuleTables, error) { return n.tables[f], nil },
+		func(Backend) (uint32, bool, error) {
+			if n.nftGen == nil {
+				return 0, false, nil
+			}
+			return *n.nftGen, true, nil
+		},
+		func() (Backend, error) { return BackendNFT, nil },
+		func(netip.AddrPort) error { return nil },
+		n.peers, n.sockets)
+	n.mgr.takeoverDrain = time.Hour // tests end the takeover themselves
+	t.Cleanup(func() {
+		n.mgr.mu.Lock()
+		if n.mgr.stop != nil {
+			close(n.mgr.stop)
+			n.mgr.stop = nil
+		}
+		n.mgr.mu.Unlock()
+	})
+	return n
+}
+
+// listenersUp is the listeners coming up and, where the start takes the
+// Service IPs' TCP over from kube-dns, that takeover's end.
+func (n *fakeNode) listenersUp() {
+	n.mgr.ListenersUp()
+	n.mgr.finishTakeover()
+	n.mgr.check(false) // the readiness finishTakeover updates in the background
+}
+
+func testConfig(listen ...string) *Config {
+	cfg := &Config{Interface: "nodelocaldns", ManageInterface: true, Backend: BackendAuto,
+		CheckInterval: time.Hour, HealthPort: 8080, Teardown: true, FailOpen: true}
+	for _, s := range listen {
+		cfg.Listen = append(cfg.Listen, netip.MustParseAddrPort(s))
+	}
+	return cfg
 }

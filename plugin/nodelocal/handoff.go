@@ -1,0 +1,290 @@
+package nodelocal
+
+import (
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// The handoff protocol: how an instance takes the node's DNS over from
+// kube-dns or from a dying instance at its start, lets a reload move its
+// listeners, and gives its flows to a peer or back to kube-proxy when it
+// stops. Each step is a lifecycle transition (lifecycle.go); the rules each
+// phase wants are in reconcile.go.
+
+// How long an instance waits for a peer that is starting or stopping.
+const peerLockTimeout = 30 * time.Second
+
+// The longest a reload keeps new TCP connections waiting: under a second, so a
+// client's SYN refused at the start of the pause gets through on its first
+// retransmission.
+const maxReloadPause = 700 * time.Millisecond
+
+// How long connections that kube-dns serves get to finish at the start: under
+// a second, so a SYN dropped meanwhile gets through on its first retransmission.
+const takeoverDrain = 500 * time.Millisecond
+
+// lockStart takes the instance lock as the process starts: it waits for a
+// peer that is tearing down, and keeps peers from tearing down until our
+// listeners are up (ListenersUp releases it).
+func (m *manager) lockStart() {
+	unlock, err := m.peers.Lock(peerLockTimeout)
+	if err != nil {
+		log.Warningf("Starting without the instance lock: %v", err)
+	}
+	m.startUnlock = unlock
+	m.enter(phaseStarting)
+}
+
+// withholdTCP runs at the start, before the listeners open. The socket match
+// cannot tell a listener from an open connection: once the interception and
+// our listener both exist, every packet of a connection kube-proxy sent to
+// kube-dns (a query in flight) skips conntrack, misses its DNAT, and is reset
+// here. So TCP is taken over in steps that let those connections finish,
+// unless another instance serves the Service IPs (a surge: kube-dns serves no
+// connection) or there is no interception to take (no Service IP, or
+// `iptables off`). The TCP interception a dead instance left goes now: it
+// would take the connections kube-dns serves over the moment our listeners
+// appear.
+func (m *manager) withholdTCP() {
+	services := m.serviceListen()
+	if len(services) == 0 || !m.cfg.FailOpen || len(m.tables) == 0 {
+		return
+	}
+	if others, err := m.peers.Others(services); err != nil || others > 0 {
+		return
+	}
+	m.enter(phaseWithholding)
+	for _, t := range m.tables {
+		out, err := t.List("raw")
+		if err != nil {
+			m.iptablesError("list", err)
+			continue
+		}
+		listed, err := ParseListing("raw", out)
+		if err != nil {
+			m.iptablesError("list", err)
+			continue
+		}
+		for _, r := range listed {
+			if !r.isOurs() || !isServiceTCPInterception(r) {
+				continue
+			}
+			if err := t.Delete(r); err != nil {
+				m.iptablesError("delete "+r.String(), err)
+				continue
+			}
+			log.Infof("Removed the TCP interception an earlier instance left, until kube-dns's open connections finish: %s", r)
+		}
+	}
+}
+
+// ListenersUp is called once the DNS servers listen, after the first start
+// and after each reload: interception may start.
+func (m *manager) ListenersUp() {
+	m.mu.Lock()
+	if m.phase == phaseNew {
+		m.mu.Unlock()
+		return
+	}
+	if m.startUnlock != nil {
+		m.startUnlock()
+		m.startUnlock = nil
+	}
+	if !m.stopping.Load() {
+		switch m.phase {
+		case phaseStarting:
+			m.enter(phaseServing)
+		case phaseWithholding:
+			m.takeOverTCP()
+		}
+	}
+	m.mu.Unlock()
+	m.check(true) // the rules go in, with the takeover's first step
+}
+
+// takeOverTCP: our Service IP listeners drop new SYNs, and SYNs only are
+// intercepted, so no new connection goes to kube-dns and none opens here while
+// the connections kube-dns serves finish. After takeoverDrain, finishTakeover
+// intercepts all of TCP and the listeners accept again; the dropped SYNs'
+// retransmissions arrive here.
+func (m *manager) takeOverTCP() {
+	if err := m.sockets.PauseAccepting(m.serviceListen()); err != nil {
+		log.Warningf("Taking TCP over from kube-dns at once: its open connections may be reset: %v", err)
+		m.enter(phaseServing)
+		return
+	}
+	m.enter(phaseTakingOver)
+	m.takeoverTimer = time.AfterFunc(m.takeoverDrain, m.finishTakeover)
+}
+
+// finishTakeover ends the takeover's SYN phase; readiness waited for it.
+func (m *manager) finishTakeover() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.phase != phaseTakingOver {
+		return
+	}
+	m.completeTakeover()
+	log.Infof("Took TCP on %v over from kube-dns, after %v for its open connections to finish", m.serviceListen(), m.takeoverDrain)
+	go m.check(false) // readiness
+}
+
+// completeTakeover intercepts all of the Service IPs' TCP, then lets their
+// listeners accept again. In that order: a connection accepted under the
+// SYN-only rule would have the rest of its segments conntracked, DNATed to
+// kube-dns and reset there.
+func (m *manager) completeTakeover() {
+	m.takeoverTimer.Stop()
+	m.enter(phaseServing)
+	m.rulesOK = m.ensureRules(false)
+	if err := m.sockets.ResumeAccepting(m.serviceListen()); err != nil {
+		log.Errorf("TCP listeners on %v may still refuse new connections: %v", m.serviceListen(), err)
+	}
+}
+
+// PauseForReload runs as a reload's new servers are about to share the
+// listeners: the old servers must not accept a connection they would then
+// close unread when they stop (CoreDNS's server shutdown closes connections it
+// has not read from). New connections wait until ResumeAccepting, after the
+// old servers stopped, or maxReloadPause at most.
+func (m *manager) PauseForReload() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.phase != phaseServing || m.stopping.Load() {
+		return // the first start, already paused, the start still taking TCP over, or stopping
+	}
+	m.enter(phaseReloadPause)
+	m.paused, m.pausedAt = slices.Clone(m.cfg.Listen), time.Now()
+	m.resumeTimer = time.AfterFunc(maxReloadPause, m.ResumeAccepting)
+	if err := m.sockets.PauseAccepting(m.paused); err != nil {
+		log.Warningf("Reload: a TCP connection accepted by the old servers may be closed unanswered: %v", err)
+	}
+}
+
+// ResumeAccepting ends a reload's pause, also one a stop began in.
+func (m *manager) ResumeAccepting() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.paused == nil {
+		return
+	}
+	m.resumeTimer.Stop()
+	if err := m.sockets.ResumeAccepting(m.paused); err != nil {
+		log.Errorf("Reload: TCP listeners may still refuse new connections: %v", err)
+	} else {
+		log.Infof("Reload: new TCP connections waited %v for the new servers", time.Since(m.pausedAt).Round(time.Millisecond))
+	}
+	m.paused = nil
+	if m.phase == phaseReloadPause {
+		m.enter(phaseServing)
+	}
+}
+
+// HandOff runs when the process starts to stop, before lameduck, and readiness
+// drops. If a peer serves the same addresses (a surge upgrade), this instance
+// moves its flows to it at once and leaves the interception in place.
+// Otherwise the Service IPs' interception is removed so kube-proxy sends new
+// queries to kube-dns, and the link-local IP is served through lameduck.
+func (m *manager) HandOff() {
+	m.stopping.Store(true)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.phase == phaseTakingOver {
+		m.completeTakeover() // what follows expects the rules and listeners of a running instance
+	}
+	if m.phase != phaseServing && m.phase != phaseReloadPause {
+		return // the listeners are not up yet, or the stop already began
+	}
+	var shared []netip.AddrPort
+	for _, ap := range m.cfg.Listen {
+		others, err := m.peers.Others([]netip.AddrPort{ap})
+		if err != nil {
+			log.Warningf("Stopping: cannot tell whether another instance serves %s, leaving everything in place: %v", ap, err)
+			m.enter(phaseStopping)
+			return
+		}
+		if others > 0 {
+			shared = append(shared, ap)
+		}
+	}
+	switch {
+	case len(shared) > 0:
+		m.leaveTo(shared)
+	case m.cfg.Teardown:
+		m.handBackToKubeProxy()
+	default:
+		m.enter(phaseStopping)
+	}
+}
+
+// leaveTo hands the flows on addresses a peer also serves to that peer: the
+// TCP listeners drain their queues and shut, the UDP sockets stop taking new
+// datagrams and answer those queued. Open connections finish here.
+func (m *manager) leaveTo(shared []netip.AddrPort) {
+	m.enter(phaseLeaving)
+	if err := m.sockets.StopAccepting(shared); err != nil {
+		log.Warningf("Stopping: TCP connections queued here may be reset when the process exits: %v", err)
+	}
+	if err := m.sockets.LeaveUDP(shared); err != nil {
+		log.Warningf("Stopping: UDP queries queued here may be lost when the process exits: %v", err)
+	}
+	log.Infof("Stopping: another instance serves %v; new queries go to it, and the interception stays for it", shared)
+}
+
+// handBackToKubeProxy removes the Service IPs' interception, so kube-proxy
+// sends new queries to kube-dns. Only a socket-matched interception can hold
+// open connections without a listener: then the TCP listeners there are
+// drained and shut and their interception stays (draining). An unconditional
+// one is removed whole, and a shut listener would refuse the connections that
+// arrive before the removal.
+func (m *manager) handBackToKubeProxy() {
+	next := phaseHandedOff
+	if services := m.serviceListen(); len(services) > 0 && m.cfg.FailOpen && !m.noSocketMatch {
+		if err := m.sockets.StopAccepting(services); err != nil {
+			log.Warningf("Stopping: TCP connections open at the handoff may be reset: %v", err)
+		} else {
+			next = phaseDraining
+		}
+	}
+	m.enter(next)
+	for f, t := range m.tables {
+		m.syncRules(f, t, m.desiredRules()[f], false)
+	}
+	log.Infof("Stopping: Service IPs handed back to kube-proxy; the link-local IP is served until the end of lameduck")
+}
+
+// Shutdown stops the checks and, unless teardown is off or another instance
+// serves the same IPs, removes the rules and then the interface, leaving the
+// node as it was before the cache started. The instance lock is held until the
+// process exits (after its sockets close), so of two instances stopping at
+// once, the second sees the first gone and cleans up: exactly once.
+func (m *manager) Shutdown() {
+	m.stopping.Store(true)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stop != nil {
+		close(m.stop)
+		m.stop = nil
+	}
+	m.inPlace.Store(false)
+	interceptionActive.Set(0)
+	m.enter(phaseShutDown)
+	if m.cfg == nil || !m.cfg.Teardown {
+		log.Infof("Teardown skipped: the interface and rules stay in place")
+		return
+	}
+	if _, err := m.peers.Lock(peerLockTimeout); err != nil {
+		log.Warningf("Tearing down without the instance lock: %v", err)
+	}
+	if others, err := m.peers.Remaining(m.cfg.Listen); err != nil || others > 0 {
+		log.Infof("Teardown skipped: another instance serves here (%d sockets, %v)", others, err)
+		return
+	}
+	m.removeRules()
+	if m.cfg.ManageInterface {
+		m.removeInterface()
+	}
+	m.rulesOK = false
+	log.Infof("Torn down: interception removed")
+}

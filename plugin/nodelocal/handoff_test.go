@@ -1,0 +1,258 @@
+package nodelocal
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSkipTeardownLeavesEverything(t *testing.T) {
+	n := newFakeNode(t)
+	cfg := testConfig("169.254.20.10:53")
+	cfg.Teardown = false
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	n.listenersUp()
+	n.mgr.Shutdown()
+	if n.tables[IPv4].count() != 12 || !n.links.links["nodelocaldns"] {
+		t.Fatal("skip_teardown removed state")
+	}
+}
+
+func TestManagerHandsOffServiceIPsFirst(t *testing.T) {
+	n := newFakeNode(t)
+	if err := n.mgr.Apply(testConfig("169.254.20.10:53", "198.18.0.10:53")); err != nil {
+		t.Fatal(err)
+	}
+	n.listenersUp()
+	n.mgr.HandOff()
+	if n.mgr.Ready() {
+		t.Fatal("still ready after the stop began")
+	}
+	if got := n.sockets.stopped; len(got) != 1 || len(got[0]) != 1 || got[0][0].Addr().String() != "198.18.0.10" {
+		t.Fatalf("TCP listeners shut on %v, want the ClusterIP's, once", got)
+	}
+	if got := n.sockets.udpLeft; len(got) != 0 {
+		t.Fatalf("UDP sockets taken out of their groups with no peer: %v", got)
+	}
+	for _, r := range n.tables[IPv4].rules {
+		if r.isInterception() && r.Args[1] == "198.18.0.10/32" && r.Args[3] == "udp" {
+			t.Fatalf("ClusterIP UDP still intercepted after the handoff: %v", r)
+		}
+	}
+	// The link-local IP keeps everything through lameduck; the ClusterIP loses
+	// its UDP interception, and keeps the TCP one for the connections already
+	// open (its listener is shut, so the socket match holds only those).
+	if got := n.tables[IPv4].count(); got != 23 {
+		t.Fatalf("%d rules after the handoff, want 23 (24 minus the ClusterIP's UDP PREROUTING rule)", got)
+	}
+	n.mgr.check(true) // the check loop must not put the interception back
+	if got := n.tables[IPv4].count(); got != 23 {
+		t.Fatalf("the check restored handed-off rules: %d", got)
+	}
+	n.mgr.Shutdown()
+	if n.tables[IPv4].count() != 0 || len(n.links.links) != 0 {
+		t.Fatal("teardown after the handoff left state")
+	}
+}
+
+func TestManagerLeavesStateToAPeer(t *testing.T) {
+	n := newFakeNode(t)
+	if err := n.mgr.Apply(testConfig("169.254.20.10:53", "198.18.0.10:53")); err != nil {
+		t.Fatal(err)
+	}
+	n.listenersUp()
+	n.peers.others = 4 // a surge pod listens on the same IPs
+	n.mgr.HandOff()
+	// Every flow moves to the peer at once: no new connection or datagram
+	// is left to be lost when this process's sockets close.
+	for name, calls := range map[string][][]netip.AddrPort{"TCP listeners shut": n.sockets.stopped, "UDP sockets left": n.sockets.udpLeft} {
+		if len(calls) != 1 || len(calls[0]) != 2 {
+			t.Fatalf("%s: %v, want both IPs once", name, calls)
+		}
+	}
+	if n.mgr.Ready() {
+		t.Fatal("still ready after the stop began")
+	}
+	n.mgr.Shutdown()
+	if got := n.tables[IPv4].count(); got != 24 {
+		t.Fatalf("%d rules left for the peer, want all 24", got)
+	}
+	if !n.links.links["nodelocaldns"] || len(n.links.addrs) != 2 {
+		t.Fatal("the interface was taken from the peer")
+	}
+	if n.peers.locks < 2 {
+		t.Fatalf("instance lock taken %d times, want at start and at teardown", n.peers.locks)
+	}
+}
+
+func TestHandOffWithoutSocketMatchKeepsTheListener(t *testing.T) {
+	n := newFakeNode(t)
+	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
+	cfg.FailOpen = false
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	n.listenersUp()
+	n.mgr.HandOff()
+	if len(n.sockets.stopped) != 0 {
+		t.Fatal("listener shut although the interception is unconditional")
+	}
+	for _, r := range n.tables[IPv4].rules {
+		if r.isInterception() && r.Args[1] == "198.18.0.10/32" {
+			t.Fatalf("unconditional ClusterIP interception kept after the handoff: %v", r)
+		}
+	}
+}
+
+// TestReloadPausesAcceptingUntilTheOldServersStop: a reload's new servers share
+// the listeners; the old ones take no new connection from just before until
+// they have stopped, or for maxReloadPause at most.
+func TestReloadPausesAcceptingUntilTheOldServersStop(t *testing.T) {
+	n := newFakeNode(t)
+	cfg := testConfig("169.254.20.10:53")
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	n.mgr.PauseForReload() // the first start: nothing listens yet
+	if got := n.sockets.counts(); got != [4]int{} {
+		t.Fatalf("the first start paused or touched sockets: %v", got)
+	}
+	n.listenersUp()
+
+	n.mgr.PauseForReload()
+	n.mgr.PauseForReload() // a second block's hook: still one pause
+	n.mgr.ResumeAccepting()
+	n.mgr.ResumeAccepting()
+	if got := n.sockets.counts(); got != [4]int{1, 1, 0, 0} {
+		t.Fatalf("pause, resume, stop, leave: %v, want one pause and one resume", got)
+	}
+
+	// A reload whose old servers take long to stop still resumes in time.
+	n.mgr.PauseForReload()
+	deadline := time.Now().Add(5 * maxReloadPause)
+	for n.sockets.counts()[1] != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("not resumed %v after the pause", 5*maxReloadPause)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestStartTakesTCPOverFromKubeDNSInSteps: connections that kube-dns serves
+// when the cache starts are not reset. A dead instance's TCP interception
+// goes before the listeners open; once they are up, SYNs only are intercepted
+// and dropped by the paused listeners; after the drain, all of TCP is.
+func TestStartTakesTCPOverFromKubeDNSInSteps(t *testing.T) {
+	n := newFakeNode(t)
+	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
+	n.tables[IPv4].rules = DesiredRules(cfg.Listen, cfg.HealthPort, true)[IPv4] // a SIGKILLed instance's
+	tcpInterception := func() []string {
+		var out []string
+		for _, r := range n.tables[IPv4].rules {
+			if isServiceTCPInterception(r) {
+				out = append(out, r.String())
+			}
+		}
+		return out
+	}
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if got := tcpInterception(); len(got) != 0 {
+		t.Fatalf("the dead instance's ClusterIP TCP interception is still there before the listeners open: %v", got)
+	}
+	n.mgr.ListenersUp()
+	got := tcpInterception()
+	if len(got) != 1 || !strings.Contains(got[0], "--tcp-flags FIN,SYN,RST,ACK SYN -m socket") {
+		t.Fatalf("while kube-dns's connections finish, ClusterIP TCP interception %v, want SYNs only", got)
+	}
+	if p := n.sockets.paused; len(p) != 1 || len(p[0]) != 1 || p[0][0] != cfg.Listen[1] {
+		t.Fatalf("listeners paused %v, want the ClusterIP's", p)
+	}
+	if n.tables[IPv4].count() != 24 {
+		t.Fatalf("%d rules, want 24", n.tables[IPv4].count())
+	}
+	if n.mgr.Ready() {
+		t.Fatal("ready before the takeover ended")
+	}
+	n.mgr.PauseForReload() // a reload meanwhile leaves the takeover's pause alone
+	n.sockets.onResume = func() {
+		if got := tcpInterception(); len(got) != 1 || strings.Contains(got[0], "--tcp-flags") {
+			t.Errorf("the listeners accept again while the ClusterIP's TCP interception is %v: want the full rule in first, or the connections they accept are reset by kube-dns", got)
+		}
+	}
+	n.mgr.finishTakeover()
+	want := DesiredRules(cfg.Listen, cfg.HealthPort, true)[IPv4]
+	if ch := DiffRules(want, n.tables[IPv4].rules); len(ch.Add)+len(ch.Delete) != 0 {
+		t.Fatalf("after the takeover, rules differ from the usual set: %+v", ch)
+	}
+	if got := n.sockets.counts(); got != [4]int{1, 1, 0, 0} {
+		t.Fatalf("pause, resume, stop, leave: %v, want the takeover's pause and resume", got)
+	}
+	n.mgr.check(false)
+	if !n.mgr.Ready() {
+		t.Fatal("not ready after the takeover")
+	}
+}
+
+// TestStopDuringTakeover: a SIGTERM in the takeover's SYN phase completes it
+// (full rule, then the listeners accept) before the usual handoff, which then
+// shuts the listeners and hands the Service IP back.
+func TestStopDuringTakeover(t *testing.T) {
+	n := newFakeNode(t)
+	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	n.mgr.ListenersUp()
+	n.mgr.HandOff()
+	if got := n.sockets.counts(); got != [4]int{1, 1, 1, 0} {
+		t.Fatalf("pause, resume, stop, leave: %v, want the takeover's pause and resume, then the handoff's stop", got)
+	}
+	for _, r := range n.tables[IPv4].rules {
+		if strings.Contains(r.String(), "--tcp-flags") {
+			t.Fatalf("the takeover's SYN-only rule outlived the handoff: %v", r)
+		}
+		if isHandedOff(r) && r.proto() == "udp" {
+			t.Fatalf("the ClusterIP's UDP interception outlived the handoff: %v", r)
+		}
+	}
+}
+
+// TestSurgeStartTakesNothingOver: with a peer serving the Service IPs, kube-dns
+// serves no connection, and the peer's interception must stay.
+func TestSurgeStartTakesNothingOver(t *testing.T) {
+	n := newFakeNode(t)
+	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
+	n.tables[IPv4].rules = DesiredRules(cfg.Listen, cfg.HealthPort, true)[IPv4]
+	n.peers.others = 2
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	n.mgr.ListenersUp()
+	want := DesiredRules(cfg.Listen, cfg.HealthPort, true)[IPv4]
+	if ch := DiffRules(want, n.tables[IPv4].rules); len(ch.Add)+len(ch.Delete) != 0 || n.tables[IPv4].inserts != 0 {
+		t.Fatalf("a surge start changed the peer's rules: %+v, %d inserts", ch, n.tables[IPv4].inserts)
+	}
+	if got := n.sockets.counts(); got != [4]int{} {
+		t.Fatalf("a surge start paused listeners: %v", got)
+	}
+}
+
+// TestNoTakeoverWithoutRules: with `iptables off` there is no interception to
+// take over, so the start neither pauses listeners nor delays readiness.
+func TestNoTakeoverWithoutRules(t *testing.T) {
+	n := newFakeNode(t)
+	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
+	cfg.Backend = BackendOff
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	n.mgr.ListenersUp()
+	if got := n.sockets.counts(); got != [4]int{} || !n.mgr.Ready() {
+		t.Fatalf("sockets touched %v, ready %v: want no takeover and ready at once", got, n.mgr.Ready())
+	}
+}
