@@ -3,13 +3,17 @@ GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null)
 LDFLAGS   := -s -w -X main.version=$(VERSION) -X github.com/coredns/coredns/coremain.GitCommit=$(COMMIT)
-IMAGE     ?= node-cache:$(VERSION)
+# The image's name and tag are the DaemonSet's: `make image` builds what the manifests deploy.
+IMAGE     ?= $(shell sed -n 's/^ *image: *//p' manifests/base/daemonset.yaml)
+# The commit's time, for a reproducible image.
+CREATED   ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 TEST_TIMEOUT ?= 20m
 
 .PHONY: help deps bench-deps build generate manifests test unit-test demo bench pgo image lint clean check-generated
 
 # Debian packages the simulated node needs, by the command that shows each.
-DEPS := ip:iproute2 sysctl:procps iptables-legacy:iptables nft:nftables conntrack:conntrack setpriv:util-linux
+DEPS := ip:iproute2 sysctl:procps iptables-legacy:iptables nft:nftables conntrack:conntrack setpriv:util-linux \
+	runc:runc skopeo:skopeo
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -20,8 +24,13 @@ deps: ## install what the simulated node needs (Debian, as root), when missing
 	if [ "$$(id -u)" != 0 ]; then echo "missing packages:$$missing (install them as root; privileged tests will skip)"; exit 0; fi; \
 	echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing
 
+GOBUILD   = CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)'
+# The image's architecture: amd64, or arm64 (cross-compiled, Debian's arm64 packages).
+ARCH      ?= amd64
+IMAGE_ARCHIVE = bin/node-cache-image$(if $(filter-out amd64,$(ARCH)),-$(ARCH)).tar
+
 build: ## build bin/node-cache (version and commit stamped)
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/node-cache ./build
+	$(GOBUILD) -o bin/node-cache ./build
 
 generate: ## regenerate the directive list and imports from plugin.cfg (node-cache's, and the bench's reference build)
 	$(GO) generate ./build/... ./test/cmd/coredns-plugincfg
@@ -51,8 +60,10 @@ bench: bench-deps build ## side-by-side benchmarks, markdown tables in bench-res
 pgo: bench-deps build ## profile node-cache under the bench's load into build/default.pgo, which go build optimises with (root)
 	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -profile build/default.pgo
 
-image: ## build the container image (needs a container engine)
-	docker build -f build/Dockerfile --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t $(IMAGE) .
+image: ## write the image as an OCI archive, bin/node-cache-image.tar (ARCH=arm64: -arm64.tar); no container engine, Debian's apt-get and dpkg-deb
+	GOARCH=$(ARCH) $(GOBUILD) -o bin/node-cache-linux-$(ARCH) ./build
+	$(GO) run ./build/imagebuild -arch $(ARCH) -binary bin/node-cache-linux-$(ARCH) -image '$(IMAGE)' \
+		-version '$(VERSION)' -revision '$(COMMIT)' -created '$(CREATED)' -out $(IMAGE_ARCHIVE)
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -5,6 +5,10 @@ package manifests
 import (
 	"bytes"
 	"fmt"
+	"regexp"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -46,4 +50,47 @@ func Render(dir string) ([]byte, error) {
 		return nil, err
 	}
 	return append([]byte(Header), out...), nil
+}
+
+// Decode reads every document of a rendered manifest strictly (an unknown
+// field is an error) into its Kubernetes API type.
+func Decode(data []byte) ([]any, error) {
+	var objs []any
+	for i, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(data), -1) {
+		if strings.TrimSpace(stripComments(doc)) == "" {
+			continue
+		}
+		var meta struct{ Kind string }
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			return nil, fmt.Errorf("document %d: %w", i, err)
+		}
+		var obj any
+		switch meta.Kind {
+		case "DaemonSet":
+			obj = &appsv1.DaemonSet{}
+		case "ConfigMap":
+			obj = &corev1.ConfigMap{}
+		case "Service":
+			obj = &corev1.Service{}
+		case "ServiceAccount":
+			obj = &corev1.ServiceAccount{}
+		default:
+			return nil, fmt.Errorf("document %d: unexpected kind %q", i, meta.Kind)
+		}
+		if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
+			return nil, fmt.Errorf("document %d (%s): %w", i, meta.Kind, err)
+		}
+		objs = append(objs, obj)
+	}
+	return objs, nil
+}
+
+func stripComments(doc string) string {
+	var keep []string
+	for _, l := range strings.Split(doc, "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(l), "#") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
 }

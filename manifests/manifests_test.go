@@ -14,53 +14,17 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
-	"sigs.k8s.io/yaml"
 
 	"github.com/nodelocal/nodelocal/test/harness"
 )
 
-// decode reads every document of a manifest strictly (an unknown field is an
-// error) into its Kubernetes API type.
 func decode(t *testing.T, name string, data []byte) []any {
 	t.Helper()
-	var objs []any
-	for i, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(data), -1) {
-		if strings.TrimSpace(doc) == "" || strings.TrimSpace(stripComments(doc)) == "" {
-			continue
-		}
-		var meta struct{ Kind string }
-		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
-			t.Fatalf("%s document %d: %v", name, i, err)
-		}
-		var obj any
-		switch meta.Kind {
-		case "DaemonSet":
-			obj = &appsv1.DaemonSet{}
-		case "ConfigMap":
-			obj = &corev1.ConfigMap{}
-		case "Service":
-			obj = &corev1.Service{}
-		case "ServiceAccount":
-			obj = &corev1.ServiceAccount{}
-		default:
-			t.Fatalf("%s document %d: unexpected kind %q", name, i, meta.Kind)
-		}
-		if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
-			t.Fatalf("%s document %d (%s): %v", name, i, meta.Kind, err)
-		}
-		objs = append(objs, obj)
+	objs, err := Decode(data)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
 	}
 	return objs
-}
-
-func stripComments(doc string) string {
-	var keep []string
-	for _, l := range strings.Split(doc, "\n") {
-		if !strings.HasPrefix(strings.TrimSpace(l), "#") {
-			keep = append(keep, l)
-		}
-	}
-	return strings.Join(keep, "\n")
 }
 
 func render(t *testing.T, dir string) []any {

@@ -123,6 +123,9 @@ func NewNode(t testing.TB, opts Options) *Node {
 			for _, p := range n.procs {
 				t.Logf("--- log of %s:\n%s", p.Name, tail(p.Log(), 60))
 			}
+			for _, c := range n.containers {
+				t.Logf("--- log of container %s:\n%s", c.ID, tail(c.Log(), 60))
+			}
 		}
 		n.Close()
 	})

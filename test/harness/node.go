@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -77,7 +76,9 @@ type Node struct {
 
 	kubeDNSProc *Process
 	procs       []*Process
+	containers  []*Container
 	netnsNames  []string
+	prefix      string // of its namespaces' and containers' names
 }
 
 var nodeSeq atomic.Int64
@@ -109,6 +110,7 @@ func New(opts Options) (n *Node, err error) {
 	if err := checkTools(opts); err != nil {
 		return nil, err
 	}
+	removeStaleContainers()
 	removeStaleNamespaces()
 
 	dir, err := os.MkdirTemp("", "nodelocal-node-")
@@ -123,6 +125,7 @@ func New(opts Options) (n *Node, err error) {
 		}
 	}()
 	prefix := fmt.Sprintf("%s%dx%d-", namePrefix, os.Getpid(), nodeSeq.Add(1))
+	n.prefix = prefix
 	if n.Host, err = n.addNetns(prefix + "node"); err != nil {
 		return n, err
 	}
@@ -322,6 +325,9 @@ func (n *Node) Start(ns *Netns, name string, argv []string, env ...string) (*Pro
 
 // Close stops every process and removes every namespace of the node.
 func (n *Node) Close() {
+	for _, c := range n.containers {
+		c.Remove()
+	}
 	for _, p := range n.procs {
 		p.Kill()
 	}
@@ -349,9 +355,8 @@ func removeStaleNamespaces() {
 		if m == nil {
 			continue
 		}
-		pid, _ := strconv.Atoi(m[1])
-		if pid == os.Getpid() || syscall.Kill(pid, 0) == nil {
-			continue // its owner is alive
+		if ownerAlive(m[1]) {
+			continue
 		}
 		deleteNetns(fields[0])
 	}

@@ -38,8 +38,8 @@ func (n *Node) NodeCacheTemplate(nodelocalOptions string) (string, error) {
 // DaemonSet's would: its IPs, the Service IPs, and a resolv.conf that names
 // the simulated kube-dns (never the machine's).
 func (n *Node) NodeCacheArgs() ([]string, error) {
-	resolv := filepath.Join(n.Dir, "resolv.conf")
-	if err := os.WriteFile(resolv, []byte("nameserver "+UpstreamIP+"\n"), 0o644); err != nil {
+	resolv, err := n.ResolvConf()
+	if err != nil {
 		return nil, err
 	}
 	return []string{
@@ -50,6 +50,13 @@ func (n *Node) NodeCacheArgs() ([]string, error) {
 		"-kubednscm", filepath.Join(n.Dir, "kube-dns-configmap"),
 		"-ipvs", fmt.Sprint(n.Opts.Mode == ModeIPVS),
 	}, nil
+}
+
+// ResolvConf is the node's resolv.conf: it names the simulated kube-dns
+// (through the kube-dns-upstream Service IP), never the machine's resolver.
+func (n *Node) ResolvConf() (string, error) {
+	resolv := filepath.Join(n.Dir, "resolv.conf")
+	return resolv, os.WriteFile(resolv, []byte("nameserver "+UpstreamIP+"\n"), 0o644)
 }
 
 // StartNodeCache runs node-cache in the node netns with template as its

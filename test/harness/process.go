@@ -22,15 +22,20 @@ type Process struct {
 // StartProcess starts argv inside ns, logging to dir/name.log. The process
 // is killed if the test process dies.
 func StartProcess(ns *Netns, dir, name string, argv []string, env ...string) (*Process, error) {
+	cmd := ns.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env...)
+	return startLogged(cmd, dir, name)
+}
+
+// startLogged starts cmd with its output in dir/name.log.
+func startLogged(cmd *exec.Cmd, dir, name string) (*Process, error) {
 	logPath := filepath.Join(dir, name+".log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
 	defer logFile.Close()
-	cmd := ns.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
