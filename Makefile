@@ -35,17 +35,20 @@ build: ## build bin/node-cache (version and commit stamped)
 generate: ## regenerate the directive list and imports from plugin.cfg (node-cache's, and the bench's reference build)
 	$(GO) generate ./build/... ./test/cmd/coredns-plugincfg
 
-manifests: ## regenerate the ConfigMap from corefile.tmpl and manifests/nodelocaldns.yaml
+manifests: ## regenerate the ConfigMap from corefile.tmpl, manifests/nodelocaldns.yaml, and the chart's copies (Corefile template, alerts, dashboard)
 	$(GO) run ./manifests/gen
 
 check-generated: generate manifests ## fail when generated files are stale
-	git diff --exit-code -- build/zdirectives.go build/zplugin.go test/cmd/coredns-plugincfg/ manifests/
+	git diff --exit-code -- build/zdirectives.go build/zplugin.go test/cmd/coredns-plugincfg/ manifests/ charts/
 
+# test/chart is a module of its own (helm's and Prometheus's dependencies).
 test: deps build ## unit tests and the privileged end-to-end tests (run as root)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	cd test/chart && $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 unit-test: ## unit tests only (no root needed)
 	$(GO) test -count=1 -short ./...
+	cd test/chart && $(GO) test -count=1 -short ./...
 
 demo: deps build ## run node-cache in a simulated node and show what it does (root)
 	$(GO) run ./test/cmd/demo -node-cache bin/node-cache
@@ -68,6 +71,7 @@ image: ## write the image as an OCI archive, bin/node-cache-image.tar (ARCH=arm6
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	cd test/chart && $(GO) vet ./...
 
 clean: ## remove build output
 	rm -rf bin bench-results.md

@@ -14,6 +14,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"sigs.k8s.io/yaml"
 
 	"github.com/nodelocal/nodelocal/test/harness"
 )
@@ -229,5 +230,46 @@ func TestConfigMapRendersWithTheDaemonSetArgs(t *testing.T) {
 		if !strings.Contains(corefile, wantBind) || !strings.Contains(corefile, "forward . 198.18.0.11 {") {
 			t.Fatalf("%s: rendered Corefile lacks %q or the upstream Service:\n%s", overlay, wantBind, corefile)
 		}
+	}
+}
+
+// TestEveryAlertHasARunbook: each alert links to a runbook paragraph of
+// manifests/README.md that exists.
+func TestEveryAlertHasARunbook(t *testing.T) {
+	b, err := os.ReadFile("components/monitoring/prometheusrule.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rule struct {
+		Spec struct {
+			Groups []struct {
+				Rules []struct {
+					Alert       string
+					Annotations map[string]string
+				}
+			}
+		}
+	}
+	if err := yaml.Unmarshal(b, &rule); err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, g := range rule.Spec.Groups {
+		for _, r := range g.Rules {
+			n++
+			if !strings.Contains(string(readme), "\n#### "+r.Alert+"\n") {
+				t.Errorf("alert %s has no runbook section in manifests/README.md", r.Alert)
+			}
+			if want := "manifests/README.md#" + strings.ToLower(r.Alert); !strings.HasSuffix(r.Annotations["runbook_url"], want) {
+				t.Errorf("alert %s: runbook_url %q, want one ending in %s", r.Alert, r.Annotations["runbook_url"], want)
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("no alert found")
 	}
 }

@@ -1,5 +1,6 @@
-// Command gen writes manifests/base/configmap.yaml from corefile.tmpl and
-// manifests/nodelocaldns.yaml from the kustomize base. Run from the repository
+// Command gen writes manifests/base/configmap.yaml from corefile.tmpl,
+// manifests/nodelocaldns.yaml from the kustomize base, and the chart's copies
+// of the Corefile template, the alerts and the dashboard. Run from the repository
 // root: `make manifests`.
 package main
 
@@ -28,6 +29,20 @@ func run() error {
 	}
 	if err := os.WriteFile("manifests/base/configmap.yaml", cm, 0o644); err != nil {
 		return err
+	}
+	// The chart ships the same Corefile template, alerts and dashboard.
+	for src, dst := range map[string]string{
+		"corefile.tmpl": "charts/node-local-dns/files/Corefile.tmpl",
+		"manifests/components/monitoring/prometheusrule.yaml": "charts/node-local-dns/files/prometheusrule.yaml",
+		"manifests/components/monitoring/dashboard.json":      "charts/node-local-dns/files/dashboard.json",
+	} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(dst, b, 0o644); err != nil {
+			return err
+		}
 	}
 	all, err := manifests.Render("manifests/base")
 	if err != nil {

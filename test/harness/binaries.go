@@ -79,17 +79,25 @@ func envName(name string) string {
 	return string(b)
 }
 
-// RepoRoot is the directory holding go.mod.
+// RepoRoot is the directory of the nodelocal module's go.mod, also from a
+// test module nested in it (test/chart).
 func RepoRoot() (string, error) {
 	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
 		return "", fmt.Errorf("go env GOMOD: %w", err)
 	}
-	mod := string(out[:len(out)-1])
+	mod := strings.TrimSpace(string(out))
 	if mod == "" || mod == os.DevNull {
 		return "", fmt.Errorf("not inside the nodelocal module")
 	}
-	return filepath.Dir(mod), nil
+	for dir := filepath.Dir(mod); ; dir = filepath.Dir(dir) {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.HasPrefix(string(b), "module github.com/nodelocal/nodelocal\n") {
+			return dir, nil
+		}
+		if dir == filepath.Dir(dir) {
+			return "", fmt.Errorf("no nodelocal module above %s", mod)
+		}
+	}
 }
 
 // RequirePrivileges skips a test that needs root and the simulated node, and
