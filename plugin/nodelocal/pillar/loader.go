@@ -38,7 +38,7 @@ func (l *Loader) Render() ([]byte, string, error) {
 	if err != nil {
 		return nil, path, fmt.Errorf("read template: %w", err)
 	}
-	v, err := l.Options.Values(l.Env)
+	v, err := l.Options.Values(l.Env, tmpl)
 	if err != nil {
 		return nil, path, err
 	}

@@ -1,6 +1,8 @@
 package pillar
 
 import (
+	"bytes"
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -35,6 +38,8 @@ type Options struct {
 	Render            bool // -render: print the rendered Corefile and exit
 	MetricsListenAddr string
 	ReloadWithSignal  bool
+
+	noteOnce sync.Once // what was ignored in the flags is logged once, not on every reload tick
 }
 
 // Default paths, as upstream's manifest mounts them.
@@ -52,12 +57,12 @@ func RegisterFlags(fs *flag.FlagSet) *Options {
 	fs.StringVar(&o.BaseCorefile, "basecorefile", DefaultBaseCorefile, "Corefile template with __PILLAR__ placeholders (default: this file if it exists, else the built-in template)")
 	fs.StringVar(&o.Corefile, "corefile", "", "where to write the rendered Corefile, for inspection (upstream's -conf means the same)")
 	fs.StringVar(&o.KubeDNSConfigDir, "kubednscm", "", "directory of the mounted kube-dns ConfigMap (default "+DefaultKubeDNSDir+" if it exists)")
-	fs.StringVar(&o.UpstreamSvc, "upstreamsvc", "kube-dns", "Service whose ClusterIP gets cluster-domain misses: a name (read from its <NAME>_SERVICE_HOST variable) or an IP")
+	fs.StringVar(&o.UpstreamSvc, "upstreamsvc", "", "Service whose ClusterIP gets cluster-domain misses: a name (read from its <NAME>_SERVICE_HOST variable) or an IP (default kube-dns-upstream when its variable is set, else kube-dns)")
 	fs.StringVar(&o.DNSSvc, "dnssvc", "kube-dns", "the kube-dns Service whose ClusterIP is intercepted: a name (its <NAME>_SERVICE_HOST variable) or an IP")
 	fs.StringVar(&o.Domain, "dnsdomain", DefaultDomain, "cluster domain")
 	fs.StringVar(&o.ResolvConf, "resolvconf", "/etc/resolv.conf", "resolv.conf whose nameservers get non-cluster names, unless the kube-dns ConfigMap sets upstreamNameservers")
 	fs.StringVar(&o.IPVS, "ipvs", "auto", "kube-proxy IPVS mode: true, false, or auto (kube-ipvs0 exists); in IPVS mode the ClusterIP is not bound")
-	fs.StringVar(&o.PrometheusAddress, "prometheus-listen-address", "", "metrics address for __PILLAR__PROMETHEUS__ENDPOINT__ (default: the first local IP, port 9253)")
+	fs.StringVar(&o.PrometheusAddress, "prometheus-listen-address", "", "metrics address for __PILLAR__PROMETHEUS__ENDPOINT__ (default: the first local IP, port 9253) and for upstream's __PROMETHEUS__ENDPOINT__ (default :9253, as upstream)")
 	fs.BoolVar(&o.SetupInterface, "setupinterface", true, "manage the interface (when the Corefile has no nodelocal directive)")
 	fs.BoolVar(&o.SetupIPTables, "setupiptables", true, "manage the iptables rules (when the Corefile has no nodelocal directive)")
 	fs.StringVar(&o.InterfaceName, "interfacename", "nodelocaldns", "interface name (when the Corefile has no nodelocal directive)")
@@ -128,14 +133,19 @@ func (o *Options) OutputPath(env *Environment) string {
 	return ""
 }
 
-// Values resolves the placeholders' values from the flags and the environment.
-func (o *Options) Values(env *Environment) (*Values, error) {
+// Values resolves the values of the placeholders tmpl uses, from the flags
+// and the environment: a Corefile without a placeholder needs no Service
+// variable and no resolv.conf.
+func (o *Options) Values(env *Environment, tmpl []byte) (*Values, error) {
+	uses := func(placeholder string) bool { return bytes.Contains(tmpl, []byte(placeholder)) }
 	v := &Values{Domain: o.Domain, Port: 53}
-	clusterDNS, err := serviceIP(env, "-upstreamsvc", o.UpstreamSvc)
-	if err != nil {
-		return nil, err
+	if uses(ClusterDNS) {
+		clusterDNS, err := serviceIP(env, "-upstreamsvc", o.upstreamService(env))
+		if err != nil {
+			return nil, err
+		}
+		v.ClusterDNS = clusterDNS
 	}
-	v.ClusterDNS = clusterDNS
 	ipvs := o.IPVS == "true" || o.IPVS == "auto" && env.HasIPVS()
 	if o.IPVS != "true" && o.IPVS != "false" && o.IPVS != "auto" {
 		return nil, fmt.Errorf("-ipvs %q: want true, false or auto", o.IPVS)
@@ -143,8 +153,13 @@ func (o *Options) Values(env *Environment) (*Values, error) {
 	// The kube-dns ClusterIP: from -dnssvc; missing is fine (upstream's
 	// manifest puts it in -localip instead).
 	dnsServer, _ := serviceIP(env, "-dnssvc", o.DNSSvc)
+	var empty int
 	for _, s := range strings.Split(o.LocalIPs, ",") {
 		s = strings.TrimSpace(s)
+		if s == "" {
+			empty++ // what the docs' IPVS sed line leaves: "169.254.20.10,"
+			continue
+		}
 		ip, err := netip.ParseAddr(s)
 		if err != nil {
 			return nil, fmt.Errorf("-localip: %q is not an IP address", s)
@@ -153,6 +168,9 @@ func (o *Options) Values(env *Environment) (*Values, error) {
 			continue // it is __PILLAR__DNS__SERVER__
 		}
 		v.LocalIPs = append(v.LocalIPs, ip)
+	}
+	if empty > 0 {
+		o.noteOnce.Do(func() { log.Infof("-localip %q: %d empty element(s) ignored", o.LocalIPs, empty) })
 	}
 	if len(v.LocalIPs) == 0 {
 		return nil, fmt.Errorf("-localip %q: no IP besides the kube-dns ClusterIP: the link-local IP comes first, such as 169.254.20.10", o.LocalIPs)
@@ -164,15 +182,53 @@ func (o *Options) Values(env *Environment) (*Values, error) {
 	if v.PrometheusEndpoint == "" {
 		v.PrometheusEndpoint = hostPort(v.LocalIPs[0], ":9253")
 	}
-	resolv, err := env.ReadFile(o.ResolvConf)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("read %s: %w", o.ResolvConf, err)
+	v.UpstreamPrometheusEndpoint = cmp.Or(o.PrometheusAddress, ":9253")
+	if uses(UpstreamServers) {
+		resolv, err := env.ReadFile(o.ResolvConf)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("read %s: %w", o.ResolvConf, err)
+		}
+		v.Upstreams = ResolvConfServers(resolv)
 	}
-	v.Upstreams = ResolvConfServers(resolv)
-	if v.NodeLocal, err = o.nodeLocalDirective(); err != nil {
-		return nil, err
+	if reason := o.upstreamCompatible(tmpl, env); reason != "" {
+		directive, err := o.nodeLocalDirective()
+		if err != nil {
+			return nil, err
+		}
+		v.NodeLocal, v.NodeLocalReason = directive, reason
 	}
 	return v, nil
+}
+
+// upstreamService is -upstreamsvc, by default the kube-dns-upstream Service
+// when Kubernetes set its variable: forwarding to kube-dns's own ClusterIP,
+// which the cache binds, would send every miss back to the cache.
+func (o *Options) upstreamService(env *Environment) string {
+	if o.UpstreamSvc != "" {
+		return o.UpstreamSvc
+	}
+	if env.Getenv("KUBE_DNS_UPSTREAM_SERVICE_HOST") != "" {
+		return "kube-dns-upstream"
+	}
+	return "kube-dns"
+}
+
+// nodeLocalFlags are upstream's flags that configure the interception.
+var nodeLocalFlags = []string{"localip", "setupinterface", "setupiptables", "interfacename", "syncinterval", "health-port", "skipteardown"}
+
+// upstreamCompatible says why a Corefile without the nodelocal directive gets
+// one after every bind (upstream's flags, or a template with upstream's
+// placeholders), or "" when the Corefile is meant exactly as written.
+func (o *Options) upstreamCompatible(tmpl []byte, env *Environment) string {
+	if anyPlaceholder.Match(tmpl) {
+		return "the template has upstream's placeholders"
+	}
+	for _, f := range nodeLocalFlags {
+		if env.Explicit[f] {
+			return "upstream's flag -" + f + " is set"
+		}
+	}
+	return ""
 }
 
 // serviceIP reads a Service's ClusterIP: an IP as given, or a name through the

@@ -156,6 +156,69 @@ func TestRender(t *testing.T) {
 				flags: []string{"-upstreamsvc", "kube-dns-upstream"}, conf: "/my/Corefile"},
 			want: []string{"bind 169.254.20.10\n    nodelocal\n    forward . 198.18.9.1 198.18.9.2\n"},
 		},
+		// First-run and drop-in defects, fixed.
+		{
+			name: "a kube-system pod with no flags: cluster names go to kube-dns-upstream, not to the ClusterIP the cache binds",
+			env:  fakeEnv{vars: kubeSystemEnv, files: resolv},
+			want: []string{"bind 169.254.20.10 198.18.0.10\n", "forward . 198.18.0.11 {"},
+		},
+		{
+			name: "a Corefile with no placeholder needs no Service variable and means what it says",
+			env: fakeEnv{files: map[string]string{"/my/Corefile": ".:53 {\n    bind 127.0.0.1\n    forward . 198.18.9.1\n}\n"},
+				conf: "/my/Corefile"},
+			want:    []string{".:53 {\n    bind 127.0.0.1\n    forward . 198.18.9.1\n}\n"},
+			wantNot: []string{"nodelocal", "# node-cache"},
+		},
+		{
+			name: "the docs' IPVS sed leaves -localip with an empty element: ignored",
+			env:  fakeEnv{vars: kubeSystemEnv, files: resolv, flags: []string{"-localip", "169.254.20.10,", "-upstreamsvc", "kube-dns-upstream"}},
+			want: []string{"bind 169.254.20.10 198.18.0.10\n"},
+		},
+		{
+			name: "upstream's __PROMETHEUS__ENDPOINT__: upstream's default :9253, or the flag",
+			env: fakeEnv{vars: kubeSystemEnv, files: withFiles(map[string]string{"/t": ".:53 {\n    bind __PILLAR__LOCAL__DNS__\n    prometheus __PROMETHEUS__ENDPOINT__\n    forward . __PILLAR__UPSTREAM__SERVERS__\n}\n"}),
+				flags: []string{"-basecorefile", "/t"}},
+			want: []string{"prometheus :9253\n"},
+		},
+		{
+			name: "upstream's __PROMETHEUS__ENDPOINT__ from -prometheus-listen-address",
+			env: fakeEnv{vars: kubeSystemEnv, files: withFiles(map[string]string{"/t": ".:53 {\n    bind __PILLAR__LOCAL__DNS__\n    prometheus __PROMETHEUS__ENDPOINT__\n    forward . __PILLAR__UPSTREAM__SERVERS__\n}\n"}),
+				flags: []string{"-basecorefile", "/t", "-prometheus-listen-address", "198.18.5.1:9253"}},
+			want: []string{"prometheus 198.18.5.1:9253\n"},
+		},
+		{
+			name: "kube-dns ConfigMap upstreamNameservers: asked over UDP, as upstream does",
+			env: fakeEnv{vars: kubeSystemEnv, files: withFiles(map[string]string{
+				"/t":                      ".:53 {\n    bind __PILLAR__LOCAL__DNS__\n    forward . __PILLAR__UPSTREAM__SERVERS__ {\n            force_tcp\n    }\n}\n",
+				"/cm/upstreamNameservers": `["198.18.8.1"]`,
+			}), flags: []string{"-basecorefile", "/t", "-kubednscm", "/cm"}},
+			want:    []string{"forward . 198.18.8.1\n}"},
+			wantNot: []string{"force_tcp"},
+		},
+		{
+			name: "without upstreamNameservers the template's force_tcp stays",
+			env: fakeEnv{vars: kubeSystemEnv, files: withFiles(map[string]string{
+				"/t": ".:53 {\n    bind __PILLAR__LOCAL__DNS__\n    forward . __PILLAR__UPSTREAM__SERVERS__ {\n            force_tcp\n    }\n}\n",
+			}), flags: []string{"-basecorefile", "/t"}},
+			want: []string{"forward . 198.18.9.1 198.18.9.2 {\n            force_tcp\n    }"},
+		},
+		{
+			name: "upstream's ConfigMap Corefile: -render says why nodelocal was added",
+			env:  fakeEnv{vars: kubeSystemEnv, files: withFiles(map[string]string{"/etc/coredns/Corefile.base": upstreamCorefile})},
+			want: []string{"# node-cache added the nodelocal directive after every bind: the template has upstream's placeholders.\n"},
+		},
+		{
+			name: "a plain Corefile with upstream's flags: nodelocal added, and said why",
+			env: fakeEnv{files: map[string]string{"/my/Corefile": ".:53 {\n    bind 169.254.20.10\n    forward . 198.18.9.1\n}\n"},
+				conf: "/my/Corefile", flags: []string{"-setupiptables=false"}},
+			want: []string{"# node-cache added the nodelocal directive after every bind: upstream's flag -setupiptables is set.\n", "bind 169.254.20.10\n    nodelocal {\n        iptables off"},
+		},
+		{name: "forwarding cluster names to the ClusterIP the cache binds", env: fakeEnv{vars: kubeSystemEnv, files: resolv, flags: []string{"-upstreamsvc", "kube-dns"}},
+			wantErr: "the Corefile forwards to 198.18.0.10, one of node-cache's own listen IPs: every query would come back to the cache. Forward cluster names to the kube-dns-upstream Service instead"},
+		{name: "the node's resolv.conf names the cache itself", env: fakeEnv{vars: kubeSystemEnv, files: map[string]string{"/etc/resolv.conf": "nameserver 169.254.20.10\n"}},
+			wantErr: "the Corefile forwards to 169.254.20.10, one of node-cache's own listen IPs"},
+		{name: "any __NAME__ left, whatever its prefix", env: fakeEnv{vars: kubeSystemEnv, files: withFiles(map[string]string{"/t": ".:53 {\n    bind __PILLAR__LOCAL__DNS__\n    prometheus __METRICS__ADDRESS__\n}\n"}),
+			flags: []string{"-basecorefile", "/t"}}, wantErr: "unknown placeholder __METRICS__ADDRESS__"},
 		// Bad inputs, with their messages.
 		{name: "Service variable missing", env: fakeEnv{files: resolv, flags: []string{"-upstreamsvc", "kube-dns-upstream"}},
 			wantErr: `-upstreamsvc "kube-dns-upstream": $KUBE_DNS_UPSTREAM_SERVICE_HOST is not set`},

@@ -23,9 +23,16 @@ const (
 	ClusterDNS         = "__PILLAR__CLUSTER__DNS__"
 	UpstreamServers    = "__PILLAR__UPSTREAM__SERVERS__"
 	PrometheusEndpoint = "__PILLAR__PROMETHEUS__ENDPOINT__"
+	// UpstreamPrometheusEndpoint is upstream node-cache's newest placeholder,
+	// without the PILLAR prefix.
+	UpstreamPrometheusEndpoint = "__PROMETHEUS__ENDPOINT__"
 )
 
-var anyPlaceholder = regexp.MustCompile(`__PILLAR__[A-Z0-9_]*__`)
+var knownPlaceholders = []string{LocalDNS, DNSServer, DNSDomain, ClusterDNS, UpstreamServers, PrometheusEndpoint, UpstreamPrometheusEndpoint}
+
+// anyPlaceholder is any __NAME__ token: one left after rendering is an error,
+// whatever its prefix.
+var anyPlaceholder = regexp.MustCompile(`__[A-Z][A-Z0-9_]*__`)
 
 // Values are what the placeholders become. Every field is validated by
 // Render, so no value can carry a directive into the Corefile.
@@ -36,43 +43,56 @@ type Values struct {
 	ClusterDNS         netip.Addr   // kube-dns-upstream ClusterIP: where cluster names go
 	Upstreams          []string     // IP or IP:port resolvers for everything else
 	PrometheusEndpoint string       // host:port of the metrics
-	Port               int          // DNS port of stub-domain blocks
+	// UpstreamPrometheusEndpoint is upstream's __PROMETHEUS__ENDPOINT__:
+	// -prometheus-listen-address, else upstream's default :9253.
+	UpstreamPrometheusEndpoint string
+	Port                       int // DNS port of stub-domain blocks
 	// NodeLocal is the nodelocal directive to add after every bind of a
-	// Corefile that has none (upstream's ConfigMap Corefile); empty: add none.
-	NodeLocal string
+	// Corefile that has none, in upstream-compatible mode (upstream's flags,
+	// or a template with placeholders); empty: add none. NodeLocalReason
+	// says which, in a comment on top of the rendered Corefile.
+	NodeLocal, NodeLocalReason string
 }
+
+// upstreamTCPForward is a forward of the upstream servers over TCP only.
+var upstreamTCPForward = regexp.MustCompile(`forward[ \t]+\.[ \t]+` + UpstreamServers + `[ \t]*\{\s*force_tcp\s*\}`)
 
 // Render fills tmpl's placeholders and appends a block per stub domain.
 func Render(tmpl []byte, v *Values, kubeDNS *KubeDNSConfig) ([]byte, error) {
-	if err := v.validate(); err != nil {
+	if err := v.validate(tmpl); err != nil {
 		return nil, err
 	}
+	out := string(tmpl)
 	upstreams := v.Upstreams
 	if kubeDNS != nil && len(kubeDNS.UpstreamNameservers) > 0 {
 		upstreams = kubeDNS.UpstreamNameservers
+		// As upstream: the ConfigMap's nameservers are asked over UDP.
+		out = upstreamTCPForward.ReplaceAllString(out, "forward . "+UpstreamServers)
 	}
-	if len(upstreams) == 0 {
+	if len(upstreams) == 0 && strings.Contains(out, UpstreamServers) {
 		return nil, fmt.Errorf("no upstream servers: none in resolv.conf and none in the kube-dns ConfigMap's upstreamNameservers")
 	}
 	local := joinAddrs(v.LocalIPs)
-	dnsServer := ""
+	dnsServer, clusterDNS := "", ""
 	if v.DNSServer.IsValid() {
 		dnsServer = v.DNSServer.String()
 	}
-	out := string(tmpl)
+	if v.ClusterDNS.IsValid() {
+		clusterDNS = v.ClusterDNS.String()
+	}
 	// In host:port position (health, ready, prometheus) one address fits: the first local IP.
 	out = strings.ReplaceAll(out, LocalDNS+":", hostPort(v.LocalIPs[0], "")+":")
 	out = strings.NewReplacer(
 		LocalDNS, local,
 		DNSServer, dnsServer,
 		DNSDomain, v.Domain,
-		ClusterDNS, v.ClusterDNS.String(),
+		ClusterDNS, clusterDNS,
 		UpstreamServers, strings.Join(upstreams, " "),
 		PrometheusEndpoint, v.PrometheusEndpoint,
+		UpstreamPrometheusEndpoint, v.UpstreamPrometheusEndpoint,
 	).Replace(out)
 	if left := anyPlaceholder.FindString(out); left != "" {
-		return nil, fmt.Errorf("unknown placeholder %s in the template: the known ones are %s", left,
-			strings.Join([]string{LocalDNS, DNSServer, DNSDomain, ClusterDNS, UpstreamServers, PrometheusEndpoint}, ", "))
+		return nil, fmt.Errorf("unknown placeholder %s in the template: the known ones are %s", left, strings.Join(knownPlaceholders, ", "))
 	}
 	var b bytes.Buffer
 	b.WriteString(out)
@@ -86,17 +106,58 @@ func Render(tmpl []byte, v *Values, kubeDNS *KubeDNSConfig) ([]byte, error) {
 				domain, v.Port, listen, strings.Join(kubeDNS.StubDomains[domain], " "))
 		}
 	}
+	rendered := b.Bytes()
 	if v.NodeLocal != "" && !hasDirective(b.String(), "nodelocal") {
-		return addAfterBind(b.Bytes(), v.NodeLocal), nil
+		header := "# node-cache added the nodelocal directive after every bind: " + v.NodeLocalReason + ".\n"
+		rendered = append([]byte(header), addAfterBind(rendered, v.NodeLocal)...)
 	}
-	return b.Bytes(), nil
+	if err := checkNoForwardToSelf(rendered, v.listenIPs()); err != nil {
+		return nil, err
+	}
+	return rendered, nil
 }
 
-func (v *Values) validate() error {
+// listenIPs are the addresses the cache binds.
+func (v *Values) listenIPs() []netip.Addr {
+	if v.DNSServer.IsValid() {
+		return append(slices.Clone(v.LocalIPs), v.DNSServer)
+	}
+	return v.LocalIPs
+}
+
+var forwardLine = regexp.MustCompile(`(?m)^[ \t]*forward[ \t]+\S+((?:[ \t]+[^\s{}]+)+)`)
+
+// checkNoForwardToSelf refuses a Corefile that forwards to one of the cache's
+// own listen addresses on port 53: every such query would come back to the
+// cache, and the loop plugin would stop the process.
+func checkNoForwardToSelf(corefile []byte, listen []netip.Addr) error {
+	for _, m := range forwardLine.FindAllSubmatch(corefile, -1) {
+		for _, to := range strings.Fields(string(m[1])) {
+			to = strings.TrimPrefix(to, "dns://")
+			ap, err := netip.ParseAddrPort(to)
+			if err != nil {
+				ip, err := netip.ParseAddr(to)
+				if err != nil {
+					continue // a file such as /etc/resolv.conf, or another scheme
+				}
+				ap = netip.AddrPortFrom(ip, 53)
+			}
+			if ap.Port() == 53 && slices.Contains(listen, ap.Addr()) {
+				return fmt.Errorf("the Corefile forwards to %s, one of node-cache's own listen IPs: every query would come back to the cache. "+
+					"Forward cluster names to the kube-dns-upstream Service instead (-upstreamsvc kube-dns-upstream, or its ClusterIP), "+
+					"and keep the cache's IPs out of the node's resolv.conf", ap.Addr())
+			}
+		}
+	}
+	return nil
+}
+
+// validate checks the values tmpl uses.
+func (v *Values) validate(tmpl []byte) error {
 	if len(v.LocalIPs) == 0 {
 		return fmt.Errorf("no local IP: set -localip, such as -localip 169.254.20.10")
 	}
-	if !v.ClusterDNS.IsValid() {
+	if !v.ClusterDNS.IsValid() && bytes.Contains(tmpl, []byte(ClusterDNS)) {
 		return fmt.Errorf("no cluster DNS IP: set -upstreamsvc to the kube-dns-upstream Service name (its KUBE_DNS_UPSTREAM_SERVICE_HOST variable) or to its IP")
 	}
 	if !isDomain(v.Domain) {
@@ -108,6 +169,9 @@ func (v *Values) validate() error {
 		}
 	}
 	if err := checkHostPort(v.PrometheusEndpoint); err != nil {
+		return fmt.Errorf("prometheus endpoint: %w", err)
+	}
+	if err := checkHostPort(v.UpstreamPrometheusEndpoint); err != nil {
 		return fmt.Errorf("prometheus endpoint: %w", err)
 	}
 	return nil
