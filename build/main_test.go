@@ -74,3 +74,16 @@ func TestEveryDirectiveHasASetupAction(t *testing.T) {
 		t.Errorf("registered plugins %v, plugin.cfg lists %v", registered, names)
 	}
 }
+
+// TestCoalesceSitsBetweenCacheAndForward: after cache, so cache hits never
+// reach it, and right before forward, so every miss that goes upstream does.
+func TestCoalesceSitsBetweenCacheAndForward(t *testing.T) {
+	var names []string
+	for _, e := range readPluginCfg(t) {
+		names = append(names, e.Name)
+	}
+	cache, coalesce, forward := slices.Index(names, "cache"), slices.Index(names, "coalesce"), slices.Index(names, "forward")
+	if cache < 0 || coalesce < cache || forward != coalesce+1 {
+		t.Fatalf("plugin.cfg order %v: want cache, ..., coalesce, forward", names)
+	}
+}

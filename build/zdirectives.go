@@ -28,6 +28,7 @@ var directives = []string{
 	"template",
 	"hosts",
 	"loop",
+	"coalesce",
 	"forward",
 	"whoami",
 	"nodelocal",

@@ -27,5 +27,6 @@ import (
 	_ "github.com/coredns/coredns/plugin/timeouts"
 	_ "github.com/coredns/coredns/plugin/trace"
 	_ "github.com/coredns/coredns/plugin/whoami"
+	_ "github.com/nodelocal/nodelocal/plugin/coalesce"
 	_ "github.com/nodelocal/nodelocal/plugin/nodelocal"
 )

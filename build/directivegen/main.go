@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/nodelocal/nodelocal/build/internal/plugincfg"
 )
@@ -16,7 +17,7 @@ func main() {
 	cfg := flag.String("cfg", "../plugin.cfg", "plugin.cfg to read")
 	out := flag.String("out", ".", "directory to write zdirectives.go and zplugin.go into")
 	pkg := flag.String("pkg", "main", "package name of the generated files")
-	without := flag.String("without", "", "leave this plugin out (for a reference build without it)")
+	without := flag.String("without", "", "comma-separated plugins to leave out (for a reference build without them)")
 	flag.Parse()
 	if err := run(*cfg, *out, *pkg, *without); err != nil {
 		fmt.Fprintf(os.Stderr, "directivegen: %v\n", err)
@@ -34,11 +35,11 @@ func run(cfgPath, outDir, pkg, without string) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", cfgPath, err)
 	}
-	if without != "" {
+	for _, name := range strings.FieldsFunc(without, func(r rune) bool { return r == ',' }) {
 		n := len(entries)
-		entries = slices.DeleteFunc(entries, func(e plugincfg.Entry) bool { return e.Name == without })
+		entries = slices.DeleteFunc(entries, func(e plugincfg.Entry) bool { return e.Name == name })
 		if len(entries) == n {
-			return fmt.Errorf("%s: no plugin %q to leave out", cfgPath, without)
+			return fmt.Errorf("%s: no plugin %q to leave out", cfgPath, name)
 		}
 	}
 	directives, err := plugincfg.RenderDirectives(pkg, entries)

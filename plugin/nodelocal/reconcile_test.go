@@ -246,3 +246,18 @@ func TestChecksListOnlyWhenTheRulesetChanged(t *testing.T) {
 		t.Fatal("a check skipped a change of the desired rules")
 	}
 }
+
+// TestIPv6OnlyNode: with IPv6 listen addresses only, only ip6tables is used.
+func TestIPv6OnlyNode(t *testing.T) {
+	n := newFakeNode(t)
+	if err := n.mgr.Apply(testConfig("[2001:2::10]:53")); err != nil {
+		t.Fatal(err)
+	}
+	n.listenersUp()
+	if got := n.tables[IPv6].count(); got != 12 {
+		t.Fatalf("%d IPv6 rules, want 12", got)
+	}
+	if n.tables[IPv4].lists+n.tables[IPv4].inserts != 0 {
+		t.Fatalf("an IPv6-only node ran iptables (IPv4) %d times", n.tables[IPv4].lists+n.tables[IPv4].inserts)
+	}
+}

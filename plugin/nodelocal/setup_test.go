@@ -2,6 +2,7 @@ package nodelocal
 
 import (
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -163,4 +164,22 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("accepted %+v from %q", blk.Config, input)
 		}
 	})
+}
+
+// TestPreflightNamesTheMissingBinary: without iptables in PATH node-cache
+// stops before touching the node, naming the binaries and the fix.
+func TestPreflightNamesTheMissingBinary(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root (NET_ADMIN, checked first), and CI=true forbids skipping")
+		}
+		t.Skip("needs root: NET_ADMIN is checked before the binaries")
+	}
+	t.Setenv("PATH", t.TempDir())
+	cfg := &Config{ManageInterface: true, Backend: BackendAuto, Listen: []netip.AddrPort{netip.MustParseAddrPort("169.254.20.10:53")}}
+	err := preflight(cfg)
+	want := "iptables binary iptables-nft or iptables-legacy not found in PATH: install the iptables package (both backends), or set `iptables off`"
+	if err == nil || err.Error() != want {
+		t.Fatalf("preflight without iptables: %v, want %q", err, want)
+	}
 }

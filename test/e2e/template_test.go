@@ -118,7 +118,7 @@ func TestTemplateEditsUnderLoad(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	// Real changes: three reloads.
 	for i, ttl := range [][2]string{{"30", "20"}, {"20", "30"}, {"30", "20"}} {
-		edit("    cache "+ttl[0]+"\n    reload", "    cache "+ttl[1]+"\n    reload")
+		edit("success 9984 "+ttl[0]+"\n", "success 9984 "+ttl[1]+"\n")
 		waitForLog(t, p, "Reloading complete", i+1, 10*time.Second)
 	}
 	waitForLog(t, p, "new TCP connections waited", 3, 5*time.Second)

@@ -20,8 +20,9 @@ const (
 	ExternalIPv6   = "2001:2::5"
 )
 
+// clusterZone's {{SERIAL}} and {{FILL}} change with SetFillAddress.
 const clusterZone = `$ORIGIN cluster.local.
-@ 30 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 5
+@ 30 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. {{SERIAL}} 7200 1800 86400 5
 @ 30 IN NS ns.dns.cluster.local.
 ns.dns 30 IN A 198.18.0.10
 kubernetes.default.svc 30 IN A 198.18.0.1
@@ -30,8 +31,12 @@ kube-dns-upstream.kube-system.svc 30 IN A 198.18.0.11
 web.default.svc 30 IN A 198.18.4.10
 web.default.svc 30 IN AAAA 2001:2::10
 _http._tcp.web.default.svc 30 IN SRV 0 100 80 web.default.svc.cluster.local.
-*.fill.svc 30 IN A 198.18.4.99
+*.fill.svc 30 IN A {{FILL}}
 `
+
+// FillIP is what every name under fill.svc.cluster.local resolves to, until
+// SetFillAddress changes it.
+const FillIP = "198.18.4.99"
 
 const reverseZone = `$ORIGIN in-addr.arpa.
 @ 30 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 5
@@ -47,7 +52,9 @@ const reverseZone = `$ORIGIN in-addr.arpa.
 // everything else, and counts queries in coredns_dns_requests_total.
 const kubeDNSCorefile = `cluster.local:53 {
     bind {{IP}}
-    file {{DIR}}/db.cluster.local
+    file {{DIR}}/db.cluster.local {
+        reload 500ms
+    }
     prometheus {{METRICS}}
 }
 in-addr.arpa:53 {
@@ -79,7 +86,7 @@ const KubeDNSMetrics = "127.0.0.1:9153"
 
 func writeKubeDNSConfig(dir string) (string, error) {
 	files := map[string]string{
-		"db.cluster.local": clusterZone,
+		"db.cluster.local": fillZone(1, FillIP),
 		"db.in-addr.arpa":  reverseZone,
 		"Corefile.kdns": strings.NewReplacer("{{IP}}", KubeDNSPodIP, "{{DIR}}", dir, "{{METRICS}}", KubeDNSMetrics).
 			Replace(kubeDNSCorefile),
@@ -90,4 +97,59 @@ func writeKubeDNSConfig(dir string) (string, error) {
 		}
 	}
 	return filepath.Join(dir, "Corefile.kdns"), nil
+}
+
+func fillZone(serial int, fill string) string {
+	return strings.NewReplacer("{{SERIAL}}", fmt.Sprint(serial), "{{FILL}}", fill).Replace(clusterZone)
+}
+
+// SetFillAddress makes kube-dns answer ip for every name under
+// fill.svc.cluster.local, within a second (it reloads the zone on a new
+// serial), as when a headless Service's pods move.
+func (n *Node) SetFillAddress(ip string) error {
+	n.zoneSerial++
+	path := filepath.Join(n.Dir, "db.cluster.local")
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(fillZone(n.zoneSerial+1, ip)), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// SilenceKubeDNS makes kube-dns drop every DNS packet it gets, as a hung or
+// blackholed kube-dns does (no answer, no refusal), or answer again.
+func (n *Node) SilenceKubeDNS(silent bool) error {
+	op := "-D"
+	if silent {
+		op = "-I"
+	}
+	for _, proto := range []string{"udp", "tcp"} {
+		if err := n.KubeDNS.Run(n.Opts.Backend.IPTables(), "-w", op, "INPUT", "-p", proto, "--dport", "53", "-j", "DROP"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// MoveClusterIP emulates the kube-dns Service recreated with ClusterIP ip:
+// kube-proxy (iptables mode) sends ip to kube-dns and forgets ClusterIP.
+func (n *Node) MoveClusterIP(ip string) error {
+	if n.Opts.Mode != ModeIPTables {
+		return fmt.Errorf("MoveClusterIP emulates kube-proxy's iptables mode only")
+	}
+	ipt := n.Opts.Backend.IPTables()
+	for _, proto := range []string{"udp", "tcp"} {
+		rule := func(svc string) []string {
+			return []string{"-t", "nat", "KUBE-SERVICES", "-d", svc + "/32", "-p", proto, "--dport", "53",
+				"-m", "comment", "--comment", "kube-system/kube-dns:dns", "-j", "DNAT", "--to-destination", KubeDNSPodIP + ":53"}
+		}
+		add, del := rule(ip), rule(ClusterIP)
+		if err := n.Host.Run(ipt, append([]string{"-w", "5", add[0], add[1], "-A"}, add[2:]...)...); err != nil {
+			return err
+		}
+		if err := n.Host.Run(ipt, append([]string{"-w", "5", del[0], del[1], "-D"}, del[2:]...)...); err != nil {
+			return err
+		}
+	}
+	return nil
 }

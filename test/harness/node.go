@@ -79,6 +79,7 @@ type Node struct {
 	containers  []*Container
 	netnsNames  []string
 	prefix      string // of its namespaces' and containers' names
+	zoneSerial  int    // changes of the cluster zone (SetFillAddress)
 }
 
 var nodeSeq atomic.Int64

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/netip"
@@ -89,7 +90,7 @@ type Environment struct {
 func SystemEnvironment(builtin []byte, confPath string, explicit map[string]bool) *Environment {
 	return &Environment{
 		Getenv:   os.Getenv,
-		ReadFile: os.ReadFile,
+		ReadFile: readFileLimited,
 		HasIPVS: func() bool {
 			_, err := net.InterfaceByName("kube-ipvs0")
 			return err == nil
@@ -98,6 +99,28 @@ func SystemEnvironment(builtin []byte, confPath string, explicit map[string]bool
 		ConfPath: confPath,
 		Explicit: explicit,
 	}
+}
+
+// maxInputFile bounds every file node-cache reads its configuration from
+// (template, kube-dns ConfigMap, resolv.conf): a Corefile is a few KiB, and
+// reading a runaway file on every reload tick would cost the node memory.
+const maxInputFile = 1 << 20
+
+// readFileLimited reads path, refusing a file larger than maxInputFile.
+func readFileLimited(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxInputFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxInputFile {
+		return nil, fmt.Errorf("%s is larger than %d KiB: not a Corefile template, ConfigMap value or resolv.conf", path, maxInputFile>>10)
+	}
+	return b, nil
 }
 
 // template returns the template and the path errors should name: an explicit
@@ -139,6 +162,7 @@ func (o *Options) OutputPath(env *Environment) string {
 func (o *Options) Values(env *Environment, tmpl []byte) (*Values, error) {
 	uses := func(placeholder string) bool { return bytes.Contains(tmpl, []byte(placeholder)) }
 	v := &Values{Domain: o.Domain, Port: 53}
+	var err error
 	if uses(ClusterDNS) {
 		clusterDNS, err := serviceIP(env, "-upstreamsvc", o.upstreamService(env))
 		if err != nil {
@@ -183,6 +207,11 @@ func (o *Options) Values(env *Environment, tmpl []byte) (*Values, error) {
 		v.PrometheusEndpoint = hostPort(v.LocalIPs[0], ":9253")
 	}
 	v.UpstreamPrometheusEndpoint = cmp.Or(o.PrometheusAddress, ":9253")
+	if uses(MaxConcurrent) {
+		if v.MaxConcurrent, err = forwardConcurrency(env); err != nil {
+			return nil, err
+		}
+	}
 	if uses(UpstreamServers) {
 		resolv, err := env.ReadFile(o.ResolvConf)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"io/fs"
+	"maps"
 	"os"
 	"strings"
 	"testing"
@@ -16,8 +17,8 @@ import (
 
 func init() {
 	clog.Discard()
-	// node-cache's directive list has nodelocal; CoreDNS's default does not.
-	dnsserver.Directives = append(dnsserver.Directives, "nodelocal")
+	// node-cache's directive list has ours; CoreDNS's default does not.
+	dnsserver.Directives = append(dnsserver.Directives, "coalesce", "nodelocal")
 }
 
 // upstreamCorefile is upstream node-cache's ConfigMap Corefile, as its
@@ -106,7 +107,7 @@ func TestRender(t *testing.T) {
 			env: fakeEnv{vars: kubeSystemEnv, files: resolv,
 				flags: []string{"-localip", "169.254.20.10,198.18.0.10", "-upstreamsvc", "kube-dns-upstream"}},
 			want: []string{"cluster.local:53 {", "bind 169.254.20.10 198.18.0.10\n", "forward . 198.18.0.11 {",
-				"forward . 198.18.9.1 198.18.9.2\n", "prometheus 169.254.20.10:9253", "health 169.254.20.10:8080", "ready 169.254.20.10:8181"},
+				"forward . 198.18.9.1 198.18.9.2 {\n", "prometheus 169.254.20.10:9253", "health 169.254.20.10:8080", "ready 169.254.20.10:8181"},
 			wantNot: []string{"__PILLAR__"},
 		},
 		{
@@ -139,7 +140,7 @@ func TestRender(t *testing.T) {
 				"/cm/stubDomains":         `{"z.corp": ["198.18.7.2"], "a.corp": ["198.18.7.1:5353", "198.18.7.3"]}`,
 				"/cm/upstreamNameservers": `["198.18.8.1", "198.18.8.2"]`,
 			}), flags: []string{"-upstreamsvc", "kube-dns-upstream", "-kubednscm", "/cm"}},
-			want: []string{"forward . 198.18.8.1 198.18.8.2\n",
+			want: []string{"forward . 198.18.8.1 198.18.8.2 {\n",
 				"a.corp:53 {\n    errors\n    cache 30\n    bind 169.254.20.10 198.18.0.10\n    forward . 198.18.7.1:5353 198.18.7.3\n}\n\nz.corp:53 {"},
 			wantNot: []string{"198.18.9.1"},
 		},
@@ -219,6 +220,24 @@ func TestRender(t *testing.T) {
 			wantErr: "the Corefile forwards to 169.254.20.10, one of node-cache's own listen IPs"},
 		{name: "any __NAME__ left, whatever its prefix", env: fakeEnv{vars: kubeSystemEnv, files: withFiles(map[string]string{"/t": ".:53 {\n    bind __PILLAR__LOCAL__DNS__\n    prometheus __METRICS__ADDRESS__\n}\n"}),
 			flags: []string{"-basecorefile", "/t"}}, wantErr: "unknown placeholder __METRICS__ADDRESS__"},
+		{
+			name: "kube-dns ConfigMap: an IPv6 upstream and one with a port are valid",
+			env: fakeEnv{vars: kubeSystemEnv, files: withFiles(map[string]string{"/cm/upstreamNameservers": `["2001:2::53", "198.18.8.1:5353"]`}),
+				flags: []string{"-kubednscm", "/cm"}},
+			want: []string{"forward . 2001:2::53 198.18.8.1:5353 {"},
+		},
+		{
+			name: "an IPv6-only node",
+			env: fakeEnv{files: map[string]string{"/etc/resolv.conf": "nameserver 2001:2::53\n"},
+				flags: []string{"-localip", "2001:2::a", "-dnssvc", "2001:2::c", "-upstreamsvc", "2001:2::b"}},
+			want: []string{"bind 2001:2::a 2001:2::c\n", "forward . 2001:2::b {", "forward . 2001:2::53 {", "health [2001:2::a]:8080"},
+		},
+		{name: "interface name over 15 bytes", env: fakeEnv{vars: kubeSystemEnv, files: resolv, flags: []string{"-setupiptables=false", "-interfacename", "nodelocaldns-cache0"}},
+			wantErr: `-interfacename "nodelocaldns-cache0" is not a valid interface name`},
+		{name: "health port out of range", env: fakeEnv{vars: kubeSystemEnv, files: resolv, flags: []string{"-health-port", "70000"}},
+			wantErr: "-health-port 70000 is not a port"},
+		{name: "kube-dns ConfigMap upstreamNameservers not a list", env: fakeEnv{vars: kubeSystemEnv, files: withFiles(map[string]string{"/cm/upstreamNameservers": `"198.18.8.1"`}),
+			flags: []string{"-kubednscm", "/cm"}}, wantErr: "upstreamNameservers"},
 		// Bad inputs, with their messages.
 		{name: "Service variable missing", env: fakeEnv{files: resolv, flags: []string{"-upstreamsvc", "kube-dns-upstream"}},
 			wantErr: `-upstreamsvc "kube-dns-upstream": $KUBE_DNS_UPSTREAM_SERVICE_HOST is not set`},
@@ -356,4 +375,62 @@ func FuzzKubeDNSConfig(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestForwardConcurrencyFollowsTheMemoryLimit: max_concurrent is one query per
+// 256 KiB of the limit, from GOMEMLIMIT, else the cgroup, else as for 256 MiB.
+func TestForwardConcurrencyFollowsTheMemoryLimit(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		vars    map[string]string
+		files   map[string]string
+		want    string
+		wantErr string
+	}{
+		{name: "the DaemonSet's GOMEMLIMIT", vars: map[string]string{"GOMEMLIMIT": "256MiB"}, want: "max_concurrent 1024\n"},
+		{name: "a larger limit", vars: map[string]string{"GOMEMLIMIT": "1GiB"}, want: "max_concurrent 4096\n"},
+		{name: "a tiny limit: the floor", vars: map[string]string{"GOMEMLIMIT": "16MiB"}, want: "max_concurrent 128\n"},
+		{name: "cgroup v2", files: map[string]string{"/sys/fs/cgroup/memory.max": "536870912\n"}, want: "max_concurrent 2048\n"},
+		{name: "cgroup v1 without a limit", files: map[string]string{"/sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n"}, want: "max_concurrent 1024\n"},
+		{name: "no limit known", want: "max_concurrent 1024\n"},
+		{name: "GOMEMLIMIT garbage", vars: map[string]string{"GOMEMLIMIT": "lots"}, wantErr: `$GOMEMLIMIT "lots" is not a size such as 256MiB`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vars := map[string]string{}
+			maps.Copy(vars, kubeSystemEnv)
+			maps.Copy(vars, tc.vars)
+			files := map[string]string{}
+			maps.Copy(files, resolv)
+			maps.Copy(files, tc.files)
+			out, err := render(t, fakeEnv{vars: vars, files: files})
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Count(out, tc.want); got != 4 {
+				t.Fatalf("%q in %d forwards, want all 4:\n%s", tc.want, got, out)
+			}
+		})
+	}
+}
+
+func TestReadFileLimited(t *testing.T) {
+	dir := t.TempDir()
+	small, big := dir+"/small", dir+"/big"
+	os.WriteFile(small, []byte(".:53 {\n}\n"), 0o644)
+	os.WriteFile(big, make([]byte, maxInputFile+1), 0o644)
+	if b, err := readFileLimited(small); err != nil || string(b) != ".:53 {\n}\n" {
+		t.Fatalf("small file: %q, %v", b, err)
+	}
+	if _, err := readFileLimited(big); err == nil || !strings.Contains(err.Error(), "is larger than 1024 KiB") {
+		t.Fatalf("oversized file: %v", err)
+	}
+	if _, err := readFileLimited(dir + "/missing"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("missing file: %v", err)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -26,9 +27,11 @@ const (
 	// UpstreamPrometheusEndpoint is upstream node-cache's newest placeholder,
 	// without the PILLAR prefix.
 	UpstreamPrometheusEndpoint = "__PROMETHEUS__ENDPOINT__"
+	// MaxConcurrent is forward's max_concurrent, sized from the memory limit.
+	MaxConcurrent = "__PILLAR__MAX__CONCURRENT__"
 )
 
-var knownPlaceholders = []string{LocalDNS, DNSServer, DNSDomain, ClusterDNS, UpstreamServers, PrometheusEndpoint, UpstreamPrometheusEndpoint}
+var knownPlaceholders = []string{LocalDNS, DNSServer, DNSDomain, ClusterDNS, UpstreamServers, PrometheusEndpoint, UpstreamPrometheusEndpoint, MaxConcurrent}
 
 // anyPlaceholder is any __NAME__ token: one left after rendering is an error,
 // whatever its prefix.
@@ -47,6 +50,7 @@ type Values struct {
 	// -prometheus-listen-address, else upstream's default :9253.
 	UpstreamPrometheusEndpoint string
 	Port                       int // DNS port of stub-domain blocks
+	MaxConcurrent              int // each forward's max_concurrent
 	// NodeLocal is the nodelocal directive to add after every bind of a
 	// Corefile that has none, in upstream-compatible mode (upstream's flags,
 	// or a template with placeholders); empty: add none. NodeLocalReason
@@ -90,6 +94,7 @@ func Render(tmpl []byte, v *Values, kubeDNS *KubeDNSConfig) ([]byte, error) {
 		UpstreamServers, strings.Join(upstreams, " "),
 		PrometheusEndpoint, v.PrometheusEndpoint,
 		UpstreamPrometheusEndpoint, v.UpstreamPrometheusEndpoint,
+		MaxConcurrent, strconv.Itoa(v.MaxConcurrent),
 	).Replace(out)
 	if left := anyPlaceholder.FindString(out); left != "" {
 		return nil, fmt.Errorf("unknown placeholder %s in the template: the known ones are %s", left, strings.Join(knownPlaceholders, ", "))

@@ -19,11 +19,12 @@ var verbose = flag.Bool("v", false, "print every load stream's result")
 func main() {
 	bin := flag.String("node-cache", "bin/node-cache", "node-cache binary to measure")
 	out := flag.String("out", "bench-results.md", "file the tables are written to")
-	duration := flag.Duration("duration", 30*time.Second, "length of each lifecycle scenario")
+	duration := flag.Duration("duration", 20*time.Second, "length of each lifecycle scenario")
 	sections := flag.String("sections", "", "run only the sections whose title contains this (default: all)")
 	scenario := flag.String("scenario", "", "run only the lifecycle scenarios whose name contains this (default: all)")
 	rate := flag.Int("rate", 350, "queries per second of each of the 6 load streams (2 IPs x UDP, TCP persistent, TCP per query)")
 	profileOut := flag.String("profile", "", "measure nothing: write a CPU profile of node-cache under load to this file (for PGO: build/default.pgo)")
+	outage := flag.Duration("outage", 45*time.Second, "how long kube-dns stays silent in the kube-dns-down section (make bench-outage: 5m)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench needs root (network namespaces, iptables): run `sudo make bench`")
@@ -60,6 +61,9 @@ func main() {
 	section("Queries lost across reloads, restarts, upgrades and crashes", func() (string, error) {
 		return lifecycle(*rate, *duration, *scenario)
 	})
+	section("Identical misses: coalescing", coalescing)
+	section("kube-dns down: answers from the cache", func() (string, error) { return kubeDNSDown(*outage) })
+	section("kube-dns blackholed: bounded memory", func() (string, error) { return blackholed(time.Minute) })
 	if err := os.WriteFile(*out, []byte(report.String()), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

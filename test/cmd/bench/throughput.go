@@ -111,7 +111,7 @@ var servers = []server{
 		if err != nil {
 			return nil, err
 		}
-		return startStockCoreDNS(node, dir, "coredns-plugincfg", onIP(strings.ReplaceAll(corefile, "    nodelocal\n", ""), ip), wrapper)
+		return startStockCoreDNS(node, dir, "coredns-plugincfg", onIP(strings.NewReplacer("    nodelocal\n", "", "    coalesce\n", "").Replace(corefile), ip), wrapper)
 	}},
 	{"stock CoreDNS 1.15: stock defaults (upstream node-local-dns Corefile, Go's defaults, no PGO; 14 plugins compiled in)", "169.254.20.12", nil, startStockDefaults},
 	{"stock CoreDNS 1.15: stock defaults again, a second instance (A/A: how far two identical servers differ in this run)", "169.254.20.16", nil, startStockDefaults},
@@ -198,7 +198,7 @@ func throughput() (string, error) {
 		return "", err
 	}
 	defer node.Close()
-	procs, err := startServers(node)
+	procs, err := startServers(node, servers)
 	if err != nil {
 		return "", err
 	}
@@ -284,11 +284,14 @@ func turns(round int) []int {
 }
 
 // startServers gives the servers their addresses and conntrack exemption,
-// starts them, and warms their caches with the mix.
-func startServers(node *harness.Node) ([]*harness.Process, error) {
+// starts them, and warms their caches with the mix. node-cache's own
+// 169.254.20.10 is on its interface already.
+func startServers(node *harness.Node, servers []server) ([]*harness.Process, error) {
 	var ips []string
-	for _, s := range servers[1:] {
-		ips = append(ips, s.ip)
+	for _, s := range servers {
+		if s.ip != harness.LocalIP {
+			ips = append(ips, s.ip)
+		}
 	}
 	if err := node.AddServerIPs(ips...); err != nil {
 		return nil, err
@@ -415,6 +418,11 @@ func dnsperf(node *harness.Node, ip string, d time.Duration, options ...string) 
 	if err := os.WriteFile(file, []byte(data.String()), 0o644); err != nil {
 		return "", err
 	}
+	return runDnsperf(node, ip, file, d, options...)
+}
+
+// runDnsperf runs dnsperf from the pod against ip with the queries in file.
+func runDnsperf(node *harness.Node, ip, file string, d time.Duration, options ...string) (string, error) {
 	argv := append(append([]string{}, clientCPU...), "ip", "netns", "exec", node.Pods[0].Name, "dnsperf", "-s", ip,
 		"-d", file, "-l", fmt.Sprint(d.Seconds()), "-T", "1", "-t", "2")
 	out, err := exec.Command(argv[0], append(argv[1:], options...)...).CombinedOutput()
