@@ -9,11 +9,11 @@ IMAGE     ?= $(shell sed -n 's/^ *image: *//p' manifests/base/daemonset.yaml)
 CREATED   ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 TEST_TIMEOUT ?= 20m
 
-.PHONY: help deps bench-deps build generate manifests test unit-test demo bench pgo image lint clean check-generated
+.PHONY: help deps bench-deps build generate manifests test unit-test demo bench bench-outage pgo image lint clean check-generated cluster-build cluster-up cluster-down demo-real-node
 
 # Debian packages the simulated node needs, by the command that shows each.
 DEPS := ip:iproute2 sysctl:procps iptables-legacy:iptables nft:nftables conntrack:conntrack setpriv:util-linux \
-	runc:runc skopeo:skopeo
+	runc:runc skopeo:skopeo /usr/lib/cni/bridge:containernetworking-plugins
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -42,8 +42,10 @@ check-generated: generate manifests ## fail when generated files are stale
 	git diff --exit-code -- build/zdirectives.go build/zplugin.go test/cmd/coredns-plugincfg/ manifests/ charts/
 
 # test/chart is a module of its own (helm's and Prometheus's dependencies).
-test: deps build ## unit tests and the privileged end-to-end tests (run as root)
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+# One package at a time: the simulated and the real node's tests measure
+# timings that a second node booting beside them on 2 cores would disturb.
+test: deps build cluster-build ## unit tests and the privileged end-to-end tests, the real node's among them (run as root)
+	$(GO) test -count=1 -p 1 -timeout $(TEST_TIMEOUT) ./...
 	cd test/chart && $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 unit-test: ## unit tests only (no root needed)
@@ -53,12 +55,29 @@ unit-test: ## unit tests only (no root needed)
 demo: deps build ## run node-cache in a simulated node and show what it does (root)
 	$(GO) run ./test/cmd/demo -node-cache bin/node-cache
 
+demo-real-node: deps ## the same on a real node: kubelet runs the DaemonSet of manifests/base (PROXY_MODE=iptables|nftables; root)
+	$(GO) run ./test/cmd/demo -real-node -mode $(PROXY_MODE)
+
+PROXY_MODE ?= iptables
+
+cluster-build: ## build the real node's programs (Kubernetes, containerd, etcd, CoreDNS) into the user cache, once per version
+	$(GO) run ./test/cmd/cluster build
+
+cluster-up: deps ## boot the real node (PROXY_MODE=iptables|nftables) and leave it running; prints how to use it (root)
+	@$(GO) run ./test/cmd/cluster up -proxy-mode $(PROXY_MODE)
+
+cluster-down: ## remove the real node of cluster-up and everything it made (root)
+	@$(GO) run ./test/cmd/cluster down
+
 bench-deps: deps
 	@command -v unbound >/dev/null && command -v dnsmasq >/dev/null && command -v dnsperf >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq unbound dnsmasq dnsperf)
 
 bench: bench-deps build ## side-by-side benchmarks, markdown tables in bench-results.md (root)
 	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -out bench-results.md
+
+bench-outage: bench-deps build ## kube-dns silent for 5 minutes: node-cache and the upstream-style Corefile side by side (root)
+	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -sections "kube-dns down" -outage 5m -out bench-outage.md
 
 pgo: bench-deps build ## profile node-cache under the bench's load into build/default.pgo, which go build optimises with (root)
 	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -profile build/default.pgo
@@ -74,4 +93,4 @@ lint: ## gofmt and go vet
 	cd test/chart && $(GO) vet ./...
 
 clean: ## remove build output
-	rm -rf bin bench-results.md
+	rm -rf bin bench-results.md bench-outage.md

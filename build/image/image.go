@@ -40,18 +40,11 @@ func Build(opts Options) (v1.Image, error) {
 		return nil, fmt.Errorf("architecture %q: want amd64 or arm64", opts.Arch)
 	}
 	created := opts.Created.UTC().Truncate(time.Second)
-	debs, err := fetchPackages(opts.Packages, opts.Arch, opts.CacheDir, opts.Logf)
-	if err != nil {
-		return nil, err
-	}
-	root, err := os.MkdirTemp("", "node-cache-image-")
+	root, err := Unpack(opts.Packages, opts.Arch, opts.CacheDir, opts.Logf)
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(root)
-	if err := extractPackages(debs, root); err != nil {
-		return nil, err
-	}
 	files, err := selectFiles(root, triplet)
 	if err != nil {
 		return nil, err
@@ -73,34 +66,10 @@ func Build(opts Options) (v1.Image, error) {
 	for _, p := range opts.Packages {
 		pkgNames = append(pkgNames, p.Name+"="+p.Version)
 	}
-	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
-	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	for _, l := range []struct {
-		data      []byte
-		createdBy string
-	}{
+	return assemble([]Layer{
 		{base, "iptables (legacy, nft) and what it loads, from Debian: " + strings.Join(pkgNames, " ")},
 		{top, "node-cache " + opts.Version},
-	} {
-		layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(l.data)), nil },
-			tarball.WithMediaType(types.OCILayer))
-		if err != nil {
-			return nil, err
-		}
-		img, err = mutate.Append(img, mutate.Addendum{Layer: layer, MediaType: types.OCILayer,
-			History: v1.History{Created: v1.Time{Time: created}, CreatedBy: l.createdBy}})
-		if err != nil {
-			return nil, err
-		}
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cf = cf.DeepCopy()
-	cf.Created = v1.Time{Time: created}
-	cf.OS, cf.Architecture = "linux", opts.Arch
-	cf.Config = v1.Config{
+	}, v1.Config{
 		Entrypoint:   []string{"/node-cache"},
 		Env:          []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
 		ExposedPorts: map[string]struct{}{"53/tcp": {}, "53/udp": {}},
@@ -112,6 +81,60 @@ func Build(opts Options) (v1.Image, error) {
 			"org.opencontainers.image.revision":    opts.Revision,
 			"org.opencontainers.image.created":     created.Format(time.RFC3339),
 		},
+	}, opts.Arch, created)
+}
+
+// Layer is a layer's uncompressed tar and what made it (the history entry).
+type Layer struct {
+	Tar       []byte
+	CreatedBy string
+}
+
+// assemble makes an OCI image of layers with config.
+func assemble(layers []Layer, config v1.Config, arch string, created time.Time) (v1.Image, error) {
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	for _, l := range layers {
+		layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(l.Tar)), nil },
+			tarball.WithMediaType(types.OCILayer))
+		if err != nil {
+			return nil, err
+		}
+		img, err = mutate.Append(img, mutate.Addendum{Layer: layer, MediaType: types.OCILayer,
+			History: v1.History{Created: v1.Time{Time: created}, CreatedBy: l.CreatedBy}})
+		if err != nil {
+			return nil, err
+		}
 	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	cf.Created = v1.Time{Time: created}
+	cf.OS, cf.Architecture = "linux", arch
+	cf.Config = config
 	return mutate.ConfigFile(img, cf)
+}
+
+// File is a file of a Simple image.
+type File struct {
+	Path string // without the leading slash
+	Mode int64
+	Data []byte
+	Link string // a symlink to this target instead of a file
+}
+
+// Simple is a one-layer image of files running entrypoint: the test
+// cluster's pause, kube-dns and client images.
+func Simple(files []File, entrypoint []string, arch string, created time.Time) (v1.Image, error) {
+	var inMemory []layerFile
+	for _, f := range files {
+		inMemory = append(inMemory, layerFile{path: f.Path, mode: f.Mode, data: f.Data, link: f.Link})
+	}
+	tar, err := layerTar("", nil, inMemory, created.UTC().Truncate(time.Second))
+	if err != nil {
+		return nil, err
+	}
+	return assemble([]Layer{{tar, "files"}}, v1.Config{Entrypoint: entrypoint, Env: []string{"PATH=/bin:/usr/bin:/usr/sbin"}}, arch, created.UTC().Truncate(time.Second))
 }

@@ -47,7 +47,7 @@ func debFile(p Package, arch string) string {
 // differs from the pinned one.
 func fetchPackages(pkgs []Package, arch, cacheDir string, logf func(string, ...any)) ([]string, error) {
 	apt := &aptArch{arch: arch, dir: filepath.Join(cacheDir, "apt-"+arch), debs: filepath.Join(cacheDir, "debs")}
-	unlock, err := lockDir(cacheDir)
+	unlock, err := LockDir(cacheDir)
 	if err != nil {
 		return nil, err
 	}
@@ -139,9 +139,9 @@ func extractPackages(debs []string, dir string) error {
 	return nil
 }
 
-// lockDir serialises builds that share the cache (apt refuses concurrent
-// runs on one package list).
-func lockDir(dir string) (func(), error) {
+// LockDir serialises builds that share a cache directory (apt, for one,
+// refuses concurrent runs on one package list); the returned func unlocks.
+func LockDir(dir string) (func(), error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -154,4 +154,22 @@ func lockDir(dir string) (func(), error) {
 		return nil, fmt.Errorf("lock %s: %w", dir, err)
 	}
 	return func() { f.Close() }, nil
+}
+
+// Unpack downloads pkgs (cached in cacheDir) and unpacks them into a new
+// temporary directory, which the caller removes.
+func Unpack(pkgs []Package, arch, cacheDir string, logf func(string, ...any)) (string, error) {
+	debs, err := fetchPackages(pkgs, arch, cacheDir, logf)
+	if err != nil {
+		return "", err
+	}
+	dir, err := os.MkdirTemp("", "debs-")
+	if err != nil {
+		return "", err
+	}
+	if err := extractPackages(debs, dir); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	return dir, nil
 }

@@ -140,11 +140,12 @@ func (s *selection) addNeeded(rel string) error {
 	return nil
 }
 
-// layerFile is one regular file of a layer that is not on disk.
+// layerFile is one file (or, with link, symlink) of a layer that is not on disk.
 type layerFile struct {
 	path string
 	mode int64
 	data []byte
+	link string
 }
 
 // layerTar writes a reproducible layer: the files at paths under root (or the
@@ -184,8 +185,12 @@ func layerTar(root string, paths []string, files []layerFile, mtime time.Time) (
 		addDirs(p)
 	}
 	for _, f := range files {
-		entries[f.path] = &tar.Header{Typeflag: tar.TypeReg, Name: f.path, Mode: f.mode, Size: int64(len(f.data))}
-		data[f.path] = f.data
+		if f.link != "" {
+			entries[f.path] = &tar.Header{Typeflag: tar.TypeSymlink, Name: f.path, Mode: 0o777, Linkname: f.link}
+		} else {
+			entries[f.path] = &tar.Header{Typeflag: tar.TypeReg, Name: f.path, Mode: f.mode, Size: int64(len(f.data))}
+			data[f.path] = f.data
+		}
 		addDirs(f.path)
 	}
 	names := make([]string, 0, len(entries))

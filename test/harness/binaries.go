@@ -22,6 +22,7 @@ var binaryPackages = map[string][]string{
 	"coredns":           {"./test/cmd/coredns"},
 	"coredns-plugincfg": {"-pgo=build/default.pgo", "./test/cmd/coredns-plugincfg"},
 	"dnsload":           {"./test/cmd/dnsload"},
+	"pause":             {"./test/cmd/pause"},
 }
 
 var (

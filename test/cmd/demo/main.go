@@ -1,7 +1,8 @@
 // Command demo runs node-cache in a simulated Kubernetes node and shows what it
 // does: the interface and rules it installs, lookups from a pod through the
 // link-local IP and the kube-dns ClusterIP, cache hits, and a graceful stop
-// that hands DNS back to kube-dns. Run it as root: `make demo`.
+// that hands DNS back to kube-dns. Run it as root: `make demo`. With
+// -real-node, the same on a real node: `make demo-real-node`.
 package main
 
 import (
@@ -22,8 +23,13 @@ func main() {
 	bin := flag.String("node-cache", "bin/node-cache", "node-cache binary to run")
 	mode := flag.String("mode", "iptables", "kube-proxy mode to emulate: iptables, ipvs or nftables")
 	backend := flag.String("backend", "nft", "iptables backend of the node: nft or legacy")
+	realNode := flag.Bool("real-node", false, "show node-cache on a real node (kubelet, containerd, kube-proxy in -mode iptables or nftables) instead")
 	flag.Parse()
-	if err := run(*bin, harness.ProxyMode(*mode), harness.Backend(*backend)); err != nil {
+	run := func() error { return run(*bin, harness.ProxyMode(*mode), harness.Backend(*backend)) }
+	if *realNode {
+		run = func() error { return runRealNode(*mode) }
+	}
+	if err := run(); err != nil {
 		fmt.Fprintf(os.Stderr, "demo failed: %v\n", err)
 		os.Exit(1)
 	}

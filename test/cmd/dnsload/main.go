@@ -2,6 +2,7 @@
 // are limited to loopback, 169.254.0.0/16, 198.18.0.0/15 and 2001:2::/48.
 //
 //	dnsload -target 169.254.20.10:53 -rate 2000 -duration 30s -transport tcp-persistent
+//	dnsload -lookup kubernetes.default   (once, through /etc/resolv.conf: its search list and ndots)
 package main
 
 import (
@@ -9,6 +10,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"time"
 
@@ -27,7 +29,11 @@ func main() {
 	flag.DurationVar(&cfg.Timeout, "timeout", time.Second, "per-query timeout")
 	flag.IntVar(&cfg.Workers, "workers", 20, "concurrent clients")
 	asJSON := flag.Bool("json", false, "print the result as JSON")
+	lookup := flag.String("lookup", "", "resolve this name once as a pod's resolver does (/etc/resolv.conf, search list, ndots), print its addresses, and exit")
 	flag.Parse()
+	if *lookup != "" {
+		os.Exit(resolve(*lookup))
+	}
 
 	queries, err := dnsload.ParseMix(*mix)
 	if err != nil {
@@ -48,4 +54,20 @@ func main() {
 	if res.Failed() > 0 {
 		os.Exit(1)
 	}
+}
+
+// resolve looks name up with Go's own resolver, which reads /etc/resolv.conf
+// as the C library does, and prints the addresses: 0 when there are any.
+func resolve(name string) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	addrs, err := (&net.Resolver{PreferGo: true}).LookupHost(ctx, name)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	for _, a := range addrs {
+		fmt.Println(a)
+	}
+	return 0
 }

@@ -1,0 +1,210 @@
+package cluster_test
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nodelocal/nodelocal/test/cluster"
+	"github.com/nodelocal/nodelocal/test/harness"
+)
+
+var seq atomic.Int32
+
+func newCluster(t *testing.T, mode string) *cluster.Cluster {
+	t.Helper()
+	harness.RequirePrivileges(t)
+	n := int(seq.Add(1))
+	c, err := cluster.Up(cluster.Options{ProxyMode: mode, Dir: cluster.TestDir(n), Name: fmt.Sprintf("nlc%dx%d", os.Getpid(), n), Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, name := range []string{"kubelet", "containerd"} {
+				log := c.Log(name)
+				if len(log) > 3000 {
+					log = log[len(log)-3000:]
+				}
+				t.Logf("--- %s.log (end):\n%s", name, log)
+			}
+			out, _ := c.KubectlOutput("get", "pods", "-A", "-o", "wide")
+			t.Logf("--- pods:\n%s", out)
+		}
+		c.Down()
+	})
+	return c
+}
+
+// lookup is a name a pod resolves, and the address it must get.
+type lookup struct {
+	name, ip string
+	viaIPs   bool // also asked of each of the cache's IPs directly (FQDNs only)
+}
+
+// lookups resolves names from the client pod through the pod's own resolver
+// (its resolv.conf: 198.18.0.10 and the search list) and, for FQDNs, through
+// the kube-dns ClusterIP and 169.254.20.10 directly.
+func lookups(t *testing.T, c *cluster.Cluster, pod string, want []lookup) {
+	t.Helper()
+	for _, l := range want {
+		out, err := c.Exec(pod, "dnsload", "-lookup", l.name)
+		if err != nil || !strings.Contains(out, l.ip) {
+			t.Fatalf("%s through the pod's resolver: %q, %v; want %s", l.name, out, err, l.ip)
+		}
+		if !l.viaIPs {
+			continue
+		}
+		for _, server := range []string{cluster.KubeDNSIP, "169.254.20.10"} {
+			out, err := c.Exec(pod, "nslookup", "-type=A", l.name, server)
+			if err != nil || !strings.Contains(out, l.ip) {
+				t.Fatalf("%s through %s: %q, %v; want %s", l.name, server, out, err, l.ip)
+			}
+		}
+	}
+}
+
+// assertClean fails unless node-cache left no interface and no rule.
+func assertClean(t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	iface, rules, err := c.NodeLocalState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if iface != "" || len(rules) != 0 {
+		t.Fatalf("node-cache left the interface %q and %d rules:\n%s", iface, len(rules), strings.Join(rules, "\n"))
+	}
+}
+
+// TestOnARealNode deploys manifests/base with only the image set on a real
+// node (kubelet, containerd, kube-proxy), in each kube-proxy mode: the
+// DaemonSet becomes Ready through its own probe, a ClusterFirst pod resolves
+// cluster and external names through node-cache on the kube-dns ClusterIP and
+// on 169.254.20.10 with no conntrack entry, cache hits never reach kube-dns,
+// and kubectl delete -k leaves the node as it was with DNS still working.
+// Then upstream's own manifest, with our image, does the same.
+func TestOnARealNode(t *testing.T) {
+	for _, mode := range []string{"iptables", "nftables"} {
+		t.Run(mode, func(t *testing.T) {
+			c := newCluster(t, mode)
+			if _, err := c.KubectlOutput("create", "service", "clusterip", "web", "--tcp=80:80"); err != nil {
+				t.Fatal(err)
+			}
+			webIP, err := c.KubectlOutput("get", "service", "web", "-o", "jsonpath={.spec.clusterIP}")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.StartClient("client"); err != nil {
+				t.Fatal(err)
+			}
+			want := []lookup{
+				{"kubernetes.default", cluster.APIServiceIP, false}, // the search list
+				{"kubernetes.default.svc.cluster.local", cluster.APIServiceIP, true},
+				{"web.default.svc.cluster.local", webIP, true},
+				{"www." + cluster.ExternalDomain, cluster.ExternalIP, true},
+			}
+			stillResolves := []lookup{{"kubernetes.default", cluster.APIServiceIP, false}}
+
+			overlay, err := c.ApplyKustomize()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.KubectlOutput("-n", "kube-system", "rollout", "status", "ds/node-local-dns", "--timeout=90s"); err != nil {
+				t.Fatal(err)
+			}
+			const metrics = "http://169.254.20.10:9253/metrics"
+			kubeDNSMetrics := "http://" + podIP(t, c, "kube-system", "k8s-app=kube-dns") + ":9153/metrics"
+			before, err := c.Metric(metrics, "coredns_dns_requests_total")
+			if err != nil {
+				t.Fatal(err)
+			}
+			lookups(t, c, "client", want)
+			after, err := c.Metric(metrics, "coredns_dns_requests_total")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if after-before < float64(len(want)) {
+				t.Fatalf("node-cache counted %v queries for the pod's lookups, want at least %d", after-before, len(want))
+			}
+			// Again: cache hits, which kube-dns never sees.
+			kubeDNSBefore, err := c.Metric(kubeDNSMetrics, "coredns_dns_requests_total")
+			if err != nil {
+				t.Fatal(err)
+			}
+			lookups(t, c, "client", want)
+			kubeDNSAfter, err := c.Metric(kubeDNSMetrics, "coredns_dns_requests_total")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if kubeDNSAfter != kubeDNSBefore {
+				t.Errorf("kube-dns saw %v queries for lookups the cache had answered", kubeDNSAfter-kubeDNSBefore)
+			}
+			clientIP := podIP(t, c, "default", "app=client")
+			if out, _ := c.InNode("conntrack", "-L", "-s", clientIP, "-p", "udp", "--dport", "53"); strings.Contains(out, "dport=53") {
+				t.Errorf("conntrack entries for the pod's DNS flows:\n%s", out)
+			}
+
+			if _, err := c.KubectlOutput("delete", "-k", overlay, "--wait=true"); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.WaitGone("k8s-app=node-local-dns", 60*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			assertClean(t, c)
+			lookups(t, c, "client", stillResolves)
+
+			// Upstream's manifest, after its documented sed, with our image.
+			b, err := os.ReadFile("testdata/upstream-nodelocaldns.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			upstream := strings.ReplaceAll(string(b), "registry.k8s.io/dns/k8s-dns-node-cache:1.26.4", cluster.NodeCacheImage)
+			if err := c.Apply(upstream); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.KubectlOutput("-n", "kube-system", "rollout", "status", "ds/node-local-dns", "--timeout=90s"); err != nil {
+				t.Fatal(err)
+			}
+			waitInterception(t, c)
+			lookups(t, c, "client", want)
+			if _, err := c.KubectlOutput("delete", "-f", "testdata/upstream-nodelocaldns.yaml", "--wait=true"); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.WaitGone("k8s-app=node-local-dns", 60*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			assertClean(t, c)
+			lookups(t, c, "client", stillResolves)
+		})
+	}
+}
+
+// waitInterception waits until node-cache's rules are in (upstream's
+// manifest has no readiness probe to wait on).
+func waitInterception(t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		v, err := c.Metric("http://169.254.20.10:9253/metrics", "coredns_nodelocal_interception_active")
+		if err == nil && v == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("interception not active 30 s after the rollout (%v, %v)", v, err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// podIP is the address of the first pod selector matches in namespace.
+func podIP(t *testing.T, c *cluster.Cluster, namespace, selector string) string {
+	t.Helper()
+	out, err := c.KubectlOutput("-n", namespace, "get", "pods", "-l", selector, "-o", "jsonpath={.items[0].status.podIP}")
+	if err != nil || out == "" {
+		t.Fatalf("no pod %s in %s: %v", selector, namespace, err)
+	}
+	return out
+}

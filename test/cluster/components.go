@@ -1,0 +1,168 @@
+package cluster
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nodelocal/nodelocal/test/harness"
+)
+
+// startUpstream runs the fake internet's resolver (stock CoreDNS) in its
+// namespace.
+func (c *Cluster) startUpstream() error {
+	coredns, err := harness.Binary("coredns")
+	if err != nil {
+		return err
+	}
+	if err := writeFile(c.path("upstream.Corefile"), upstreamCorefile); err != nil {
+		return err
+	}
+	_, err = c.spawn("upstream", exec.Command("ip", "netns", "exec", c.state.Name+"-up", coredns, "-conf", c.path("upstream.Corefile")))
+	if err != nil {
+		return err
+	}
+	return c.waitFor("the fake upstream", "upstream", 10*time.Second, func() error { return c.tcpInNode(UpstreamIP + ":53") })
+}
+
+// tcpInNode checks that address accepts a connection from the node's namespace.
+func (c *Cluster) tcpInNode(address string) error {
+	ns := &harness.Netns{Name: c.NodeNetns}
+	var conn net.Conn
+	err := ns.Do(func() error {
+		var err error
+		conn, err = net.DialTimeout("tcp", address, time.Second)
+		return err
+	})
+	if err == nil {
+		conn.Close()
+	}
+	return err
+}
+
+func (c *Cluster) startControlPlane() error {
+	b := func(name string) string { return filepath.Join(c.Bin, name) }
+	p := c.pki.path
+	if _, err := c.spawn("etcd", c.inNode(b("etcd"), "-data-dir", c.path("etcd"))); err != nil {
+		return err
+	}
+	if err := c.waitFor("etcd", "etcd", 30*time.Second, func() error { return c.tcpInNode("127.0.0.1:2379") }); err != nil {
+		return err
+	}
+	if _, err := c.spawn("kube-apiserver", c.inNode(b("kube-apiserver"),
+		"--etcd-servers=http://127.0.0.1:2379", "--advertise-address="+NodeIP, "--bind-address=0.0.0.0", "--secure-port=6443",
+		"--service-cluster-ip-range="+ServiceCIDR, "--tls-cert-file="+p("apiserver.crt"), "--tls-private-key-file="+p("apiserver.key"),
+		"--client-ca-file="+p("ca.crt"), "--kubelet-client-certificate="+p("apiserver-kubelet-client.crt"),
+		"--kubelet-client-key="+p("apiserver-kubelet-client.key"), "--kubelet-certificate-authority="+p("ca.crt"),
+		// Reaching kubelet by name would ask the machine's resolver.
+		"--kubelet-preferred-address-types=InternalIP",
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local", "--service-account-key-file="+p("sa.pub"),
+		"--service-account-signing-key-file="+p("sa.key"), "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+		"--allow-privileged=true", "--profiling=false", "--cert-dir="+c.path("apiserver-certs"))); err != nil {
+		return err
+	}
+	if err := c.waitFor("the API server", "kube-apiserver", 90*time.Second, func() error {
+		_, err := c.KubectlOutput("get", "--raw", "/readyz")
+		return err
+	}); err != nil {
+		return err
+	}
+	if _, err := c.spawn("kube-controller-manager", c.inNode(b("kube-controller-manager"),
+		"--kubeconfig="+c.path("kube-controller-manager.kubeconfig"), "--authentication-kubeconfig="+c.path("kube-controller-manager.kubeconfig"),
+		"--authorization-kubeconfig="+c.path("kube-controller-manager.kubeconfig"), "--bind-address=127.0.0.1",
+		"--service-account-private-key-file="+p("sa.key"), "--root-ca-file="+p("ca.crt"),
+		"--cluster-signing-cert-file="+p("ca.crt"), "--cluster-signing-key-file="+p("ca.key"),
+		"--use-service-account-credentials=true", "--leader-elect=false", "--controllers=*,-nodeipam",
+		"--cert-dir="+c.path("kcm-certs"))); err != nil {
+		return err
+	}
+	_, err := c.spawn("kube-scheduler", c.inNode(b("kube-scheduler"), "--kubeconfig="+c.path("kube-scheduler.kubeconfig"),
+		"--authentication-kubeconfig="+c.path("kube-scheduler.kubeconfig"), "--authorization-kubeconfig="+c.path("kube-scheduler.kubeconfig"),
+		"--bind-address=127.0.0.1", "--leader-elect=false"))
+	return err
+}
+
+func (c *Cluster) startContainerd() error {
+	if _, err := c.spawn("containerd", c.inNode(filepath.Join(c.Bin, "containerd"), "--config", c.path("containerd", "config.toml"))); err != nil {
+		return err
+	}
+	if err := c.waitFor("containerd", "containerd", 30*time.Second, func() error {
+		_, err := os.Stat(c.socket())
+		return err
+	}); err != nil {
+		return err
+	}
+	return c.importImages()
+}
+
+// Ctr runs ctr in the node's k8s.io namespace.
+func (c *Cluster) Ctr(args ...string) (string, error) {
+	cmd := c.inNode(append([]string{filepath.Join(c.Bin, "ctr"), "--address", c.socket(), "-n", "k8s.io"}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("ctr %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// makeCgroupRoot creates the node's cgroup (kubelet's cgroupRoot) in every
+// cgroup v1 hierarchy; its pods' cgroups go under it.
+func (c *Cluster) makeCgroupRoot() error {
+	hierarchies, err := filepath.Glob("/sys/fs/cgroup/*/cgroup.procs")
+	if err != nil {
+		return err
+	}
+	for _, procs := range hierarchies {
+		parent := filepath.Dir(procs)
+		dir := filepath.Join(parent, c.cgroupRoot())
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		// A new cpuset has no CPUs or memory nodes until given its parent's.
+		for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+			if b, err := os.ReadFile(filepath.Join(parent, f)); err == nil {
+				if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) startKubelet() error {
+	if err := c.makeCgroupRoot(); err != nil {
+		return err
+	}
+	if _, err := c.spawn("kubelet", c.inNode(filepath.Join(c.Bin, "kubelet"), "--config="+c.path("kubelet", "config.yaml"),
+		"--kubeconfig="+c.path("kubelet.kubeconfig"), "--node-ip="+NodeIP, "--hostname-override="+NodeName,
+		"--root-dir="+c.path("kubelet", "root"), "--cert-dir="+c.path("kubelet", "pki"),
+		"--tls-cert-file="+c.pki.path("kubelet.crt"), "--tls-private-key-file="+c.pki.path("kubelet.key"))); err != nil {
+		return err
+	}
+	if _, err := c.spawn("kube-proxy", c.inNode(filepath.Join(c.Bin, "kube-proxy"), "--config="+c.path("kube-proxy", "config.yaml"))); err != nil {
+		return err
+	}
+	return c.waitFor("the node Ready", "kubelet", 120*time.Second, func() error {
+		out, err := c.KubectlOutput("get", "node", NodeName, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
+		if err == nil && out != "True" {
+			err = fmt.Errorf("Ready=%q", out)
+		}
+		return err
+	})
+}
+
+func (c *Cluster) deployKubeDNS() error {
+	if err := c.Apply(kubeDNSManifest); err != nil {
+		return err
+	}
+	_, err := c.KubectlOutput("-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=120s")
+	if err != nil {
+		return fmt.Errorf("%w%s", err, c.logTail("kubelet"))
+	}
+	return nil
+}

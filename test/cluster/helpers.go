@@ -1,0 +1,115 @@
+package cluster
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nodelocal/nodelocal/test/harness"
+)
+
+// ApplyKustomize applies manifests/base with only the image set, through an
+// overlay of its own (kustomize images:), as an operator would; it returns
+// the overlay's directory.
+func (c *Cluster) ApplyKustomize() (string, error) {
+	root, err := harness.RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	dir := c.path("overlay")
+	base, err := filepath.Rel(dir, filepath.Join(root, "manifests", "base"))
+	if err != nil {
+		return "", err
+	}
+	name, tag, _ := strings.Cut(NodeCacheImage, ":")
+	overlay := fmt.Sprintf("resources:\n  - %s\nimages:\n  - name: ghcr.io/nodelocal/node-cache\n    newName: %s\n    newTag: %s\n", base, name, tag)
+	if err := writeFile(filepath.Join(dir, "kustomization.yaml"), overlay); err != nil {
+		return "", err
+	}
+	_, err = c.KubectlOutput("apply", "-k", dir)
+	return dir, err
+}
+
+// Exec runs argv in the client pod and returns its output.
+func (c *Cluster) Exec(pod string, argv ...string) (string, error) {
+	return c.KubectlOutput(append([]string{"exec", pod, "--"}, argv...)...)
+}
+
+// StartClient runs a client pod (ClusterFirst DNS) and waits until it runs.
+func (c *Cluster) StartClient(name string) error {
+	pod := fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: %s, namespace: default, labels: {app: %[1]s}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: client
+    image: %s
+    imagePullPolicy: Never
+    command: ["/bin/sleep", "3600"]
+`, name, ClientImage)
+	if err := c.Apply(pod); err != nil {
+		return err
+	}
+	_, err := c.KubectlOutput("wait", "--for=condition=Ready", "pod/"+name, "--timeout=60s")
+	return err
+}
+
+// InNode runs a command in the node's network namespace and returns its output.
+func (c *Cluster) InNode(argv ...string) (string, error) {
+	out, err := exec.Command("ip", append([]string{"netns", "exec", c.NodeNetns}, argv...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s: %v: %s", strings.Join(argv, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// Metric sums a metric's series in a Prometheus endpoint reached from the node.
+func (c *Cluster) Metric(url, name string) (float64, error) {
+	ns := &harness.Netns{Name: c.NodeNetns}
+	body, err := ns.HTTPGet(url)
+	if err != nil {
+		return 0, err
+	}
+	return harness.MetricSum(body, name), nil
+}
+
+// NodeLocalState is what node-cache leaves on the node: its interface (if
+// any) and its rules.
+func (c *Cluster) NodeLocalState() (iface string, rules []string, err error) {
+	if out, err := c.InNode("ip", "-o", "link", "show", "nodelocaldns"); err == nil {
+		iface = strings.TrimSpace(out)
+	}
+	for _, save := range []string{"iptables-nft-save", "iptables-legacy-save"} {
+		out, err := c.InNode(save)
+		if err != nil {
+			return iface, nil, err
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "NodeLocal DNS Cache") {
+				rules = append(rules, l)
+			}
+		}
+	}
+	return iface, rules, nil
+}
+
+// WaitGone waits until no pod matches selector in kube-system.
+func (c *Cluster) WaitGone(selector string, d time.Duration) error {
+	return c.waitFor("pods "+selector+" gone", "kubelet", d, func() error {
+		out, err := c.KubectlOutput("-n", "kube-system", "get", "pods", "-l", selector, "-o", "name")
+		if err == nil && strings.TrimSpace(out) != "" {
+			err = fmt.Errorf("still there: %s", strings.TrimSpace(out))
+		}
+		return err
+	})
+}
+
+// Log is a component's log (name.log in the node's directory).
+func (c *Cluster) Log(name string) string {
+	b, _ := os.ReadFile(c.path(name + ".log"))
+	return string(b)
+}
