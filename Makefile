@@ -9,7 +9,7 @@ IMAGE     ?= $(shell sed -n 's/^ *image: *//p' manifests/base/daemonset.yaml)
 CREATED   ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 TEST_TIMEOUT ?= 20m
 
-.PHONY: help deps bench-deps build generate manifests test unit-test demo bench bench-outage pgo image lint clean check-generated cluster-build cluster-up cluster-down demo-real-node
+.PHONY: help deps bench-deps build generate manifests test unit-test demo bench bench-outage pgo image lint clean check-generated cluster-build cluster-up cluster-down demo-real-node bench-cluster
 
 # Debian packages the simulated node needs, by the command that shows each.
 DEPS := ip:iproute2 sysctl:procps iptables-legacy:iptables nft:nftables conntrack:conntrack setpriv:util-linux \
@@ -79,6 +79,9 @@ bench: bench-deps build ## side-by-side benchmarks, markdown tables in bench-res
 bench-outage: bench-deps build ## kube-dns silent for 5 minutes: node-cache and the upstream-style Corefile side by side (root)
 	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -sections "kube-dns down" -outage 5m -out bench-outage.md
 
+bench-cluster: deps cluster-build image ## the lifecycle scenarios on a real node, each kube-proxy mode, with the upstream-style DaemonSet; draws bench-rollouts.svg (root)
+	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -sections "real node" -out bench-cluster.md -svg bench-rollouts.svg
+
 pgo: bench-deps build ## profile node-cache under the bench's load into build/default.pgo, which go build optimises with (root)
 	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -profile build/default.pgo
 
@@ -93,4 +96,4 @@ lint: ## gofmt and go vet
 	cd test/chart && $(GO) vet ./...
 
 clean: ## remove build output
-	rm -rf bin bench-results.md bench-outage.md
+	rm -rf bin bench-results.md bench-outage.md bench-cluster.md bench-rollouts.svg

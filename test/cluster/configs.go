@@ -106,6 +106,8 @@ clusterDomain: cluster.local
 clusterDNS: [%[6]s]
 resolvConf: %[7]s
 serializeImagePulls: false
+# ConfigMap edits reach pods within seconds (the default is a minute).
+syncFrequency: 10s
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "1Mi", nodefs.available: "1%%", imagefs.available: "1%%"}

@@ -47,7 +47,7 @@ func (c *Cluster) importImages() error {
 		{PauseImage, []string{"/pause"}, [][2]string{{"pause", pause}}, nil},
 		{KubeDNSImage, []string{"/coredns"}, [][2]string{{"coredns", filepath.Join(c.Bin, "coredns")}}, nil},
 		{ClientImage, []string{"/bin/sh"}, [][2]string{{"bin/busybox", filepath.Join(debs, "bin", "busybox")}, {"bin/dnsload", dnsload}},
-			[]string{"sh", "nslookup", "sleep", "cat", "wget"}},
+			[]string{"sh", "nslookup", "sleep", "cat", "date", "timeout"}},
 	}
 	for _, im := range images {
 		var files []image.File

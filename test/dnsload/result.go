@@ -196,3 +196,15 @@ func (r *recorder) result(elapsed time.Duration) *Result {
 	}
 	return res
 }
+
+// FailedOutcomes names the kinds of failure and their counts, such as
+// "servfail=2 timeout=1".
+func (r *Result) FailedOutcomes() string {
+	var parts []string
+	for o, n := range r.Outcomes {
+		if n > 0 && Outcome(o).Failed() {
+			parts = append(parts, fmt.Sprintf("%s=%d", Outcome(o), n))
+		}
+	}
+	return strings.Join(parts, " ")
+}

@@ -19,12 +19,13 @@ var verbose = flag.Bool("v", false, "print every load stream's result")
 func main() {
 	bin := flag.String("node-cache", "bin/node-cache", "node-cache binary to measure")
 	out := flag.String("out", "bench-results.md", "file the tables are written to")
-	duration := flag.Duration("duration", 20*time.Second, "length of each lifecycle scenario")
+	duration := flag.Duration("duration", 15*time.Second, "length of each lifecycle scenario")
 	sections := flag.String("sections", "", "run only the sections whose title contains this (default: all)")
 	scenario := flag.String("scenario", "", "run only the lifecycle scenarios whose name contains this (default: all)")
 	rate := flag.Int("rate", 350, "queries per second of each of the 6 load streams (2 IPs x UDP, TCP persistent, TCP per query)")
 	profileOut := flag.String("profile", "", "measure nothing: write a CPU profile of node-cache under load to this file (for PGO: build/default.pgo)")
-	outage := flag.Duration("outage", 45*time.Second, "how long kube-dns stays silent in the kube-dns-down section (make bench-outage: 5m)")
+	svgPath := flag.String("svg", "bench-rollouts.svg", "where the real node section draws failures per second across the rollouts")
+	outage := flag.Duration("outage", 35*time.Second, "how long kube-dns stays silent in the kube-dns-down section (make bench-outage: 5m)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench needs root (network namespaces, iptables): run `sudo make bench`")
@@ -46,7 +47,9 @@ func main() {
 			return
 		}
 		fmt.Fprintf(os.Stderr, "== %s\n", title)
+		start := time.Now()
 		table, err := run()
+		fmt.Fprintf(os.Stderr, "   (%v)\n", time.Since(start).Round(time.Second))
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "%s: %v\n", title, err)
 			table = fmt.Sprintf("failed: %v\n", err)
@@ -64,6 +67,10 @@ func main() {
 	section("Identical misses: coalescing", coalescing)
 	section("kube-dns down: answers from the cache", func() (string, error) { return kubeDNSDown(*outage) })
 	section("kube-dns blackholed: bounded memory", func() (string, error) { return blackholed(time.Minute) })
+	// About 10 minutes on its own: only when asked for (make bench-cluster).
+	if strings.Contains(*sections, "real node") {
+		section("Rollouts, upgrades, evictions and uninstall on a real node", func() (string, error) { return realNode(40*time.Second, *svgPath) })
+	}
 	if err := os.WriteFile(*out, []byte(report.String()), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

@@ -115,7 +115,7 @@ func coalescing() (string, error) {
 
 // coalesceRounds: cache hits with and without coalesce take the same path,
 // so the rounds only show the machine's noise; more of them narrow it.
-const coalesceRounds = 5
+const coalesceRounds = 3
 
 func formatRatios(xs []float64) string {
 	parts := make([]string, len(xs))
@@ -130,7 +130,7 @@ func formatRatios(xs []float64) string {
 func kubeDNSDown(outage time.Duration) (string, error) {
 	list := []server{shipped, upstreamStyleServer}
 	return withServers(list, func(node *harness.Node, _ []*harness.Process) (string, error) {
-		results, err := node.MeasureOutage(context.Background(), []string{shipped.ip, upstreamStyleServer.ip}, 10*time.Second, outage, time.Minute)
+		results, err := node.MeasureOutage(context.Background(), []string{shipped.ip, upstreamStyleServer.ip}, 5*time.Second, outage, time.Minute)
 		if err != nil {
 			return "", err
 		}

@@ -265,7 +265,7 @@ const (
 	dnsperfSockets     = 8
 	dnsperfOutstanding = 256
 	fixedRate          = 10000
-	latencyRounds      = 5
+	latencyRounds      = 4
 	latencyFor         = 3 * time.Second
 	missFor            = 3 * time.Second
 )

@@ -35,6 +35,19 @@ func main() {
 	}
 }
 
+// onInterrupt runs cleanup and exits when the demo is interrupted, so that
+// nothing is left behind.
+func onInterrupt(cleanup func()) {
+	interrupted := make(chan os.Signal, 1)
+	signal.Notify(interrupted, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-interrupted
+		fmt.Println("\ninterrupted: cleaning up")
+		cleanup()
+		os.Exit(130)
+	}()
+}
+
 func step(format string, args ...any) { fmt.Printf("\n== "+format+"\n", args...) }
 func show(format string, args ...any) { fmt.Printf("   "+format+"\n", args...) }
 
@@ -58,14 +71,7 @@ func run(bin string, mode harness.ProxyMode, backend harness.Backend) error {
 		return err
 	}
 	defer node.Close()
-	interrupted := make(chan os.Signal, 1)
-	signal.Notify(interrupted, os.Interrupt, syscall.SIGTERM)
-	go func() {
-		<-interrupted
-		fmt.Println("\ninterrupted: cleaning up")
-		node.Close()
-		os.Exit(130)
-	}()
+	onInterrupt(node.Close)
 	show("node netns %s: kube-dns ClusterIP %s and kube-dns-upstream %s DNAT to kube-dns at %s",
 		node.Host.Name, harness.ClusterIP, harness.UpstreamIP, harness.KubeDNSPodIP)
 	show("pod netns %s (%s), kube-dns netns %s (stock CoreDNS)", node.Pods[0].Name, harness.PodIP(0), node.KubeDNS.Name)

@@ -3,8 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/nodelocal/nodelocal/test/cluster"
@@ -21,14 +19,7 @@ func runRealNode(mode string) error {
 		return err
 	}
 	defer c.Down()
-	interrupted := make(chan os.Signal, 1)
-	signal.Notify(interrupted, os.Interrupt, syscall.SIGTERM)
-	go func() {
-		<-interrupted
-		fmt.Println("\ninterrupted: cleaning up")
-		c.Down()
-		os.Exit(1)
-	}()
+	onInterrupt(c.Down)
 
 	step("kubectl apply -k manifests/base (the image set to the one built here), and a client pod")
 	overlay, err := c.ApplyKustomize()

@@ -1,0 +1,106 @@
+package cluster
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nodelocal/nodelocal/test/dnsload"
+)
+
+// LoadTargets are the addresses pods reach node-cache on.
+var LoadTargets = []string{KubeDNSIP, "169.254.20.10"}
+
+// loadTransports are the kinds of client of a pod load.
+var loadTransports = []dnsload.Transport{dnsload.UDP, dnsload.TCPPersistent, dnsload.TCPPerQuery}
+
+// podLoadMix: cache hits and misses, cluster and external names.
+const podLoadMix = "A:kubernetes.default.svc.cluster.local,A:web.default.svc.cluster.local,A:www.example.org," +
+	"A:" + dnsload.UniqueToken + ".example.org,A:" + dnsload.UniqueToken + ".miss.default.svc.cluster.local"
+
+// LoadRun is what one client of a pod load saw.
+type LoadRun struct {
+	Target    string
+	Transport dnsload.Transport
+	Result    *dnsload.Result
+	Err       error
+}
+
+// PodLoad is a pod load's result: its dnsload runs, and the nslookup client
+// (one lookup every 100 ms through the pod's resolver, 1 s timeout: busybox's
+// nslookup has no timeout option, so timeout(1) ends it), as operators
+// measured this problem.
+type PodLoad struct {
+	Runs                       []LoadRun
+	NslookupSent, NslookupFail int
+	NslookupErr                error
+}
+
+// Failed counts the failed queries to target (all targets if empty).
+func (l PodLoad) Failed(target string) (failed, sent int) {
+	for _, r := range l.Runs {
+		if (target == "" || r.Target == target) && r.Result != nil {
+			failed += r.Result.Failed()
+			sent += r.Result.Sent
+		}
+	}
+	return failed, sent
+}
+
+// StartPodLoad runs a load from pod for d: for each target and transport a
+// dnsload at rate queries/s, and the nslookup client.
+func (c *Cluster) StartPodLoad(pod string, rate int, d time.Duration) <-chan PodLoad {
+	done := make(chan PodLoad, 1)
+	go func() {
+		var mu sync.Mutex
+		var load PodLoad
+		var wg sync.WaitGroup
+		for _, target := range LoadTargets {
+			for _, tr := range loadTransports {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					workers := "20"
+					if tr == dnsload.TCPPerQuery {
+						workers = "100" // many clients: some keep opening connections while others wait for a SYN retransmission
+					}
+					out, err := c.Exec(pod, "dnsload", "-json", "-target", target+":53", "-transport", string(tr), "-queries", podLoadMix,
+						"-rate", strconv.Itoa(rate), "-duration", d.String(), "-timeout", "2s", "-workers", workers)
+					run := LoadRun{Target: target, Transport: tr}
+					var res dnsload.Result
+					if jerr := json.Unmarshal([]byte(out), &res); jerr == nil {
+						run.Result = &res // dnsload exits 1 when a query failed: the result says which
+					} else {
+						run.Err = fmt.Errorf("%v %v: %s", err, jerr, out)
+					}
+					mu.Lock()
+					load.Runs = append(load.Runs, run)
+					mu.Unlock()
+				}()
+			}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			script := fmt.Sprintf(`end=$(( $(date +%%s) + %d )); sent=0; failed=0
+while [ $(date +%%s) -lt $end ]; do
+  sent=$((sent+1))
+  timeout 1 nslookup -type=A web.default.svc.cluster.local >/dev/null 2>&1 || failed=$((failed+1))
+  sleep 0.1
+done
+echo $sent $failed`, int(d.Seconds()))
+			out, err := c.Exec(pod, "sh", "-c", script)
+			mu.Lock()
+			defer mu.Unlock()
+			if _, serr := fmt.Sscan(strings.TrimSpace(out), &load.NslookupSent, &load.NslookupFail); serr != nil {
+				load.NslookupErr = fmt.Errorf("%v %v: %q", err, serr, out)
+			}
+		}()
+		wg.Wait()
+		done <- load
+	}()
+	return done
+}
