@@ -59,7 +59,8 @@ var phaseNames = [...]string{"new", "starting", "withholding", "takingOver", "se
 
 func (p phase) String() string { return phaseNames[p] }
 
-// stopPhases are where HandOff may lead, from serving or reloadPause.
+// stopPhases are where serving and reloadPause may lead: HandOff's four
+// outcomes, or Shutdown without a HandOff first.
 var stopPhases = []phase{phaseLeaving, phaseHandedOff, phaseDraining, phaseStopping, phaseShutDown}
 
 // phaseTransitions is the table above: the phases each phase may lead to.

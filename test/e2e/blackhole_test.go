@@ -3,9 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -14,26 +11,6 @@ import (
 	"github.com/nodelocal/nodelocal/test/dnsload"
 	"github.com/nodelocal/nodelocal/test/harness"
 )
-
-// peakRSSKiB is a process's peak resident memory (VmHWM).
-func peakRSSKiB(t *testing.T, pid int) int {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return n
-		}
-	}
-	t.Fatalf("no VmHWM in /proc/%d/status", pid)
-	return 0
-}
 
 // TestSilentUpstreamBoundsMemory: with kube-dns silent and clients asking
 // for new names as fast as they get answers, each forward keeps at most
@@ -59,7 +36,10 @@ func TestSilentUpstreamBoundsMemory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	peak := peakRSSKiB(t, p.Pid())
+	peak, err := harness.MemoryKiB(p.Pid(), "VmHWM")
+	if err != nil {
+		t.Fatal(err)
+	}
 	rejects, _ := node.NodeCacheMetric("coredns_forward_max_concurrent_rejects_total")
 	fast := res.Outcomes[dnsload.Refused] + res.Outcomes[dnsload.ServFail]
 	t.Logf("silent upstream, 10 s: %d lookups, %d REFUSED or SERVFAIL, %d timeouts; %.0f rejects; peak RSS %.1f MiB (limit %d MiB)",
