@@ -71,7 +71,7 @@ func (m *manager) check(withRules bool) {
 		log.Errorf("Interface check: %v", err)
 		ifaceOK = false
 	}
-	if withRules && m.phase.listenersUp() {
+	if withRules && m.phase.ownsRules() {
 		m.rulesOK = m.ensureRules(true)
 	}
 	// A link event checks the interface only; the rules' state is the last check's.

@@ -138,7 +138,10 @@ func (f *fakeTables) count() int {
 type fakePeers struct {
 	mu     sync.Mutex
 	others int
-	locks  int
+	// handedOff: the others have shut their TCP listeners, as an instance
+	// stopping without a successor does.
+	handedOff bool
+	locks     int
 }
 
 func (p *fakePeers) Lock(time.Duration) (func(), error) {
@@ -151,6 +154,15 @@ func (p *fakePeers) Lock(time.Duration) (func(), error) {
 func (p *fakePeers) Others([]netip.AddrPort) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	return p.others, nil
+}
+
+func (p *fakePeers) ServingTCP(listen []netip.AddrPort) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.handedOff {
+		return 0, nil
+	}
 	return p.others, nil
 }
 

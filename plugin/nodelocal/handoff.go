@@ -24,6 +24,13 @@ const maxReloadPause = 700 * time.Millisecond
 // a second, so a SYN dropped meanwhile gets through on its first retransmission.
 const takeoverDrain = 500 * time.Millisecond
 
+// How long a start beside an instance that handed the Service IPs back (a
+// deleted pod's replacement, starting during the old one's lameduck) leaves
+// TCP to kube-dns before its takeover: past the first retransmission (1 s) of
+// the SYNs that instance dropped as it shut its listeners, which would
+// otherwise be dropped again by the takeover and wait 2 s more.
+const afterHandOffWait = 1200 * time.Millisecond
+
 // lockStart takes the instance lock as the process starts: it waits for a
 // peer that is tearing down, and keeps peers from tearing down until our
 // listeners are up (ListenersUp releases it).
@@ -45,14 +52,20 @@ func (m *manager) lockStart() {
 // connection) or there is no interception to take (no Service IP, or
 // `iptables off`). The TCP interception a dead instance left goes now: it
 // would take the connections kube-dns serves over the moment our listeners
-// appear.
+// appear; so does the one of an instance still in its lameduck after handing
+// the Service IPs back to kube-proxy (a pod deleted and recreated), whose TCP
+// listeners are shut.
 func (m *manager) withholdTCP() {
 	services := m.serviceListen()
 	if len(services) == 0 || !m.cfg.FailOpen || len(m.tables) == 0 {
 		return
 	}
-	if others, err := m.peers.Others(services); err != nil || others > 0 {
+	if serving, err := m.peers.ServingTCP(services); err != nil || serving > 0 {
 		return
+	}
+	m.retransmitWait = 0
+	if others, err := m.peers.Others(services); err == nil && others > 0 {
+		m.retransmitWait = afterHandOffWait
 	}
 	m.enter(phaseWithholding)
 	for _, t := range m.tables {
@@ -96,11 +109,27 @@ func (m *manager) ListenersUp() {
 		case phaseStarting:
 			m.enter(phaseServing)
 		case phaseWithholding:
-			m.takeOverTCP()
+			if m.retransmitWait > 0 {
+				m.takeoverTimer = time.AfterFunc(m.retransmitWait, m.startTakeover)
+			} else {
+				m.takeOverTCP()
+			}
 		}
 	}
 	m.mu.Unlock()
 	m.check(true) // the rules go in, with the takeover's first step
+}
+
+// startTakeover ends the wait after a handed-off instance's SYN drops.
+func (m *manager) startTakeover() {
+	m.mu.Lock()
+	if m.phase != phaseWithholding || m.stopping.Load() {
+		m.mu.Unlock()
+		return
+	}
+	m.takeOverTCP()
+	m.mu.Unlock()
+	m.check(true)
 }
 
 // takeOverTCP: our Service IP listeners drop new SYNs, and SYNs only are
@@ -254,6 +283,36 @@ func (m *manager) handBackToKubeProxy() {
 	log.Infof("Stopping: Service IPs handed back to kube-proxy; the link-local IP is served until the end of lameduck")
 }
 
+// leaveToSuccessor runs at the end of lameduck, just before the servers stop,
+// after a handoff to kube-proxy: an instance that started meanwhile (a
+// deleted pod's replacement) takes the flows still landing here, as in a
+// surge, so the servers' stop loses none of them.
+func (m *manager) leaveToSuccessor() {
+	var shared, listening []netip.AddrPort
+	for _, ap := range m.cfg.Listen {
+		if others, err := m.peers.Others([]netip.AddrPort{ap}); err != nil || others == 0 {
+			continue
+		}
+		shared = append(shared, ap)
+		// Draining shut the Service IPs' TCP listeners at the handoff.
+		if m.phase != phaseDraining || !slices.Contains(m.serviceListen(), ap) {
+			listening = append(listening, ap)
+		}
+	}
+	if len(shared) == 0 {
+		return
+	}
+	if len(listening) > 0 {
+		if err := m.sockets.StopAccepting(listening); err != nil {
+			log.Warningf("Stopping: TCP connections queued here may be reset when the process exits: %v", err)
+		}
+	}
+	if err := m.sockets.LeaveUDP(shared); err != nil {
+		log.Warningf("Stopping: UDP queries queued here may be lost when the process exits: %v", err)
+	}
+	log.Infof("Stopping: an instance that started meanwhile serves %v; it takes the queries still coming here", shared)
+}
+
 // Shutdown stops the checks and, unless teardown is off or another instance
 // serves the same IPs, removes the rules and then the interface, leaving the
 // node as it was before the cache started. The instance lock is held until the
@@ -269,6 +328,9 @@ func (m *manager) Shutdown() {
 	}
 	m.inPlace.Store(false)
 	interceptionActive.Set(0)
+	if m.phase.handedToKubeProxy() {
+		m.leaveToSuccessor()
+	}
 	m.enter(phaseShutDown)
 	if m.cfg == nil || !m.cfg.Teardown {
 		log.Infof("Teardown skipped: the interface and rules stay in place")

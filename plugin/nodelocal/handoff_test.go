@@ -2,6 +2,7 @@ package nodelocal
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -239,6 +240,60 @@ func TestSurgeStartTakesNothingOver(t *testing.T) {
 	}
 	if got := n.sockets.counts(); got != [4]int{} {
 		t.Fatalf("a surge start paused listeners: %v", got)
+	}
+}
+
+// TestStartBesideAHandedOffInstance: a deleted pod's replacement starts while
+// the old instance is in its lameduck, its Service IPs handed back to
+// kube-proxy, its TCP listeners shut and its UDP sockets still open. Kube-dns
+// serves the new TCP connections meanwhile, so this is a takeover in steps,
+// not a surge; and the old instance's checks leave the new one's rules alone.
+func TestStartBesideAHandedOffInstance(t *testing.T) {
+	old := newFakeNode(t)
+	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
+	if err := old.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	old.listenersUp()
+	old.mgr.HandOff()
+
+	n := newFakeNode(t)
+	n.tables = old.tables // one node
+	n.peers.others, n.peers.handedOff = 2, true
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	n.mgr.ListenersUp()
+	// The SYNs the old instance dropped as it shut its listeners come back
+	// after 1 s: they go to kube-dns, not to a takeover that drops them again.
+	if n.mgr.phase != phaseWithholding || n.mgr.retransmitWait != afterHandOffWait || n.tables[IPv4].count() != 22 {
+		t.Fatalf("phase %s, wait %v, %d rules beside a handed-off instance; want withholding for %v, the old instance's 23 rules but its ClusterIP TCP interception",
+			n.mgr.phase, n.mgr.retransmitWait, n.tables[IPv4].count(), afterHandOffWait)
+	}
+	n.mgr.takeoverTimer.Stop()
+	n.mgr.startTakeover()
+	if n.mgr.phase != phaseTakingOver {
+		t.Fatalf("phase %s after the wait, want takingOver", n.mgr.phase)
+	}
+	n.mgr.finishTakeover()
+	want := DesiredRules(cfg.Listen, cfg.HealthPort, true)[IPv4]
+	old.mgr.check(true) // the old instance's periodic check, in its lameduck
+	if ch := DiffRules(want, n.tables[IPv4].rules); len(ch.Add)+len(ch.Delete) != 0 {
+		t.Fatalf("the stopping instance's check changed the new one's rules: %+v", ch)
+	}
+
+	// Lameduck over: the old instance gives what still lands on its sockets
+	// to the new one before its servers stop, and leaves the node to it.
+	old.peers.others = 2
+	old.mgr.Shutdown()
+	if got := old.sockets.stopped; len(got) != 2 || !slices.Equal(got[1], cfg.Listen[:1]) {
+		t.Fatalf("TCP listeners shut %v, want the ClusterIP's at the handoff, then the link-local IP's", got)
+	}
+	if got := old.sockets.udpLeft; len(got) != 1 || !slices.Equal(got[0], cfg.Listen) {
+		t.Fatalf("UDP sockets left %v, want both IPs'", got)
+	}
+	if ch := DiffRules(want, n.tables[IPv4].rules); len(ch.Add)+len(ch.Delete) != 0 {
+		t.Fatalf("the old instance's exit changed the new one's rules: %+v", ch)
 	}
 }
 

@@ -14,8 +14,9 @@ import "slices"
 //	new          nothing applied yet                               starting: Apply (first start)
 //	starting     interface up, listeners not yet: no rules         withholding: Apply, kube-dns serves the Service IPs
 //	                                                               serving: ListenersUp, nothing to take over
-//	withholding  starting; the Service IPs' TCP interception is    takingOver: ListenersUp
-//	             left out, so kube-dns's open connections finish   serving: ListenersUp, the pause failed
+//	withholding  starting; the Service IPs' TCP interception is    takingOver: ListenersUp (beside a handed-off
+//	             left out, so kube-dns's open connections finish     instance: afterHandOffWait later)
+//	                                                               serving: ListenersUp, the pause failed
 //	takingOver   listeners up; SYNs only are intercepted on the    serving: takeoverDrain elapsed, or HandOff
 //	             Service IPs and our paused listeners drop them
 //	serving      every rule in place; checks repair                reloadPause: PauseForReload
@@ -96,6 +97,12 @@ func (p phase) mayLeadTo(to phase) bool { return slices.Contains(phaseTransition
 // listenersUp: the DNS listeners are up and the process has not shut down,
 // so rules may be in place.
 func (p phase) listenersUp() bool { return p >= phaseTakingOver && p < phaseShutDown }
+
+// ownsRules: the checks keep the rules as this phase wants them. Once the stop
+// has begun they are left as the handoff set them: a successor that starts
+// meanwhile (a deleted pod's replacement starts during its lameduck) keeps
+// its own, and the two must not undo each other's.
+func (p phase) ownsRules() bool { return p >= phaseTakingOver && p <= phaseReloadPause }
 
 // handedToKubeProxy: the Service IPs' interception is being given back.
 func (p phase) handedToKubeProxy() bool { return p == phaseHandedOff || p == phaseDraining }

@@ -54,10 +54,13 @@ type manager struct {
 	// listeners are up: a stopping peer then sees them and leaves things be.
 	startUnlock   func()
 	takeoverDrain time.Duration // how long takingOver lasts
-	takeoverTimer *time.Timer
-	paused        []netip.AddrPort // reloadPause: the listeners refusing new connections
-	pausedAt      time.Time
-	resumeTimer   *time.Timer
+	// retransmitWait: how long withholding lasts after the listeners are up
+	// when a handed-off instance shares the node (0 otherwise).
+	retransmitWait time.Duration
+	takeoverTimer  *time.Timer
+	paused         []netip.AddrPort // reloadPause: the listeners refusing new connections
+	pausedAt       time.Time
+	resumeTimer    *time.Timer
 
 	inPlace   atomic.Bool
 	answering atomic.Bool

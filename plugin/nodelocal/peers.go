@@ -24,6 +24,10 @@ type Peers interface {
 	Lock(timeout time.Duration) (unlock func(), err error)
 	// Others counts listening sockets on listen that belong to other processes.
 	Others(listen []netip.AddrPort) (int, error)
+	// ServingTCP counts other processes' TCP listeners on listen. One that is
+	// stopping without a successor has shut them (kube-dns then serves new
+	// connections) but still holds its UDP sockets.
+	ServingTCP(listen []netip.AddrPort) (int, error)
 	// Remaining also counts those that handed their flows off (Sockets) and
 	// have not exited yet: their process will decide on the teardown.
 	Remaining(listen []netip.AddrPort) (int, error)
@@ -50,6 +54,10 @@ func (p netnsPeers) Lock(timeout time.Duration) (func(), error) {
 
 func (netnsPeers) Others(listen []netip.AddrPort) (int, error) {
 	return countOthers(listen, udpUnconnected)
+}
+
+func (netnsPeers) ServingTCP(listen []netip.AddrPort) (int, error) {
+	return countOthers(listen)
 }
 
 func (netnsPeers) Remaining(listen []netip.AddrPort) (int, error) {

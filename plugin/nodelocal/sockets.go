@@ -18,9 +18,10 @@ import (
 // to the operator).
 type Sockets interface {
 	// PauseAccepting makes the TCP listeners on listen refuse new connections
-	// and returns once the connections they had queued are accepted. Refused
-	// clients resend their SYN after 1 s (Linux's initial retransmission
-	// timeout), so nothing is lost while the pause is short.
+	// and returns once the connections they had queued are accepted and what
+	// their clients sent is read. Refused clients resend their SYN after 1 s
+	// (Linux's initial retransmission timeout), so nothing is lost while the
+	// pause is short.
 	PauseAccepting(listen []netip.AddrPort) error
 	// ResumeAccepting undoes PauseAccepting.
 	ResumeAccepting(listen []netip.AddrPort) error
@@ -28,8 +29,8 @@ type Sockets interface {
 	// accepted connections go on, new ones find the listeners of a peer, or
 	// none.
 	StopAccepting(listen []netip.AddrPort) error
-	// LeaveUDP makes the UDP sockets on listen take no new datagrams while
-	// the server goes on reading those already queued.
+	// LeaveUDP makes the UDP sockets on listen take no new datagrams, and
+	// returns once the server has read those already queued.
 	LeaveUDP(listen []netip.AddrPort) error
 }
 
@@ -64,7 +65,10 @@ func (ownSockets) PauseAccepting(listen []netip.AddrPort) error {
 			}
 		}
 	}
-	return waitAcceptQueuesEmpty(listen, acceptDrainTimeout)
+	if err := waitAcceptQueuesEmpty(listen, acceptDrainTimeout); err != nil {
+		return err
+	}
+	return waitConnectionsRead(listen, acceptDrainTimeout)
 }
 
 func (ownSockets) ResumeAccepting(listen []netip.AddrPort) error {
@@ -131,7 +135,7 @@ func (ownSockets) LeaveUDP(listen []netip.AddrPort) error {
 			}
 		}
 	}
-	return nil
+	return waitUDPQueuesRead(listen, acceptDrainTimeout)
 }
 
 // waitAcceptQueuesEmpty waits until no listener of this process on listen has
@@ -139,25 +143,70 @@ func (ownSockets) LeaveUDP(listen []netip.AddrPort) error {
 // the listener started refusing SYNs complete within a round trip, so the
 // queues are watched for a short while even when they start empty.
 func waitAcceptQueuesEmpty(listen []netip.AddrPort, timeout time.Duration) error {
-	const settle = 20 * time.Millisecond
+	return waitOwnSockets(tcpTables, tcpListen, listen, 20*time.Millisecond, timeout,
+		"connections still queued on the TCP listeners", func(l ownSocket) int { return l.queue })
+}
+
+// waitUDPQueuesRead waits until the UDP sockets that left their groups on
+// listen hold no unread datagram.
+func waitUDPQueuesRead(listen []netip.AddrPort, timeout time.Duration) error {
+	return waitOwnSockets(udpTables, udpConnected, listen, 0, timeout,
+		"bytes of datagrams still unread on the UDP sockets", func(s ownSocket) int { return s.queue })
+}
+
+// A connection accepted this long ago that has sent nothing is idle, not a
+// client about to send its query.
+const freshConnection = 250 * time.Millisecond
+
+// waitConnectionsRead waits until this process has read what the clients of
+// its accepted connections on listen sent, and until new connections have
+// sent something (or are not new any more). A server that stops closes the
+// connections it is still waiting to read from, so a client's query that is
+// queued, or about to arrive, when a reload stops the old servers would go
+// unanswered; once read, it is answered before the connection closes.
+func waitConnectionsRead(listen []netip.AddrPort, timeout time.Duration) error {
+	return waitOwnSockets(tcpTables, tcpEstablished, listen, 0, timeout,
+		"accepted connections still had their query unread", func(c ownSocket) int {
+			if c.queue > 0 || justOpened(c.fds[0]) {
+				return 1
+			}
+			return 0
+		})
+}
+
+// waitOwnSockets polls this process's sockets in state on listen until
+// pending counts nothing on them, for settle at least, or timeout passes;
+// what says what pending counts, for the error.
+func waitOwnSockets(tables []string, state string, listen []netip.AddrPort, settle, timeout time.Duration, what string, pending func(ownSocket) int) error {
 	start := time.Now()
 	for {
-		listeners, err := ownSocketsOn(tcpTables, tcpListen, listen)
+		sockets, err := ownSocketsOn(tables, state, listen)
 		if err != nil {
 			return err
 		}
-		queued := 0
-		for _, l := range listeners {
-			queued += l.queue
+		n := 0
+		for _, s := range sockets {
+			n += pending(s)
 		}
 		switch {
-		case queued == 0 && time.Since(start) >= settle:
+		case n == 0 && time.Since(start) >= settle:
 			return nil
 		case time.Since(start) > timeout:
-			return fmt.Errorf("%d connections still queued on the TCP listeners on %v after %v", queued, listen, timeout)
+			return fmt.Errorf("%d %s on %v after %v", n, what, listen, timeout)
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// justOpened reports whether the connection on fd has received nothing yet
+// and was opened less than freshConnection ago.
+func justOpened(fd int) bool {
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return false // closed meanwhile
+	}
+	// Until data arrives, the kernel counts the time since the handshake.
+	return info.Bytes_received == 0 && time.Duration(info.Last_data_recv)*time.Millisecond < freshConnection
 }
 
 // The /proc/net tables and socket states the handoff looks at.
@@ -168,6 +217,7 @@ var (
 
 const (
 	tcpListen      = "0A"
+	tcpEstablished = "01"
 	udpUnconnected = "07"
 	udpConnected   = "01" // after LeaveUDP
 )
@@ -177,7 +227,7 @@ const (
 type ownSocket struct {
 	addr  netip.AddrPort
 	fds   []int
-	queue int // for a listener: connections waiting to be accepted
+	queue int // for a listener: connections waiting to be accepted; else bytes unread
 }
 
 // ownSocketsOn returns this process's sockets in state bound to one of listen.

@@ -198,13 +198,17 @@ func TestLeaveUDPKeepsQueuedDatagrams(t *testing.T) {
 	}
 	before := send(100) // some queue here: nothing reads this socket yet
 	time.Sleep(50 * time.Millisecond)
+	served := make(chan int, 1)
+	go func() {
+		time.Sleep(100 * time.Millisecond) // a busy server: LeaveUDP waits for it to read the queue
+		pc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		served <- serveUDP(pc, 'o')
+	}()
 	if err := (ownSockets{}).LeaveUDP([]netip.AddrPort{ap}); err != nil {
 		t.Fatal(err)
 	}
 	after := send(100)
-	time.Sleep(50 * time.Millisecond)
-	pc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-	answered := serveUDP(pc, 'o')
+	answered := <-served
 
 	replies := func(conns []net.Conn) (ours, peers int) {
 		for _, c := range conns {
@@ -233,23 +237,8 @@ func TestLeaveUDPKeepsQueuedDatagrams(t *testing.T) {
 // nothing new, keeps open connections working, and takes new ones once
 // resumed.
 func TestPauseAcceptingRefusesOnlyNewConnections(t *testing.T) {
-	ap := freeAddr(t)
-	l, err := reuseport.Listen(context.Background(), "tcp", ap.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	open, err := net.Dial("tcp", ap.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer open.Close()
-	served, err := l.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer served.Close()
-
+	ap, l := listenTCP(t)
+	open, served := connect(t, ap, l)
 	sockets := ownSockets{}
 	listen := []netip.AddrPort{ap}
 	if err := sockets.PauseAccepting(listen); err != nil {
@@ -277,4 +266,73 @@ func TestPauseAcceptingRefusesOnlyNewConnections(t *testing.T) {
 	if err := sockets.StopAccepting([]netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:1")}); err == nil {
 		t.Fatal("no error when there is no listener to shut")
 	}
+}
+
+// TestPauseAcceptingWaitsForQueriesToBeRead: a server stopping after the pause
+// closes the connections it has not read from; the pause returns only once
+// the query of an accepted connection is read, and does not wait for a
+// connection that sends nothing.
+func TestPauseAcceptingWaitsForQueriesToBeRead(t *testing.T) {
+	ap, l := listenTCP(t)
+	listen := []netip.AddrPort{ap}
+	sockets := ownSockets{}
+
+	connect(t, ap, l) // sends nothing
+	start := time.Now()
+	if err := sockets.PauseAccepting(listen); err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(start); waited > freshConnection+200*time.Millisecond {
+		t.Fatalf("the pause waited %v for a connection that sends nothing", waited)
+	}
+	if err := sockets.ResumeAccepting(listen); err != nil {
+		t.Fatal(err)
+	}
+
+	client, served := connect(t, ap, l)
+	if _, err := client.Write([]byte("query")); err != nil {
+		t.Fatal(err)
+	}
+	read := make(chan time.Time, 1)
+	go func() {
+		time.Sleep(300 * time.Millisecond) // a busy server
+		served.Read(make([]byte, 16))
+		read <- time.Now()
+	}()
+	if err := sockets.PauseAccepting(listen); err != nil {
+		t.Fatal(err)
+	}
+	returned := time.Now()
+	if readAt := <-read; returned.Before(readAt) {
+		t.Fatalf("the pause returned %v before the server read the query", readAt.Sub(returned))
+	}
+}
+
+// listenTCP listens on a free loopback address, as CoreDNS does (SO_REUSEPORT).
+func listenTCP(t *testing.T) (netip.AddrPort, net.Listener) {
+	t.Helper()
+	ap := freeAddr(t)
+	l, err := reuseport.Listen(context.Background(), "tcp", ap.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return ap, l
+}
+
+// connect opens a connection to l and accepts it: the client's end and the
+// server's.
+func connect(t *testing.T, ap netip.AddrPort, l net.Listener) (client, served net.Conn) {
+	t.Helper()
+	client, err := net.Dial("tcp", ap.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	served, err = l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { served.Close() })
+	return client, served
 }

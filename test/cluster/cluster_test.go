@@ -202,9 +202,9 @@ func waitInterception(t *testing.T, c *cluster.Cluster) {
 // podIP is the address of the first pod selector matches in namespace.
 func podIP(t *testing.T, c *cluster.Cluster, namespace, selector string) string {
 	t.Helper()
-	out, err := c.KubectlOutput("-n", namespace, "get", "pods", "-l", selector, "-o", "jsonpath={.items[0].status.podIP}")
-	if err != nil || out == "" {
-		t.Fatalf("no pod %s in %s: %v", selector, namespace, err)
+	ip, err := c.PodIP(namespace, selector)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
+	return ip
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // Addresses of the node, all in 198.18.0.0/15.
@@ -21,6 +22,8 @@ const (
 	upstreamGW     = "198.19.254.1"
 	ExternalDomain = "example.org"
 	ExternalIP     = "198.19.254.99"
+	// BigAnswerBytes is about the size of the fake internet's TXT answers.
+	BigAnswerBytes = 30_000
 	// NodeName is the node's name in the API.
 	NodeName = "nodelocal-test"
 )
@@ -236,8 +239,10 @@ spec:
   - {name: metrics, port: 9153, protocol: TCP}
 `
 
-// upstreamCorefile is the fake internet's resolver.
-const upstreamCorefile = `example.org:53 {
+// upstreamCorefile is the fake internet's resolver. Its TXT answers are
+// large (BigAnswerBytes, over TCP), for filling a cache until its memory
+// limit.
+var upstreamCorefile = `example.org:53 {
     bind ` + UpstreamIP + `
     template IN A {
         answer "{{ .Name }} 60 IN A ` + ExternalIP + `"
@@ -245,6 +250,9 @@ const upstreamCorefile = `example.org:53 {
     template IN AAAA {
         rcode NOERROR
     }
+    template IN TXT {
+` + strings.Repeat(`        answer "{{ .Name }} 60 IN TXT `+strings.Repeat(strings.Repeat("x", 250)+" ", 40)+`"
+`, BigAnswerBytes/10_000) + `    }
 }
 .:53 {
     bind ` + UpstreamIP + `

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -9,9 +10,14 @@ import (
 
 // Scenario disturbs node-cache on the node while a pod load runs.
 type Scenario struct {
-	Name  string
-	Goal  string
-	Event func(c *Cluster) error
+	Name string
+	Goal string
+	// Prepare, if set, runs before the load starts.
+	Prepare func(c *Cluster) error
+	// Event runs while client runs the load.
+	Event func(c *Cluster, client string) error
+	// Check says how the run missed the goal, if it did.
+	Check func(run ScenarioRun) error
 	// MinLoad is how long the load must run at least, when the event takes
 	// longer than the usual load (a ConfigMap edit reaches the pod through
 	// kubelet, then the reload plugin's next poll).
@@ -22,13 +28,13 @@ type Scenario struct {
 // (deployed through ApplyKustomize), in the order they run: each leaves the
 // DaemonSet serving for the next, but the uninstall, which comes last.
 var Scenarios = []Scenario{
-	{Name: "kubectl rollout restart ds/node-local-dns (maxSurge 1, maxUnavailable 0)", Goal: "0 failed", Event: func(c *Cluster) error {
+	{Name: "kubectl rollout restart ds/node-local-dns (maxSurge 1, maxUnavailable 0)", Goal: "0 failed", Event: func(c *Cluster, _ string) error {
 		if _, err := c.KubectlOutput("-n", "kube-system", "rollout", "restart", "ds/node-local-dns"); err != nil {
 			return err
 		}
 		return c.rolledOut()
-	}},
-	{Name: "kubectl set image to another tag of the same archive", Goal: "0 failed", Event: func(c *Cluster) error {
+	}, Check: noFailures(LoadTargets...)},
+	{Name: "kubectl set image to another tag of the same archive", Goal: "0 failed", Event: func(c *Cluster, _ string) error {
 		next := strings.TrimSuffix(NodeCacheImage, ":e2e") + ":e2e-next"
 		if _, err := c.Ctr("images", "tag", "--force", NodeCacheImage, next); err != nil {
 			return err
@@ -37,10 +43,17 @@ var Scenarios = []Scenario{
 			return err
 		}
 		return c.rolledOut()
-	}},
-	{Name: "ConfigMap edit picked up by the reload plugin", Goal: "0 failed", MinLoad: 80 * time.Second, Event: func(c *Cluster) error {
+	}, Check: noFailures(LoadTargets...)},
+	{Name: "ConfigMap edit picked up by the reload plugin", Goal: "0 failed", MinLoad: 80 * time.Second, Event: func(c *Cluster, _ string) error {
 		before := strings.Count(c.nodeCacheLog(), "Reloading complete")
-		patch := `[{"op": "replace", "path": "/data/Corefile", "value": ` + jsonString(strings.Replace(c.corefileTemplate(), "success 9984 30", "success 9984 29", 1)) + `}]`
+		// A TTL cap one second lower, or back.
+		corefile := c.corefileTemplate()
+		if edited := strings.Replace(corefile, "success 9984 30", "success 9984 29", 1); edited != corefile {
+			corefile = edited
+		} else {
+			corefile = strings.Replace(corefile, "success 9984 29", "success 9984 30", 1)
+		}
+		patch := `[{"op": "replace", "path": "/data/Corefile", "value": ` + jsonString(corefile) + `}]`
 		if _, err := c.KubectlOutput("-n", "kube-system", "patch", "configmap", "node-local-dns", "--type=json", "-p", patch); err != nil {
 			return err
 		}
@@ -50,20 +63,77 @@ var Scenarios = []Scenario{
 			}
 			return nil
 		})
-	}},
-	{Name: "kubectl delete pod (eviction, drain); the DaemonSet recreates it", Goal: "ClusterIP 0 failed; link-local only in the gap", Event: func(c *Cluster) error {
+	}, Check: noFailures(LoadTargets...)},
+	{Name: "kubectl delete pod (eviction, drain); the DaemonSet recreates it", Goal: "ClusterIP 0 failed; link-local only in the gap", Event: func(c *Cluster, _ string) error {
 		if _, err := c.KubectlOutput("-n", "kube-system", "delete", "pod", "-l", "k8s-app=node-local-dns", "--wait=false"); err != nil {
 			return err
 		}
 		time.Sleep(time.Second) // the DaemonSet controller sees the deletion
 		return c.rolledOut()
-	}},
-	{Name: "kubectl delete -k (uninstall)", Goal: "ClusterIP 0 failed; node left as before", Event: func(c *Cluster) error {
+	}, Check: noFailures(KubeDNSIP)},
+	{Name: "OOM kill: the kernel kills node-cache at its memory limit (lowered to " + oomLimit + "), kubelet restarts it",
+		Goal: "ClusterIP: only queries in flight at the kill; no duplicate rule after", Prepare: func(c *Cluster) error {
+			patch := `[{"op": "replace", "path": "/spec/template/spec/containers/0/resources/limits/memory", "value": "` + oomLimit + `"}]`
+			if _, err := c.KubectlOutput("-n", "kube-system", "patch", "ds/node-local-dns", "--type=json", "-p", patch); err != nil {
+				return err
+			}
+			return c.rolledOut()
+		}, Event: func(c *Cluster, client string) error { return c.fillUntilOOMKilled(client) }, Check: onlyInFlightAtTheKill},
+	{Name: "kubectl delete -k (uninstall)", Goal: "ClusterIP 0 failed; node left as before", Event: func(c *Cluster, _ string) error {
 		if _, err := c.KubectlOutput("delete", "-k", c.path("overlay"), "--wait=true"); err != nil {
 			return err
 		}
 		return c.WaitGone("k8s-app=node-local-dns", 60*time.Second)
-	}},
+	}, Check: noFailures(KubeDNSIP)},
+}
+
+// noFailures: no query to targets fails, and no nslookup.
+func noFailures(targets ...string) func(ScenarioRun) error {
+	return func(run ScenarioRun) error {
+		var errs []error
+		for _, target := range targets {
+			if f, sent := run.Load.Failed(target); f > 0 {
+				errs = append(errs, fmt.Errorf("%d of %d queries to %s failed", f, sent, target))
+			}
+		}
+		if run.Load.NslookupFail > 0 {
+			errs = append(errs, fmt.Errorf("%d of %d nslookups failed", run.Load.NslookupFail, run.Load.NslookupSent))
+		}
+		return errors.Join(errs...)
+	}
+}
+
+// onlyInFlightAtTheKill: the only queries to the ClusterIP that fail were
+// sent at most a timeout (2 s) before the kill, and at most the one nslookup
+// then under way.
+func onlyInFlightAtTheKill(run ScenarioRun) error {
+	var killedAt time.Time
+	for _, s := range run.Stops {
+		if s.Signalled.IsZero() && s.ExitStatus == 137 {
+			killedAt = s.Exited
+		}
+	}
+	if killedAt.IsZero() {
+		return fmt.Errorf("no container was killed (SIGKILL, no SIGTERM): %v", run.Stops)
+	}
+	var errs []error
+	for _, r := range run.Load.Runs {
+		if r.Target != KubeDNSIP || r.Result == nil {
+			continue
+		}
+		for _, second := range r.Result.FailedSeconds() {
+			// dnsload's seconds count from a moment after run.Start.
+			at := run.Start.Add(time.Duration(second) * time.Second)
+			if at.Before(killedAt.Add(-3*time.Second)) || at.After(killedAt) {
+				errs = append(errs, fmt.Errorf("%s %s: queries sent %v after the load started failed, the kill was at %v",
+					r.Target, r.Transport, time.Duration(second)*time.Second, killedAt.Sub(run.Start).Round(100*time.Millisecond)))
+			}
+		}
+	}
+	if run.Load.NslookupFail > 1 {
+		errs = append(errs, fmt.Errorf("%d of %d nslookups failed, want at most the one under way at the kill", run.Load.NslookupFail, run.Load.NslookupSent))
+	}
+	return errors.Join(errs...)
 }
 
 func (c *Cluster) nodeCacheLog() string {
@@ -87,19 +157,41 @@ func (c *Cluster) rolledOut() error {
 	return err
 }
 
-// RunScenario runs a pod load for d and s's event after eventAt; it returns
-// the load and how long the event took (for a rollout: until it is done).
-func (c *Cluster) RunScenario(s Scenario, pod string, rate int, d, eventAt time.Duration) (PodLoad, time.Duration, error) {
+// ScenarioRun is what a scenario's load saw, when the load started, how long
+// the event took (for a rollout: until it was done) and how the node-cache
+// containers running at the start ended.
+type ScenarioRun struct {
+	Load  PodLoad
+	Start time.Time
+	Took  time.Duration
+	Stops []Stop
+}
+
+// RunScenario prepares s, then runs a pod load from pod for d and s's event
+// after eventAt.
+func (c *Cluster) RunScenario(s Scenario, pod string, rate int, d, eventAt time.Duration) (ScenarioRun, error) {
+	var run ScenarioRun
+	if s.Prepare != nil {
+		if err := s.Prepare(c); err != nil {
+			return run, fmt.Errorf("%s: preparing: %w", s.Name, err)
+		}
+	}
+	stops, err := c.watchStops()
+	if err != nil {
+		return run, err
+	}
+	run.Start = time.Now()
 	results := c.StartPodLoad(pod, rate, max(d, s.MinLoad))
 	time.Sleep(eventAt)
-	start := time.Now()
-	err := s.Event(c)
-	took := time.Since(start)
-	load := <-results
+	eventStart := time.Now()
+	err = s.Event(c, pod)
+	run.Took = time.Since(eventStart)
+	run.Load = <-results
+	run.Stops = stops.stop()
 	if err != nil {
-		return load, took, fmt.Errorf("%s: %w", s.Name, err)
+		return run, fmt.Errorf("%s: %w", s.Name, err)
 	}
-	return load, took, nil
+	return run, nil
 }
 
 // Row is the scenario's result as a line of the table: failed/sent per

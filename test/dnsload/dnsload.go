@@ -58,6 +58,9 @@ type Config struct {
 	Count     int           // stop after this many queries (0: only Duration bounds the run)
 	Timeout   time.Duration // per query; default 1s
 	Workers   int           // concurrent clients; default 20
+	// StopOnFailure ends the run at the first failed query (the ones under
+	// way still finish).
+	StopOnFailure bool
 	// Dial opens connections; the harness supplies one that opens sockets in a
 	// network namespace. Default: net.Dialer.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
@@ -190,6 +193,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				// has its own timeout.
 				outcome := cl.exchange(context.WithoutCancel(ctx), name, q.Type)
 				rec.record(sentAt, time.Since(sentAt), outcome)
+				if cfg.StopOnFailure && outcome.Failed() {
+					cancel()
+				}
 			}
 		}()
 	}

@@ -136,6 +136,22 @@ func TestTimeoutsAreCountedPerSecond(t *testing.T) {
 	}
 }
 
+func TestStopOnFailure(t *testing.T) {
+	s := &testServer{silent: true}
+	startServer(t, s)
+	res, err := Run(context.Background(), Config{
+		Target: s.addr, Queries: []Query{{Name: "a.ok.", Type: dns.TypeA}},
+		Duration: 5 * time.Second, Count: 100, Workers: 2, Timeout: 100 * time.Millisecond, StopOnFailure: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The two workers' first queries time out together; nothing is sent after.
+	if res.Sent != 2 || res.Outcomes[Timeout] != 2 {
+		t.Fatalf("want the 2 first queries sent and timed out, got %v", res)
+	}
+}
+
 func TestRateIsPaced(t *testing.T) {
 	s := &testServer{}
 	startServer(t, s)

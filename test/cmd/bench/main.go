@@ -69,7 +69,7 @@ func main() {
 	section("kube-dns blackholed: bounded memory", func() (string, error) { return blackholed(time.Minute) })
 	// About 10 minutes on its own: only when asked for (make bench-cluster).
 	if strings.Contains(*sections, "real node") {
-		section("Rollouts, upgrades, evictions and uninstall on a real node", func() (string, error) { return realNode(40*time.Second, *svgPath) })
+		section("Rollouts, upgrades, evictions, an OOM kill and uninstall on a real node, and what the cache buys there", func() (string, error) { return realNode(40*time.Second, *svgPath) })
 	}
 	if err := os.WriteFile(*out, []byte(report.String()), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, err)

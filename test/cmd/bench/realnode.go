@@ -32,8 +32,20 @@ func realNode(d time.Duration, svgPath string) (string, error) {
 		"(UDP, TCP persistent, TCP per query, each to the kube-dns ClusterIP and 169.254.20.10, cache hits and misses, 2 s timeout) and looks "+
 		"web.default.svc.cluster.local up every 100 ms with nslookup (1 s timeout, no retry); the event comes %v in. Failed / sent.\n\n",
 		cluster.KubernetesVersion, 6*rate, d, d/4)
-	b.WriteString("| kube-proxy | scenario | ClusterIP | 169.254.20.10 | nslookup | event took | goal |\n|---|---|---|---|---|---|---|\n")
+	b.WriteString("| kube-proxy | scenario | ClusterIP | 169.254.20.10 | nslookup | event took | old pods: kubelet's SIGTERM to exit | goal |\n|---|---|---|---|---|---|---|---|\n")
 	var panels []cluster.Panel
+	var costs strings.Builder
+	costs.WriteString(fmt.Sprintf("\nWhat the cache buys on the real node: the client pod looks up 3 names again and again through the kube-dns ClusterIP, "+
+		"over UDP at %d queries/s, then over TCP with a connection per query at %d/s, %v each, without node-cache (kube-proxy's DNAT to the kube-dns pod) "+
+		"and with manifests/base installed, in one run. Conntrack entries: the pod's DNS flows in the node's table right after.\n\n",
+		cluster.CostUDPRate, cluster.CostTCPRate, cluster.CostFor))
+	costs.WriteString("| kube-proxy | node-cache | UDP p50 / p99 | TCP per query p50 / p99 | failed | conntrack entries | queries reaching kube-dns |\n|---|---|---|---|---|---|---|\n")
+	costRow := func(mode, label string, cost cluster.LookupCost) {
+		fmt.Fprintf(&costs, "| %s | %s | %v / %v | %v / %v | %d | %d | %.0f |\n", mode, label,
+			cost.UDP.Latencies.P50.Round(time.Microsecond), cost.UDP.Latencies.P99.Round(time.Microsecond),
+			cost.TCP.Latencies.P50.Round(time.Microsecond), cost.TCP.Latencies.P99.Round(time.Microsecond),
+			cost.UDP.Failed()+cost.TCP.Failed(), cost.Conntrack, cost.KubeDNSQueries)
+	}
 	upstream, err := upstreamStyleFixture()
 	if err != nil {
 		return "", err
@@ -52,12 +64,25 @@ func realNode(d time.Duration, svgPath string) (string, error) {
 			if err := c.StartClient("client"); err != nil {
 				return err
 			}
-			row := func(name, goal string, load cluster.PodLoad, took time.Duration) {
-				cf, cs := load.Failed(cluster.KubeDNSIP)
-				lf, ls := load.Failed("169.254.20.10")
-				fmt.Fprintf(&b, "| %s | %s | %d / %d | %d / %d | %d / %d | %v | %s |\n", mode, name, cf, cs, lf, ls,
-					load.NslookupFail, load.NslookupSent, took.Round(100*time.Millisecond), goal)
+			row := func(s cluster.Scenario, run cluster.ScenarioRun) {
+				cf, cs := run.Load.Failed(cluster.KubeDNSIP)
+				lf, ls := run.Load.Failed("169.254.20.10")
+				goal := s.Goal
+				if s.Check != nil {
+					if err := s.Check(run); err != nil {
+						goal += " (missed: " + strings.ReplaceAll(err.Error(), "\n", "; ") + ")"
+					} else {
+						goal += " (met)"
+					}
+				}
+				fmt.Fprintf(&b, "| %s | %s | %d / %d | %d / %d | %d / %d | %v | %s | %s |\n", mode, s.Name, cf, cs, lf, ls,
+					run.Load.NslookupFail, run.Load.NslookupSent, run.Took.Round(100*time.Millisecond), stops(run.Stops), goal)
 			}
+			without, err := c.MeasureLookups("client")
+			if err != nil {
+				return err
+			}
+			costRow(mode, "not installed", without)
 			// The upstream-style DaemonSet first, then ours.
 			if err := c.Apply(upstream); err != nil {
 				return err
@@ -68,11 +93,12 @@ func realNode(d time.Duration, svgPath string) (string, error) {
 			baseline := cluster.Scenarios[0]
 			baseline.Name = "upstream-style DaemonSet (maxUnavailable 10%, no lameduck, unconditional rules), rollout restart"
 			baseline.Goal = "measured, for comparison"
-			baseLoad, took, err := c.RunScenario(baseline, "client", rate, d, d/4)
+			base, err := c.RunScenario(baseline, "client", rate, d, d/4)
 			if err != nil {
 				return err
 			}
-			row(baseline.Name, baseline.Goal, baseLoad, took)
+			baseline.Check = nil
+			row(baseline, base)
 			if _, err := c.KubectlOutput("delete", "-f", "test/cluster/testdata/upstream-nodelocaldns.yaml", "--wait=true"); err != nil {
 				return err
 			}
@@ -85,17 +111,22 @@ func realNode(d time.Duration, svgPath string) (string, error) {
 			if _, err := c.KubectlOutput("-n", "kube-system", "rollout", "status", "ds/node-local-dns", "--timeout=90s"); err != nil {
 				return err
 			}
+			with, err := c.MeasureLookups("client")
+			if err != nil {
+				return err
+			}
+			costRow(mode, "manifests/base", with)
 			for i, s := range cluster.Scenarios {
-				load, took, err := c.RunScenario(s, "client", rate, d, d/4)
+				run, err := c.RunScenario(s, "client", rate, d, d/4)
 				if err != nil {
 					return err
 				}
-				row(s.Name, s.Goal, load, took)
+				row(s, run)
 				if i == 0 {
 					panels = append(panels, cluster.Panel{Title: fmt.Sprintf("rollout restart, kube-proxy %s mode: failed queries per second", mode),
 						Series: []cluster.Series{
-							{Label: "node-cache (manifests/base)", Color: "#1f77b4", Values: load.FailuresPerSecond()},
-							{Label: "upstream-style DaemonSet", Color: "#d62728", Values: baseLoad.FailuresPerSecond()},
+							{Label: "node-cache (manifests/base)", Color: "#1f77b4", Values: run.Load.FailuresPerSecond()},
+							{Label: "upstream-style DaemonSet", Color: "#d62728", Values: base.Load.FailuresPerSecond()},
 						}})
 				}
 			}
@@ -109,5 +140,18 @@ func realNode(d time.Duration, svgPath string) (string, error) {
 		return b.String(), err
 	}
 	fmt.Fprintf(&b, "\nFailures per second across the rollouts: %s.\n", svgPath)
+	b.WriteString(costs.String())
 	return b.String(), nil
+}
+
+// stops describes how the node-cache containers of a scenario ended.
+func stops(ss []cluster.Stop) string {
+	if len(ss) == 0 {
+		return "none stopped"
+	}
+	var parts []string
+	for _, s := range ss {
+		parts = append(parts, s.String())
+	}
+	return strings.Join(parts, "; ")
 }

@@ -1,0 +1,154 @@
+package cluster
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Stop is how one node-cache container ended during a scenario: when
+// node-cache logged kubelet's SIGTERM (as kubelet stamped the line; zero if
+// it got none), and when and how its process exited (containerd's task exit).
+type Stop struct {
+	Pod        string
+	Signalled  time.Time
+	Exited     time.Time
+	ExitStatus int
+}
+
+// SignalToExit is how long node-cache took from the SIGTERM to its exit.
+func (s Stop) SignalToExit() time.Duration {
+	if s.Signalled.IsZero() {
+		return 0
+	}
+	return s.Exited.Sub(s.Signalled)
+}
+
+func (s Stop) String() string {
+	if s.Signalled.IsZero() {
+		return fmt.Sprintf("exit %d without SIGTERM", s.ExitStatus)
+	}
+	return fmt.Sprintf("SIGTERM→exit %v, exit %d", s.SignalToExit().Round(100*time.Millisecond), s.ExitStatus)
+}
+
+// stopWatch follows the logs of the node-local-dns pods that run when it
+// starts, and containerd's task exits.
+type stopWatch struct {
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
+	mu         sync.Mutex
+	containers map[string]string    // container ID: pod
+	signalled  map[string]time.Time // pod: its SIGTERM log line
+	exits      map[string]Stop      // container ID
+}
+
+func (c *Cluster) watchStops() (*stopWatch, error) {
+	out, err := c.KubectlOutput("-n", "kube-system", "get", "pods", "-l", "k8s-app=node-local-dns", "-o",
+		`jsonpath={range .items[*]}{.metadata.name} {.status.containerStatuses[0].containerID}{"\n"}{end}`)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &stopWatch{cancel: cancel, containers: map[string]string{}, signalled: map[string]time.Time{}, exits: map[string]Stop{}}
+	ctr := c.inNode(filepath.Join(c.Bin, "ctr"), "--address", c.socket(), "-n", "k8s.io", "events")
+	events := exec.CommandContext(ctx, ctr.Path, ctr.Args[1:]...)
+	events.Env = ctr.Env
+	if err := w.follow(events, w.taskExit); err != nil {
+		cancel()
+		return nil, err
+	}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		pod, id, ok := strings.Cut(l, " containerd://")
+		if !ok {
+			continue
+		}
+		w.containers[id] = pod
+		logs := exec.CommandContext(ctx, c.Kubectl, "-n", "kube-system", "logs", "--follow", "--timestamps", pod)
+		if err := w.follow(logs, func(line string) { w.logLine(pod, line) }); err != nil {
+			w.stop()
+			return nil, err
+		}
+	}
+	return w, nil
+}
+
+// follow runs cmd until it ends or the watch stops, and passes each line it
+// prints to handle.
+func (w *stopWatch) follow(cmd *exec.Cmd, handle func(string)) error {
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		s := bufio.NewScanner(stdout)
+		for s.Scan() {
+			handle(s.Text())
+		}
+		cmd.Wait()
+	}()
+	return nil
+}
+
+// logLine records when node-cache logged CoreDNS's "SIGTERM: Shutting down".
+func (w *stopWatch) logLine(pod, line string) {
+	stamp, msg, _ := strings.Cut(line, " ")
+	if !strings.Contains(msg, "SIGTERM") {
+		return
+	}
+	if t, err := time.Parse(time.RFC3339Nano, stamp); err == nil {
+		w.mu.Lock()
+		w.signalled[pod] = t
+		w.mu.Unlock()
+	}
+}
+
+// taskExit records a container's exit from a line of ctr events:
+// "2026-12-02 06:40:00.123456789 +0000 UTC k8s.io /tasks/exit {json}".
+func (w *stopWatch) taskExit(line string) {
+	before, payload, ok := strings.Cut(line, " /tasks/exit ")
+	if !ok {
+		return
+	}
+	var e struct {
+		ContainerID string `json:"container_id"`
+		ID          string `json:"id"`
+		ExitStatus  int    `json:"exit_status"`
+	}
+	fields := strings.Fields(before)
+	if len(fields) < 4 || json.Unmarshal([]byte(payload), &e) != nil || e.ID != e.ContainerID { // an exec'd process, not the container's
+		return
+	}
+	t, err := time.Parse("2006-01-02 15:04:05.999999999 -0700 MST", strings.Join(fields[:4], " "))
+	if err != nil {
+		return
+	}
+	w.mu.Lock()
+	w.exits[e.ContainerID] = Stop{Exited: t, ExitStatus: e.ExitStatus}
+	w.mu.Unlock()
+}
+
+// stop ends the watch and returns how the containers it followed ended.
+func (w *stopWatch) stop() []Stop {
+	time.Sleep(time.Second) // the last events on their way
+	w.cancel()
+	w.wg.Wait()
+	var stops []Stop
+	for id, pod := range w.containers {
+		if s, ok := w.exits[id]; ok {
+			s.Pod, s.Signalled = pod, w.signalled[pod]
+			stops = append(stops, s)
+		}
+	}
+	return stops
+}

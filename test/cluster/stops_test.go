@@ -1,0 +1,58 @@
+package cluster
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nodelocal/nodelocal/test/dnsload"
+)
+
+func TestStopWatchReadsLogsAndEvents(t *testing.T) {
+	w := &stopWatch{cancel: func() {}, containers: map[string]string{"abc": "node-local-dns-x"}, signalled: map[string]time.Time{}, exits: map[string]Stop{}}
+	w.logLine("node-local-dns-x", "2026-12-02T06:05:27.200417754Z [INFO] plugin/nodelocal: Installed 24 IPv4 iptables rules")
+	w.logLine("node-local-dns-x", "2026-12-02T06:05:30.000000000Z [INFO] SIGTERM: Shutting down servers then terminating")
+	w.taskExit(`2026-12-02 06:05:35.1 +0000 UTC k8s.io /tasks/exit {"container_id":"abc","id":"exec1","pid":9,"exit_status":1}`)
+	w.taskExit(`2026-12-02 06:05:35.2 +0000 UTC k8s.io /tasks/exit {"container_id":"abc","id":"abc","pid":7,"exit_status":0}`)
+	w.taskExit(`2026-12-02 06:05:36 +0000 UTC k8s.io /tasks/start {"container_id":"def","pid":8}`)
+	stops := w.stop()
+	if len(stops) != 1 || stops[0].Pod != "node-local-dns-x" || stops[0].ExitStatus != 0 || stops[0].SignalToExit() != 5200*time.Millisecond {
+		t.Fatalf("got %+v", stops)
+	}
+	if got := stops[0].String(); got != "SIGTERM→exit 5.2s, exit 0" {
+		t.Fatalf("String() = %q", got)
+	}
+}
+
+func TestScenarioChecks(t *testing.T) {
+	start := time.Date(2026, 12, 2, 6, 0, 0, 0, time.UTC)
+	failedAt := func(target string, seconds ...int) LoadRun {
+		r := &dnsload.Result{Sent: 100, PerSecond: make([]dnsload.Second, 30)}
+		for _, s := range seconds {
+			r.PerSecond[s].Failed++
+			r.Outcomes[dnsload.Timeout]++
+		}
+		return LoadRun{Target: target, Transport: dnsload.UDP, Result: r}
+	}
+	killedAt8s := []Stop{{Exited: start.Add(8500 * time.Millisecond), ExitStatus: 137}}
+	for _, tc := range []struct {
+		name  string
+		check func(ScenarioRun) error
+		run   ScenarioRun
+		want  string // in the error; "" for none
+	}{
+		{"nothing failed", noFailures(LoadTargets...), ScenarioRun{Load: PodLoad{Runs: []LoadRun{failedAt(KubeDNSIP)}}}, ""},
+		{"one failed", noFailures(LoadTargets...), ScenarioRun{Load: PodLoad{Runs: []LoadRun{failedAt("169.254.20.10", 3)}}}, "1 of 100 queries to 169.254.20.10"},
+		{"link-local not checked", noFailures(KubeDNSIP), ScenarioRun{Load: PodLoad{Runs: []LoadRun{failedAt("169.254.20.10", 3)}}}, ""},
+		{"an nslookup", noFailures(KubeDNSIP), ScenarioRun{Load: PodLoad{NslookupSent: 10, NslookupFail: 1}}, "1 of 10 nslookups"},
+		{"at the kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{failedAt(KubeDNSIP, 6, 7, 8)}}}, ""},
+		{"after the kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{failedAt(KubeDNSIP, 8, 9)}}}, "sent 9s after"},
+		{"long before the kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{failedAt(KubeDNSIP, 4)}}}, "sent 4s after"},
+		{"no kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: []Stop{{Signalled: start, Exited: start, ExitStatus: 0}}}, "no container was killed"},
+	} {
+		err := tc.check(tc.run)
+		if (err == nil) != (tc.want == "") || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: got %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}
