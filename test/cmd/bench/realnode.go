@@ -75,6 +75,7 @@ func realNode(d time.Duration, svgPath string) (string, error) {
 						goal += " (met)"
 					}
 				}
+				fmt.Fprintf(os.Stderr, "   %s: %s\n", s.Name, run.Load.Row()) // the kinds and seconds of failures
 				fmt.Fprintf(&b, "| %s | %s | %d / %d | %d / %d | %d / %d | %v | %s | %s |\n", mode, s.Name, cf, cs, lf, ls,
 					run.Load.NslookupFail, run.Load.NslookupSent, run.Took.Round(100*time.Millisecond), stops(run.Stops), goal)
 			}
