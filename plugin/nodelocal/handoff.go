@@ -1,6 +1,7 @@
 package nodelocal
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"time"
@@ -225,17 +226,11 @@ func (m *manager) HandOff() {
 	if m.phase != phaseServing && m.phase != phaseReloadPause {
 		return // the listeners are not up yet, or the stop already began
 	}
-	var shared []netip.AddrPort
-	for _, ap := range m.cfg.Listen {
-		others, err := m.peers.Others([]netip.AddrPort{ap})
-		if err != nil {
-			log.Warningf("Stopping: cannot tell whether another instance serves %s, leaving everything in place: %v", ap, err)
-			m.enter(phaseStopping)
-			return
-		}
-		if others > 0 {
-			shared = append(shared, ap)
-		}
+	shared, err := m.servedByOthers()
+	if err != nil {
+		log.Warningf("Stopping: leaving everything in place: %v", err)
+		m.enter(phaseStopping)
+		return
 	}
 	switch {
 	case len(shared) > 0:
@@ -247,17 +242,11 @@ func (m *manager) HandOff() {
 	}
 }
 
-// leaveTo hands the flows on addresses a peer also serves to that peer: the
-// TCP listeners drain their queues and shut, the UDP sockets stop taking new
-// datagrams and answer those queued. Open connections finish here.
+// leaveTo hands the flows on addresses a peer also serves to that peer, and
+// leaves every rule in place for it.
 func (m *manager) leaveTo(shared []netip.AddrPort) {
 	m.enter(phaseLeaving)
-	if err := m.sockets.StopAccepting(shared); err != nil {
-		log.Warningf("Stopping: TCP connections queued here may be reset when the process exits: %v", err)
-	}
-	if err := m.sockets.LeaveUDP(shared); err != nil {
-		log.Warningf("Stopping: UDP queries queued here may be lost when the process exits: %v", err)
-	}
+	m.moveFlows(shared, shared)
 	log.Infof("Stopping: another instance serves %v; new queries go to it, and the interception stays for it", shared)
 }
 
@@ -288,29 +277,47 @@ func (m *manager) handBackToKubeProxy() {
 // deleted pod's replacement) takes the flows still landing here, as in a
 // surge, so the servers' stop loses none of them.
 func (m *manager) leaveToSuccessor() {
-	var shared, listening []netip.AddrPort
-	for _, ap := range m.cfg.Listen {
-		if others, err := m.peers.Others([]netip.AddrPort{ap}); err != nil || others == 0 {
-			continue
-		}
-		shared = append(shared, ap)
-		// Draining shut the Service IPs' TCP listeners at the handoff.
-		if m.phase != phaseDraining || !slices.Contains(m.serviceListen(), ap) {
-			listening = append(listening, ap)
-		}
-	}
-	if len(shared) == 0 {
+	shared, err := m.servedByOthers()
+	if err != nil || len(shared) == 0 {
 		return
 	}
-	if len(listening) > 0 {
-		if err := m.sockets.StopAccepting(listening); err != nil {
+	// Draining shut the Service IPs' TCP listeners at the handoff.
+	listening := shared
+	if m.phase == phaseDraining {
+		listening = slices.DeleteFunc(slices.Clone(shared), func(ap netip.AddrPort) bool { return slices.Contains(m.serviceListen(), ap) })
+	}
+	m.moveFlows(listening, shared)
+	log.Infof("Stopping: an instance that started meanwhile serves %v; it takes the queries still coming here", shared)
+}
+
+// servedByOthers lists the listen addresses another instance also serves.
+func (m *manager) servedByOthers() ([]netip.AddrPort, error) {
+	var shared []netip.AddrPort
+	for _, ap := range m.cfg.Listen {
+		others, err := m.peers.Others([]netip.AddrPort{ap})
+		if err != nil {
+			return nil, fmt.Errorf("cannot tell whether another instance serves %s: %w", ap, err)
+		}
+		if others > 0 {
+			shared = append(shared, ap)
+		}
+	}
+	return shared, nil
+}
+
+// moveFlows sends the flows still landing on this instance's sockets to the
+// other instance on the same addresses: the TCP listeners on tcp drain their
+// queues and shut, the UDP sockets on udp stop taking new datagrams once
+// those queued are read. Open connections finish here.
+func (m *manager) moveFlows(tcp, udp []netip.AddrPort) {
+	if len(tcp) > 0 {
+		if err := m.sockets.StopAccepting(tcp); err != nil {
 			log.Warningf("Stopping: TCP connections queued here may be reset when the process exits: %v", err)
 		}
 	}
-	if err := m.sockets.LeaveUDP(shared); err != nil {
+	if err := m.sockets.LeaveUDP(udp); err != nil {
 		log.Warningf("Stopping: UDP queries queued here may be lost when the process exits: %v", err)
 	}
-	log.Infof("Stopping: an instance that started meanwhile serves %v; it takes the queries still coming here", shared)
 }
 
 // Shutdown stops the checks and, unless teardown is off or another instance

@@ -101,12 +101,16 @@ func (c *Cluster) startContainerd() error {
 
 // Ctr runs ctr in the node's k8s.io namespace.
 func (c *Cluster) Ctr(args ...string) (string, error) {
-	cmd := c.inNode(append([]string{filepath.Join(c.Bin, "ctr"), "--address", c.socket(), "-n", "k8s.io"}, args...)...)
-	out, err := cmd.CombinedOutput()
+	out, err := c.ctr(args...).CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("ctr %s: %v: %s", strings.Join(args, " "), err, out)
 	}
 	return string(out), nil
+}
+
+// ctr is a ctr command in the node's k8s.io namespace.
+func (c *Cluster) ctr(args ...string) *exec.Cmd {
+	return c.inNode(append([]string{filepath.Join(c.Bin, "ctr"), "--address", c.socket(), "-n", "k8s.io"}, args...)...)
 }
 
 // makeCgroupRoot creates the node's cgroup (kubelet's cgroupRoot) in every

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -56,7 +55,7 @@ func (c *Cluster) watchStops() (*stopWatch, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &stopWatch{cancel: cancel, containers: map[string]string{}, signalled: map[string]time.Time{}, exits: map[string]Stop{}}
-	ctr := c.inNode(filepath.Join(c.Bin, "ctr"), "--address", c.socket(), "-n", "k8s.io", "events")
+	ctr := c.ctr("events")
 	events := exec.CommandContext(ctx, ctr.Path, ctr.Args[1:]...)
 	events.Env = ctr.Env
 	if err := w.follow(events, w.taskExit); err != nil {
