@@ -172,7 +172,25 @@ func (p *fakePeers) Remaining(listen []netip.AddrPort) (int, error) { return p.O
 type fakeSockets struct {
 	mu                                sync.Mutex
 	paused, resumed, stopped, udpLeft [][]netip.AddrPort
+	waitedAnswered                    [][]netip.AddrPort
 	onResume                          func() // if set, runs as the listeners resume
+	held                              []*fakeHeld
+}
+
+// fakeHeld records what became of held connections.
+type fakeHeld struct{ carried, released int }
+
+func (h *fakeHeld) CarryOver() int { h.carried++; return 0 }
+func (h *fakeHeld) Release()       { h.released++ }
+
+func (s *fakeSockets) WaitAnswered(l []netip.AddrPort) error { return s.record(&s.waitedAnswered, l) }
+
+func (s *fakeSockets) HoldConnections([]netip.AddrPort) (Held, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := &fakeHeld{}
+	s.held = append(s.held, h)
+	return h, nil
 }
 
 func (s *fakeSockets) record(calls *[][]netip.AddrPort, listen []netip.AddrPort) error {

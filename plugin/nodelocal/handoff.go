@@ -1,6 +1,7 @@
 package nodelocal
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -174,10 +175,10 @@ func (m *manager) completeTakeover() {
 }
 
 // PauseForReload runs as a reload's new servers are about to share the
-// listeners: the old servers must not accept a connection they would then
-// close unread when they stop (CoreDNS's server shutdown closes connections it
-// has not read from). New connections wait until ResumeAccepting, after the
-// old servers stopped, or maxReloadPause at most.
+// listeners: the old servers must accept no connection after this, and those
+// they hold must outlive them (CoreDNS's server shutdown closes every
+// connection, read from or not). New connections wait until ResumeAccepting,
+// after the old servers stopped, or maxReloadPause at most.
 func (m *manager) PauseForReload() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -188,8 +189,39 @@ func (m *manager) PauseForReload() {
 	m.paused, m.pausedAt = slices.Clone(m.cfg.Listen), time.Now()
 	m.resumeTimer = time.AfterFunc(maxReloadPause, m.ResumeAccepting)
 	if err := m.sockets.PauseAccepting(m.paused); err != nil {
-		log.Warningf("Reload: a TCP connection accepted by the old servers may be closed unanswered: %v", err)
+		log.Warningf("Reload: the old servers may still accept a TCP connection and close it: %v", err)
 	}
+	held, err := m.sockets.HoldConnections(m.paused)
+	if err != nil {
+		log.Warningf("Reload: the old servers' TCP connections close with them, their clients' next queries unanswered: %v", err)
+	}
+	m.held = held
+}
+
+// OldServersStopped ends a reload: new connections are accepted again, and the
+// connections the old servers held are carried over to the new ones.
+func (m *manager) OldServersStopped() {
+	m.ResumeAccepting()
+	if held := m.takeHeld(); held != nil {
+		log.Infof("Reload: %d open TCP connections carried over to the new servers", held.CarryOver())
+	}
+}
+
+// ReloadFailed ends a reload whose new servers did not start: the old servers
+// go on with their connections.
+func (m *manager) ReloadFailed() {
+	m.ResumeAccepting()
+	if held := m.takeHeld(); held != nil {
+		held.Release()
+	}
+}
+
+func (m *manager) takeHeld() Held {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	held := m.held
+	m.held = nil
+	return held
 }
 
 // ResumeAccepting ends a reload's pause, also one a stop began in.
@@ -259,9 +291,11 @@ func (m *manager) leaveTo(shared []netip.AddrPort) {
 func (m *manager) handBackToKubeProxy() {
 	next := phaseHandedOff
 	if services := m.serviceListen(); len(services) > 0 && m.cfg.FailOpen && !m.noSocketMatch {
-		if err := m.sockets.StopAccepting(services); err != nil {
+		err := m.sockets.StopAccepting(services)
+		if err != nil {
 			log.Warningf("Stopping: TCP connections open at the handoff may be reset: %v", err)
-		} else {
+		}
+		if !errors.Is(err, errNotShut) {
 			next = phaseDraining
 		}
 	}
@@ -288,6 +322,10 @@ func (m *manager) leaveToSuccessor() {
 	}
 	m.moveFlows(listening, shared)
 	log.Infof("Stopping: an instance that started meanwhile serves %v; it takes the queries still coming here", shared)
+	// The exit follows: it would close the connections accepted just before.
+	if err := m.sockets.WaitAnswered(shared); err != nil {
+		log.Warningf("Stopping: TCP connections may close unanswered at the exit: %v", err)
+	}
 }
 
 // servedByOthers lists the listen addresses another instance also serves.

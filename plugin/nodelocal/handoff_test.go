@@ -110,7 +110,9 @@ func TestHandOffWithoutSocketMatchKeepsTheListener(t *testing.T) {
 
 // TestReloadPausesAcceptingUntilTheOldServersStop: a reload's new servers share
 // the listeners; the old ones take no new connection from just before until
-// they have stopped, or for maxReloadPause at most.
+// they have stopped, or for maxReloadPause at most, and the connections they
+// hold are carried over to the new servers once they have stopped, or left to
+// them when the new servers fail to start.
 func TestReloadPausesAcceptingUntilTheOldServersStop(t *testing.T) {
 	n := newFakeNode(t)
 	cfg := testConfig("169.254.20.10:53")
@@ -118,27 +120,40 @@ func TestReloadPausesAcceptingUntilTheOldServersStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.mgr.PauseForReload() // the first start: nothing listens yet
-	if got := n.sockets.counts(); got != [4]int{} {
-		t.Fatalf("the first start paused or touched sockets: %v", got)
+	if got := n.sockets.counts(); got != [4]int{} || len(n.sockets.held) != 0 {
+		t.Fatalf("the first start paused, held or touched sockets: %v", got)
 	}
 	n.listenersUp()
 
 	n.mgr.PauseForReload()
 	n.mgr.PauseForReload() // a second block's hook: still one pause
-	n.mgr.ResumeAccepting()
-	n.mgr.ResumeAccepting()
+	n.mgr.OldServersStopped()
+	n.mgr.OldServersStopped()
 	if got := n.sockets.counts(); got != [4]int{1, 1, 0, 0} {
 		t.Fatalf("pause, resume, stop, leave: %v, want one pause and one resume", got)
+	}
+	if h := n.sockets.held; len(h) != 1 || *h[0] != (fakeHeld{carried: 1}) {
+		t.Fatalf("held connections %v, want one hold carried over once", h)
+	}
+
+	n.mgr.PauseForReload()
+	n.mgr.ReloadFailed()
+	if h := n.sockets.held; len(h) != 2 || *h[1] != (fakeHeld{released: 1}) {
+		t.Fatalf("a failed reload's held connections %v, want released once", h[1:])
 	}
 
 	// A reload whose old servers take long to stop still resumes in time.
 	n.mgr.PauseForReload()
 	deadline := time.Now().Add(5 * maxReloadPause)
-	for n.sockets.counts()[1] != 2 {
+	for n.sockets.counts()[1] != 3 {
 		if time.Now().After(deadline) {
 			t.Fatalf("not resumed %v after the pause", 5*maxReloadPause)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	n.mgr.OldServersStopped()
+	if h := n.sockets.held; *h[2] != (fakeHeld{carried: 1}) {
+		t.Fatalf("held connections %v after a late stop, want carried over once", h[2])
 	}
 }
 
@@ -291,6 +306,9 @@ func TestStartBesideAHandedOffInstance(t *testing.T) {
 	}
 	if got := old.sockets.udpLeft; len(got) != 1 || !slices.Equal(got[0], cfg.Listen) {
 		t.Fatalf("UDP sockets left %v, want both IPs'", got)
+	}
+	if got := old.sockets.waitedAnswered; len(got) != 1 || !slices.Equal(got[0], cfg.Listen) {
+		t.Fatalf("waited for answers on %v before the exit, want both IPs", got)
 	}
 	if ch := DiffRules(want, n.tables[IPv4].rules); len(ch.Add)+len(ch.Delete) != 0 {
 		t.Fatalf("the old instance's exit changed the new one's rules: %+v", ch)

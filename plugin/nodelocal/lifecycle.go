@@ -21,9 +21,9 @@ import "slices"
 //	             Service IPs and our paused listeners drop them
 //	serving      every rule in place; checks repair                reloadPause: PauseForReload
 //	                                                               leaving, handedOff, draining, stopping: HandOff
-//	reloadPause  serving; TCP listeners refuse new connections     serving: ResumeAccepting (old servers stopped,
-//	             while a reload moves them to the new servers      or maxReloadPause)
-//	                                                               leaving, handedOff, draining, stopping: HandOff
+//	reloadPause  serving; TCP listeners refuse new connections     serving: OldServersStopped (their connections
+//	             while a reload moves them to the new servers,     carried over), ReloadFailed, or maxReloadPause
+//	             and the old servers' connections are held open    leaving, handedOff, draining, stopping: HandOff
 //	leaving      stopping; a peer serves the same IPs and has      shutDown: Shutdown
 //	             our flows; every rule stays for it
 //	handedOff    stopping; the Service IPs' interception is gone   shutDown: Shutdown

@@ -75,8 +75,8 @@ func TestPhasesOfALife(t *testing.T) {
 			want("the takeover", phaseServing)
 			n.mgr.PauseForReload()
 			want("PauseForReload", phaseReloadPause)
-			n.mgr.ResumeAccepting()
-			want("ResumeAccepting", phaseServing)
+			n.mgr.OldServersStopped()
+			want("OldServersStopped", phaseServing)
 			n.peers.others = tc.peers
 			n.mgr.HandOff()
 			want("HandOff", tc.stop)

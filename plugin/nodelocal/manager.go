@@ -60,6 +60,7 @@ type manager struct {
 	takeoverTimer  *time.Timer
 	paused         []netip.AddrPort // reloadPause: the listeners refusing new connections
 	pausedAt       time.Time
+	held           Held // reloadPause: the old servers' connections, kept open past their stop
 	resumeTimer    *time.Timer
 
 	inPlace   atomic.Bool

@@ -52,10 +52,10 @@ func setup(c *caddy.Controller) error {
 			mgr.PauseForReload()
 			return apply()
 		})
-		c.OnShutdown(func() error { mgr.ResumeAccepting(); return nil })
+		c.OnShutdown(func() error { mgr.OldServersStopped(); return nil })
 		// A failed reload leaves this instance serving: its config again.
 		c.OnRestartFailed(func() error {
-			mgr.ResumeAccepting()
+			mgr.ReloadFailed()
 			CountConfigError()
 			log.Errorf("The new Corefile was rejected; the previous configuration keeps serving")
 			return mgr.Apply(inst.merged())

@@ -18,21 +18,31 @@ import (
 // to the operator).
 type Sockets interface {
 	// PauseAccepting makes the TCP listeners on listen refuse new connections
-	// and returns once the connections they had queued are accepted and what
-	// their clients sent is read. Refused clients resend their SYN after 1 s
-	// (Linux's initial retransmission timeout), so nothing is lost while the
-	// pause is short.
+	// and returns once the connections they had queued are accepted. Refused
+	// clients resend their SYN after 1 s (Linux's initial retransmission
+	// timeout), so nothing is lost while the pause is short.
 	PauseAccepting(listen []netip.AddrPort) error
 	// ResumeAccepting undoes PauseAccepting.
 	ResumeAccepting(listen []netip.AddrPort) error
 	// StopAccepting pauses the TCP listeners on listen, then shuts them:
 	// accepted connections go on, new ones find the listeners of a peer, or
-	// none.
+	// none. Its error wraps errNotShut when the listeners were not shut.
 	StopAccepting(listen []netip.AddrPort) error
 	// LeaveUDP makes the UDP sockets on listen take no new datagrams, and
 	// returns once the server has read those already queued.
 	LeaveUDP(listen []netip.AddrPort) error
+	// WaitAnswered returns once every connection this process accepted on
+	// listen has been answered since its client last sent a query, or after
+	// a second: an exit closes the connections still waited on.
+	WaitAnswered(listen []netip.AddrPort) error
+	// HoldConnections keeps the TCP connections this process accepted on
+	// listen open past the servers that accepted them, until the returned
+	// Held carries them over to the servers that follow or releases them.
+	HoldConnections(listen []netip.AddrPort) (Held, error)
 }
+
+// errNotShut marks a StopAccepting whose listeners still take connections.
+var errNotShut = errors.New("TCP listeners not shut")
 
 // ownSockets acts on the sockets of this process, found through /proc.
 type ownSockets struct{}
@@ -65,10 +75,7 @@ func (ownSockets) PauseAccepting(listen []netip.AddrPort) error {
 			}
 		}
 	}
-	if err := waitAcceptQueuesEmpty(listen, acceptDrainTimeout); err != nil {
-		return err
-	}
-	return waitConnectionsRead(listen, acceptDrainTimeout)
+	return waitAcceptQueuesEmpty(listen, acceptDrainTimeout)
 }
 
 func (ownSockets) ResumeAccepting(listen []netip.AddrPort) error {
@@ -89,12 +96,13 @@ func (ownSockets) ResumeAccepting(listen []netip.AddrPort) error {
 }
 
 func (s ownSockets) StopAccepting(listen []netip.AddrPort) error {
-	if err := s.PauseAccepting(listen); err != nil {
-		return err
-	}
+	// Shut even when the queue did not drain in time: a listener left in its
+	// group with the filter on would drop its share of new SYNs, and their
+	// retransmissions, until the process exits.
+	pauseErr := s.PauseAccepting(listen)
 	listeners, err := ownSocketsOn(tcpTables, tcpListen, listen)
 	if err != nil {
-		return err
+		return errors.Join(pauseErr, fmt.Errorf("%w: %w", errNotShut, err))
 	}
 	stopped := 0
 	for _, l := range listeners {
@@ -102,15 +110,15 @@ func (s ownSockets) StopAccepting(listen []netip.AddrPort) error {
 			// SHUT_RD on a listener stops it and leaves its SO_REUSEPORT group;
 			// the descriptor stays valid for the server, whose Accept now fails.
 			if err := syscall.Shutdown(fd, syscall.SHUT_RD); err != nil {
-				return fmt.Errorf("shut down TCP listener %s (fd %d): %w", l.addr, fd, err)
+				return errors.Join(pauseErr, fmt.Errorf("%w: shut down TCP listener %s (fd %d): %w", errNotShut, l.addr, fd, err))
 			}
 			stopped++
 		}
 	}
 	if stopped == 0 {
-		return fmt.Errorf("no TCP listener of this process on %v", listen)
+		return errors.Join(pauseErr, fmt.Errorf("%w: no TCP listener of this process on %v", errNotShut, listen))
 	}
-	return nil
+	return pauseErr
 }
 
 func (ownSockets) LeaveUDP(listen []netip.AddrPort) error {
@@ -154,24 +162,26 @@ func waitUDPQueuesRead(listen []netip.AddrPort, timeout time.Duration) error {
 		"bytes of datagrams still unread on the UDP sockets", func(s ownSocket) int { return s.queue })
 }
 
-// A connection accepted this long ago that has sent nothing is idle, not a
-// client about to send its query.
-const freshConnection = 250 * time.Millisecond
-
-// waitConnectionsRead waits until this process has read what the clients of
-// its accepted connections on listen sent, and until new connections have
-// sent something (or are not new any more). A server that stops closes the
-// connections it is still waiting to read from, so a client's query that is
-// queued, or about to arrive, when a reload stops the old servers would go
-// unanswered; once read, it is answered before the connection closes.
-func waitConnectionsRead(listen []netip.AddrPort, timeout time.Duration) error {
-	return waitOwnSockets(tcpTables, tcpEstablished, listen, 0, timeout,
-		"accepted connections still had their query unread", func(c ownSocket) int {
-			if c.queue > 0 || justOpened(c.fds[0]) {
+func (ownSockets) WaitAnswered(listen []netip.AddrPort) error {
+	return waitOwnSockets(tcpTables, tcpEstablished, listen, 0, acceptDrainTimeout,
+		"accepted connections still awaited an answer", func(c ownSocket) int {
+			if c.queue > 0 || awaitsAnswer(c.fds[0]) {
 				return 1
 			}
 			return 0
 		})
+}
+
+// awaitsAnswer reports whether the client of the connection on fd has sent
+// nothing yet, or sent something after this end last did.
+func awaitsAnswer(fd int) bool {
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return false // closed meanwhile
+	}
+	// Times since the last data received and sent, in ms; until data moves,
+	// since the handshake.
+	return info.Bytes_received == 0 || info.Last_data_recv < info.Last_data_sent
 }
 
 // waitOwnSockets polls this process's sockets in state on listen until
@@ -198,17 +208,6 @@ func waitOwnSockets(tables []string, state string, listen []netip.AddrPort, sett
 	}
 }
 
-// justOpened reports whether the connection on fd has received nothing yet
-// and was opened less than freshConnection ago.
-func justOpened(fd int) bool {
-	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-	if err != nil {
-		return false // closed meanwhile
-	}
-	// Until data arrives, the kernel counts the time since the handshake.
-	return info.Bytes_received == 0 && time.Duration(info.Last_data_recv)*time.Millisecond < freshConnection
-}
-
 // The /proc/net tables and socket states the handoff looks at.
 var (
 	tcpTables = []string{"tcp", "tcp6"}
@@ -220,12 +219,14 @@ const (
 	tcpEstablished = "01"
 	udpUnconnected = "07"
 	udpConnected   = "01" // after LeaveUDP
+	tcpCloseWait   = "08" // the client closed its end, perhaps after a query
 )
 
 // ownSocket is one of this process's sockets, with its descriptors (a reload
 // shares the socket between the old and the new servers through dup'd ones).
 type ownSocket struct {
 	addr  netip.AddrPort
+	inode string
 	fds   []int
 	queue int // for a listener: connections waiting to be accepted; else bytes unread
 }
@@ -244,7 +245,7 @@ func ownSocketsOn(tables []string, state string, listen []netip.AddrPort) ([]own
 		}
 		for _, e := range entries {
 			if fds := own[e.inode]; len(fds) > 0 {
-				out = append(out, ownSocket{addr: e.addr, fds: fds, queue: e.rxQueue})
+				out = append(out, ownSocket{addr: e.addr, inode: e.inode, fds: fds, queue: e.rxQueue})
 			}
 		}
 	}

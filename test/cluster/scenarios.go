@@ -18,10 +18,6 @@ type Scenario struct {
 	Event func(c *Cluster, client string) error
 	// Check says how the run missed the goal, if it did.
 	Check func(run ScenarioRun) error
-	// OpenLosses is how many failed queries to each IP the test lets pass,
-	// logged, while their cause is not found yet (nslookups must not fail);
-	// the goal and Check stay exact.
-	OpenLosses int
 	// MinLoad is how long the load must run at least, when the event takes
 	// longer than the usual load (a ConfigMap edit reaches the pod through
 	// kubelet, then the reload plugin's next poll).
@@ -67,7 +63,7 @@ var Scenarios = []Scenario{
 			}
 			return nil
 		})
-	}, Check: noFailures(LoadTargets...), OpenLosses: 100},
+	}, Check: noFailures(LoadTargets...)},
 	{Name: "kubectl delete pod (eviction, drain); the DaemonSet recreates it", Goal: "ClusterIP 0 failed; link-local only in the gap", Event: func(c *Cluster, _ string) error {
 		if _, err := c.KubectlOutput("-n", "kube-system", "delete", "pod", "-l", "k8s-app=node-local-dns", "--wait=false"); err != nil {
 			return err

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/nodelocal/nodelocal/test/harness"
 )
 
@@ -139,5 +140,63 @@ func TestTemplateEditsUnderLoad(t *testing.T) {
 	}
 	if n := strings.Count(p.Log(), "Reloading complete"); n != 3 {
 		t.Fatalf("reloaded %d times, want exactly 3 (broken edits must not reload)", n)
+	}
+}
+
+// TestReloadKeepsOpenConnections: a reload's old servers close the TCP
+// connections they accepted; what clients send on them afterwards is still
+// answered, by the new servers: a client slowed down between its handshake
+// and its query, and one that keeps its connection open between queries.
+func TestReloadKeepsOpenConnections(t *testing.T) {
+	node := harness.NewNode(t, harness.Options{})
+	tmpl := strings.ReplaceAll(mustTemplate(t, node, ""), "    reload\n", "    reload 2s 1s\n")
+	p, err := node.StartNodeCache("node-cache", tmpl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ask := func(c *dns.Conn) error {
+		m := new(dns.Msg).SetQuestion("www.example.org.", dns.TypeA)
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		if err := c.WriteMsg(m); err != nil {
+			return err
+		}
+		_, err := c.ReadMsg()
+		return err
+	}
+	type client struct {
+		name string
+		conn *dns.Conn
+	}
+	var clients []client
+	for _, target := range []string{harness.LocalIP, harness.ClusterIP} {
+		for _, kind := range []string{"silent until after the reload", "persistent, asked before the reload"} {
+			c, err := node.Pods[0].DialContext(context.Background(), "tcp", target+":53")
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn := &dns.Conn{Conn: c}
+			defer conn.Close()
+			if strings.HasPrefix(kind, "persistent") {
+				if err := ask(conn); err != nil {
+					t.Fatalf("%s, before the reload: %v", target, err)
+				}
+			}
+			clients = append(clients, client{target + " " + kind, conn})
+		}
+	}
+	tmplPath := filepath.Join(node.Dir, "node-cache.Corefile.tmpl")
+	b, err := os.ReadFile(tmplPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tmplPath, []byte(strings.Replace(string(b), "success 9984 30\n", "success 9984 20\n", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitForLog(t, p, "Reloading complete", 1, 10*time.Second)
+	waitForLog(t, p, "open TCP connections carried over", 1, 5*time.Second)
+	for _, c := range clients {
+		if err := ask(c.conn); err != nil {
+			t.Errorf("client %s: %v", c.name, err)
+		}
 	}
 }

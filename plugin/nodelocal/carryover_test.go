@@ -1,0 +1,107 @@
+package nodelocal
+
+import (
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestHeldConnectionsAreCarriedOver: connections held while their server
+// stops stay open, and what their clients sent before and was never read, or
+// send later, is answered by the server now on the address; a connection its
+// client closed is closed; a connection the relay serves is not held again.
+func TestHeldConnectionsAreCarriedOver(t *testing.T) {
+	ap, l := listenTCP(t)
+	listen := []netip.AddrPort{ap}
+	silent, silentServed := connect(t, ap, l)
+	early, earlyServed := connect(t, ap, l)
+	gone, goneServed := connect(t, ap, l)
+	if _, err := early.Write([]byte("q")); err != nil {
+		t.Fatal(err)
+	}
+	gone.Close()
+
+	held, err := ownSockets{}.HoldConnections(listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []net.Conn{silentServed, earlyServed, goneServed} {
+		c.Close() // the old server stops
+	}
+	go serveTCP(l, 'n', 0) // the new server, on the same listener
+	if n := held.CarryOver(); n != 3 {
+		t.Fatalf("carried %d connections over, want 3", n)
+	}
+	wantAnswer := func(name string, c net.Conn) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if answer, err := io.ReadAll(c); err != nil || string(answer) != "n" {
+			t.Errorf("client %s: answer %q, %v; want the new server's n, then the close", name, answer, err)
+		}
+	}
+	wantAnswer("that sent its query before the stop", early)
+
+	// The relay waits for the silent client (the others' relays end as they
+	// close): a later reload leaves it alone.
+	relayed := func() int {
+		theRelay.mu.Lock()
+		defer theRelay.mu.Unlock()
+		return len(theRelay.serving)
+	}
+	for deadline := time.Now().Add(time.Second); relayed() != 1 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := relayed(); n != 1 {
+		t.Errorf("the relay serves %d connections, want the silent client's", n)
+	}
+	again, err := ownSockets{}.HoldConnections(listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Release()
+	for inode := range again.(heldConns) {
+		if theRelay.relays(inode) {
+			t.Errorf("socket %s held again while the relay serves it", inode)
+		}
+	}
+
+	if _, err := silent.Write([]byte("q")); err != nil {
+		t.Fatal(err)
+	}
+	wantAnswer("silent until after the stop", silent)
+}
+
+// TestDupSocketSkipsClosedDescriptors: a connection its server closes between
+// the listing and the hold is skipped, also when its number now names another
+// socket.
+func TestDupSocketSkipsClosedDescriptors(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[1])
+	var st unix.Stat_t
+	if err := unix.Fstat(fds[0], &st); err != nil {
+		t.Fatal(err)
+	}
+	first := ownSocket{inode: strconv.FormatUint(st.Ino, 10), fds: []int{fds[0]}}
+	if f, err := dupSocket(first); err != nil || f == nil {
+		t.Fatalf("dupSocket of an open socket: %v, %v", f, err)
+	} else {
+		f.Close()
+	}
+	reused := first
+	reused.fds = []int{fds[1]} // the number now names the other end
+	if f, err := dupSocket(reused); f != nil || err != nil {
+		t.Fatalf("dupSocket of a number reused by another socket: %v, %v; want skipped", f, err)
+	}
+	unix.Close(fds[0])
+	if f, err := dupSocket(first); f != nil || err != nil {
+		t.Fatalf("dupSocket of a closed descriptor: %v, %v; want skipped", f, err)
+	}
+}
