@@ -49,7 +49,9 @@ spec:
   - name: client
     image: %s
     imagePullPolicy: Never
-    command: ["/bin/sleep", "3600"]
+    # A shell as PID 1 reaps the orphans it inherits: each busybox timeout(1)
+    # leaves its watchdog process behind (the nslookup client's).
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait; done"]
 `, name, ClientImage)
 	if err := c.Apply(pod); err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
 // Transport says how queries travel.
@@ -192,7 +194,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				// The end of the run stops new queries, not one under way: it
 				// has its own timeout.
 				outcome := cl.exchange(context.WithoutCancel(ctx), name, q.Type)
-				rec.record(sentAt, time.Since(sentAt), outcome)
+				latency := time.Since(sentAt)
+				if !cl.arrivedAt.IsZero() {
+					latency = cl.arrivedAt.Sub(sentAt)
+					rec.countReadLate()
+				}
+				rec.record(sentAt, latency, outcome)
 				if cfg.StopOnFailure && outcome.Failed() {
 					cancel()
 				}
@@ -238,6 +245,9 @@ func pace(ctx context.Context, rate int) <-chan struct{} {
 type client struct {
 	cfg  *Config
 	conn *dns.Conn // kept between queries for UDP and TCPPersistent
+	// arrivedAt is when the last answer reached the socket, if it was read
+	// only after the timeout.
+	arrivedAt time.Time
 }
 
 func (c *client) close() {
@@ -266,6 +276,7 @@ func (c *client) exchange(ctx context.Context, name string, qtype uint16) Outcom
 	m.SetQuestion(name, qtype)
 	m.RecursionDesired = true
 	deadline := time.Now().Add(c.cfg.Timeout)
+	c.arrivedAt = time.Time{}
 
 	switch c.cfg.Transport {
 	case TCPPerQuery:
@@ -316,6 +327,11 @@ func (c *client) roundTrip(conn *dns.Conn, m *dns.Msg, deadline time.Time) Outco
 	}
 	for {
 		r, err := conn.ReadMsg()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if late, at := readArrivedInTime(conn, deadline); late != nil {
+				r, err, c.arrivedAt = late, nil, at
+			}
+		}
 		if err != nil {
 			return classifyErr(err)
 		}
@@ -324,4 +340,39 @@ func (c *client) roundTrip(conn *dns.Conn, m *dns.Msg, deadline time.Time) Outco
 		}
 		return classifyRcode(r.Rcode)
 	}
+}
+
+// readArrivedInTime reads the answer waiting on a TCP connection whose read
+// timed out if the kernel received it before deadline: the server answered
+// in time and this client, starved of CPU, read too late (on a busy 2-core
+// node it can stall for a second). It returns the answer and when it arrived,
+// or nil.
+func readArrivedInTime(conn *dns.Conn, deadline time.Time) (*dns.Msg, time.Time) {
+	tcp, ok := conn.Conn.(*net.TCPConn)
+	if !ok {
+		return nil, time.Time{}
+	}
+	raw, err := tcp.SyscallConn()
+	if err != nil {
+		return nil, time.Time{}
+	}
+	var queued int
+	var info *unix.TCPInfo
+	raw.Control(func(fd uintptr) {
+		queued, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+		info, _ = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	})
+	if queued == 0 || info == nil {
+		return nil, time.Time{}
+	}
+	arrived := time.Now().Add(-time.Duration(info.Last_data_recv) * time.Millisecond)
+	if arrived.After(deadline) {
+		return nil, time.Time{}
+	}
+	conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	r, err := conn.ReadMsg()
+	if err != nil {
+		return nil, time.Time{}
+	}
+	return r, arrived
 }

@@ -20,6 +20,7 @@ type testServer struct {
 	queries   atomic.Int64
 	closeConn bool // close each TCP connection after one answer
 	silent    bool // never answer
+	delay     time.Duration
 }
 
 func startServer(t *testing.T, s *testServer) {
@@ -32,6 +33,7 @@ func startServer(t *testing.T, s *testServer) {
 		if s.silent {
 			return
 		}
+		time.Sleep(s.delay)
 		m := new(dns.Msg)
 		m.SetReply(r)
 		if strings.HasSuffix(r.Question[0].Name, ".ok.") {
@@ -233,5 +235,42 @@ func TestHistogramPercentiles(t *testing.T) {
 	}
 	if got := (Histogram{}).Percentiles(); got != (Percentiles{}) {
 		t.Errorf("empty histogram: %+v, want zeros", got)
+	}
+}
+
+// TestAnswerReadLateIsTheClients: an answer the kernel received before the
+// timeout but that the client read after it (a client starved of CPU) is
+// read and timed by its arrival; one that arrived after the timeout is not.
+func TestAnswerReadLateIsTheClients(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	for _, tc := range []struct {
+		delay  time.Duration
+		inTime bool
+	}{{0, true}, {3 * timeout, false}} {
+		s := &testServer{delay: tc.delay}
+		startServer(t, s)
+		conn, err := net.Dial("tcp", s.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &dns.Conn{Conn: conn}
+		sent := time.Now()
+		deadline := sent.Add(timeout)
+		c.SetDeadline(deadline)
+		if err := c.WriteMsg(new(dns.Msg).SetQuestion("a.ok.", dns.TypeA)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(tc.delay + 2*timeout) // the client stalls; the answer arrives meanwhile
+		if _, err := c.ReadMsg(); err == nil {
+			t.Fatal("read before the deadline")
+		}
+		r, arrived := readArrivedInTime(c, deadline)
+		switch {
+		case tc.inTime && (r == nil || arrived.Before(sent) || arrived.After(deadline)):
+			t.Errorf("answer sent at once: %v arriving %v after the query, want it read, arrived within %v", r, arrived.Sub(sent), timeout)
+		case !tc.inTime && r != nil:
+			t.Errorf("answer sent after the timeout was taken as arrived in time (%v)", arrived.Sub(sent))
+		}
+		conn.Close()
 	}
 }

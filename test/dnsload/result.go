@@ -79,6 +79,10 @@ type Result struct {
 	Outcomes  [numOutcomes]int
 	Latencies Percentiles // of answered queries (NOERROR and NXDOMAIN)
 	PerSecond []Second
+	// ReadLate counts TCP answers that reached the client's socket within
+	// the timeout but that the client, starved of CPU, read after it: not
+	// failures, and their latency is the kernel's arrival time.
+	ReadLate int
 }
 
 // Histogram counts answered queries by latency in whole microseconds. Its
@@ -147,6 +151,9 @@ func (r *Result) String() string {
 			fmt.Fprintf(&b, " %s=%d", Outcome(o), c)
 		}
 	}
+	if r.ReadLate > 0 {
+		fmt.Fprintf(&b, " (read after the timeout, arrived in time: %d)", r.ReadLate)
+	}
 	l := r.Latencies
 	fmt.Fprintf(&b, "; latency p50=%v p90=%v p99=%v p99.9=%v max=%v", l.P50, l.P90, l.P99, l.P999, l.Max)
 	if fs := r.FailedSeconds(); len(fs) > 0 {
@@ -158,6 +165,7 @@ func (r *Result) String() string {
 type recorder struct {
 	start     time.Time
 	mu        sync.Mutex
+	readLate  int
 	outcomes  [numOutcomes]int
 	latencies Histogram
 	perSecond []Second
@@ -183,10 +191,16 @@ func (r *recorder) record(sentAt time.Time, latency time.Duration, o Outcome) {
 	}
 }
 
+func (r *recorder) countReadLate() {
+	r.mu.Lock()
+	r.readLate++
+	r.mu.Unlock()
+}
+
 func (r *recorder) result(elapsed time.Duration) *Result {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	res := &Result{Elapsed: elapsed, Outcomes: r.outcomes, Latencies: r.latencies.Percentiles(), PerSecond: r.perSecond}
+	res := &Result{Elapsed: elapsed, Outcomes: r.outcomes, Latencies: r.latencies.Percentiles(), PerSecond: r.perSecond, ReadLate: r.readLate}
 	for _, c := range r.outcomes {
 		res.Sent += c
 	}
