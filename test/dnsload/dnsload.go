@@ -195,8 +195,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				// has its own timeout.
 				outcome := cl.exchange(context.WithoutCancel(ctx), name, q.Type)
 				latency := time.Since(sentAt)
-				if !cl.arrivedAt.IsZero() {
-					latency = cl.arrivedAt.Sub(sentAt)
+				switch {
+				case cl.sentLate:
+					rec.countSentLate() // the server never had the query: not a query it lost
+					continue
+				case !cl.arrivedAt.IsZero():
+					latency = max(cl.arrivedAt.Sub(sentAt), 0) // the kernel's clock ticks in milliseconds
 					rec.countReadLate()
 				}
 				rec.record(sentAt, latency, outcome)
@@ -248,6 +252,8 @@ type client struct {
 	// arrivedAt is when the last answer reached the socket, if it was read
 	// only after the timeout.
 	arrivedAt time.Time
+	// sentLate: the last query could not be written before its timeout.
+	sentLate bool
 }
 
 func (c *client) close() {
@@ -276,7 +282,7 @@ func (c *client) exchange(ctx context.Context, name string, qtype uint16) Outcom
 	m.SetQuestion(name, qtype)
 	m.RecursionDesired = true
 	deadline := time.Now().Add(c.cfg.Timeout)
-	c.arrivedAt = time.Time{}
+	c.arrivedAt, c.sentLate = time.Time{}, false
 
 	switch c.cfg.Transport {
 	case TCPPerQuery:
@@ -323,6 +329,9 @@ func (c *client) keptRoundTrip(ctx context.Context, m *dns.Msg, deadline time.Ti
 func (c *client) roundTrip(conn *dns.Conn, m *dns.Msg, deadline time.Time) Outcome {
 	conn.SetDeadline(deadline)
 	if err := conn.WriteMsg(m); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			c.sentLate = true // the query never left: this client stalled past its own timeout
+		}
 		return classifyErr(err)
 	}
 	for {

@@ -83,6 +83,9 @@ type Result struct {
 	// the timeout but that the client, starved of CPU, read after it: not
 	// failures, and their latency is the kernel's arrival time.
 	ReadLate int
+	// SentLate counts queries this client could not even write before their
+	// timeout (it stalled): never sent, so neither sent nor failed.
+	SentLate int
 }
 
 // Histogram counts answered queries by latency in whole microseconds. Its
@@ -154,6 +157,9 @@ func (r *Result) String() string {
 	if r.ReadLate > 0 {
 		fmt.Fprintf(&b, " (read after the timeout, arrived in time: %d)", r.ReadLate)
 	}
+	if r.SentLate > 0 {
+		fmt.Fprintf(&b, " (not sent: the client stalled past the timeout before writing: %d)", r.SentLate)
+	}
 	l := r.Latencies
 	fmt.Fprintf(&b, "; latency p50=%v p90=%v p99=%v p99.9=%v max=%v", l.P50, l.P90, l.P99, l.P999, l.Max)
 	if fs := r.FailedSeconds(); len(fs) > 0 {
@@ -166,6 +172,7 @@ type recorder struct {
 	start     time.Time
 	mu        sync.Mutex
 	readLate  int
+	sentLate  int
 	outcomes  [numOutcomes]int
 	latencies Histogram
 	perSecond []Second
@@ -197,10 +204,16 @@ func (r *recorder) countReadLate() {
 	r.mu.Unlock()
 }
 
+func (r *recorder) countSentLate() {
+	r.mu.Lock()
+	r.sentLate++
+	r.mu.Unlock()
+}
+
 func (r *recorder) result(elapsed time.Duration) *Result {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	res := &Result{Elapsed: elapsed, Outcomes: r.outcomes, Latencies: r.latencies.Percentiles(), PerSecond: r.perSecond, ReadLate: r.readLate}
+	res := &Result{Elapsed: elapsed, Outcomes: r.outcomes, Latencies: r.latencies.Percentiles(), PerSecond: r.perSecond, ReadLate: r.readLate, SentLate: r.sentLate}
 	for _, c := range r.outcomes {
 		res.Sent += c
 	}
