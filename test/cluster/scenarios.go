@@ -18,6 +18,8 @@ type Scenario struct {
 	Event func(c *Cluster, client string) error
 	// Check says how the run missed the goal, if it did.
 	Check func(run ScenarioRun) error
+	// Judged are the IPs whose queries the goal counts.
+	Judged []string
 	// MinLoad is how long the load must run at least, when the event takes
 	// longer than the usual load (a ConfigMap edit reaches the pod through
 	// kubelet, then the reload plugin's next poll).
@@ -33,7 +35,7 @@ var Scenarios = []Scenario{
 			return err
 		}
 		return c.rolledOut()
-	}, Check: noFailures(LoadTargets...)},
+	}, Check: noFailures(LoadTargets...), Judged: LoadTargets},
 	{Name: "kubectl set image to another tag of the same archive", Goal: "0 failed", Event: func(c *Cluster, _ string) error {
 		next := strings.TrimSuffix(NodeCacheImage, ":e2e") + ":e2e-next"
 		if _, err := c.Ctr("images", "tag", "--force", NodeCacheImage, next); err != nil {
@@ -43,7 +45,7 @@ var Scenarios = []Scenario{
 			return err
 		}
 		return c.rolledOut()
-	}, Check: noFailures(LoadTargets...)},
+	}, Check: noFailures(LoadTargets...), Judged: LoadTargets},
 	{Name: "ConfigMap edit picked up by the reload plugin", Goal: "0 failed", MinLoad: 80 * time.Second, Event: func(c *Cluster, _ string) error {
 		before := strings.Count(c.nodeCacheLog(), "Reloading complete")
 		// A TTL cap one second lower, or back.
@@ -63,14 +65,14 @@ var Scenarios = []Scenario{
 			}
 			return nil
 		})
-	}, Check: noFailures(LoadTargets...)},
+	}, Check: noFailures(LoadTargets...), Judged: LoadTargets},
 	{Name: "kubectl delete pod (eviction, drain); the DaemonSet recreates it", Goal: "ClusterIP 0 failed; link-local only in the gap", Event: func(c *Cluster, _ string) error {
 		if _, err := c.KubectlOutput("-n", "kube-system", "delete", "pod", "-l", "k8s-app=node-local-dns", "--wait=false"); err != nil {
 			return err
 		}
 		time.Sleep(time.Second) // the DaemonSet controller sees the deletion
 		return c.rolledOut()
-	}, Check: noFailures(KubeDNSIP)},
+	}, Check: noFailures(KubeDNSIP), Judged: []string{KubeDNSIP}},
 	{Name: "OOM kill: the kernel kills node-cache at its memory limit (lowered to " + oomLimit + "), kubelet restarts it",
 		Goal: "ClusterIP: only queries in flight at the kill; no duplicate rule after", Prepare: func(c *Cluster) error {
 			patch := `[{"op": "replace", "path": "/spec/template/spec/containers/0/resources/limits/memory", "value": "` + oomLimit + `"}]`
@@ -78,13 +80,13 @@ var Scenarios = []Scenario{
 				return err
 			}
 			return c.rolledOut()
-		}, Event: func(c *Cluster, client string) error { return c.fillUntilOOMKilled(client) }, Check: onlyInFlightAtTheKill},
+		}, Event: func(c *Cluster, client string) error { return c.fillUntilOOMKilled(client) }, Check: onlyInFlightAtTheKill, Judged: []string{KubeDNSIP}},
 	{Name: "kubectl delete -k (uninstall)", Goal: "ClusterIP 0 failed; node left as before", Event: func(c *Cluster, _ string) error {
 		if _, err := c.KubectlOutput("delete", "-k", c.path("overlay"), "--wait=true"); err != nil {
 			return err
 		}
 		return c.WaitGone("k8s-app=node-local-dns", 60*time.Second)
-	}, Check: noFailures(KubeDNSIP)},
+	}, Check: noFailures(KubeDNSIP), Judged: []string{KubeDNSIP}},
 }
 
 // noFailures: no query to targets fails, and no nslookup.
