@@ -70,11 +70,11 @@ func waitForLog(t *testing.T, p *harness.Process, s string, n int, timeout time.
 	}
 }
 
-// TestTemplateEditsUnderLoad: edits of the mounted template are picked up by
-// reload with zero failed queries under load, whatever the client; a template
-// that does not render, and one CoreDNS rejects, leave the running config
-// serving and are counted.
-func TestTemplateEditsUnderLoad(t *testing.T) {
+// startReloadingNodeCache starts node-cache on its template with the reload
+// plugin polling every 2 s, and returns how to edit the mounted template:
+// the first from becomes to.
+func startReloadingNodeCache(t *testing.T) (*harness.Node, *harness.Process, func(from, to string)) {
+	t.Helper()
 	node := harness.NewNode(t, harness.Options{})
 	tmpl := strings.ReplaceAll(mustTemplate(t, node, ""), "    reload\n", "    reload 2s 1s\n")
 	p, err := node.StartNodeCache("node-cache", tmpl)
@@ -95,6 +95,15 @@ func TestTemplateEditsUnderLoad(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	return node, p, edit
+}
+
+// TestTemplateEditsUnderLoad: edits of the mounted template are picked up by
+// reload with zero failed queries under load, whatever the client; a template
+// that does not render, and one CoreDNS rejects, leave the running config
+// serving and are counted.
+func TestTemplateEditsUnderLoad(t *testing.T) {
+	node, p, edit := startReloadingNodeCache(t)
 	// Polled: a reload restarts the metrics listener, refusing for a moment.
 	waitForConfigErrors := func(atLeast float64) {
 		t.Helper()
@@ -148,12 +157,7 @@ func TestTemplateEditsUnderLoad(t *testing.T) {
 // answered, by the new servers: a client slowed down between its handshake
 // and its query, and one that keeps its connection open between queries.
 func TestReloadKeepsOpenConnections(t *testing.T) {
-	node := harness.NewNode(t, harness.Options{})
-	tmpl := strings.ReplaceAll(mustTemplate(t, node, ""), "    reload\n", "    reload 2s 1s\n")
-	p, err := node.StartNodeCache("node-cache", tmpl)
-	if err != nil {
-		t.Fatal(err)
-	}
+	node, p, edit := startReloadingNodeCache(t)
 	ask := func(c *dns.Conn) error {
 		m := new(dns.Msg).SetQuestion("www.example.org.", dns.TypeA)
 		c.SetDeadline(time.Now().Add(2 * time.Second))
@@ -184,14 +188,7 @@ func TestReloadKeepsOpenConnections(t *testing.T) {
 			clients = append(clients, client{target + " " + kind, conn})
 		}
 	}
-	tmplPath := filepath.Join(node.Dir, "node-cache.Corefile.tmpl")
-	b, err := os.ReadFile(tmplPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(tmplPath, []byte(strings.Replace(string(b), "success 9984 30\n", "success 9984 20\n", 1)), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	edit("success 9984 30\n", "success 9984 20\n")
 	waitForLog(t, p, "Reloading complete", 1, 10*time.Second)
 	waitForLog(t, p, "open TCP connections carried over", 1, 5*time.Second)
 	for _, c := range clients {
