@@ -142,12 +142,17 @@ type fakePeers struct {
 	// stopping without a successor does.
 	handedOff bool
 	locks     int
+	// starting: a peer holds the lock until its listeners are up, which
+	// adds its sockets to others.
+	starting int
 }
 
 func (p *fakePeers) Lock(time.Duration) (func(), error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.locks++
+	p.others += p.starting
+	p.starting = 0
 	return func() {}, nil
 }
 

@@ -17,6 +17,11 @@ import (
 // How long an instance waits for a peer that is starting or stopping.
 const peerLockTimeout = 30 * time.Second
 
+// How long a stopping instance waits for one that is starting to have its
+// listeners up: a few seconds at most, within the lameduck's share of the
+// grace period.
+const successorStartTimeout = 5 * time.Second
+
 // The longest a reload keeps new TCP connections waiting: under a second, so a
 // client's SYN refused at the start of the pause gets through on its first
 // retransmission.
@@ -250,6 +255,7 @@ func (m *manager) ResumeAccepting() {
 // queries to kube-dns, and the link-local IP is served through lameduck.
 func (m *manager) HandOff() {
 	m.stopping.Store(true)
+	m.awaitStartingPeer()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.phase == phaseTakingOver {
@@ -271,6 +277,32 @@ func (m *manager) HandOff() {
 		m.handBackToKubeProxy()
 	default:
 		m.enter(phaseStopping)
+	}
+}
+
+// awaitStartingPeer waits until an instance that is starting (a surge pod:
+// it holds the instance lock from its setup until its listeners are up) has
+// its listeners up. The DaemonSet controller can stop this instance that
+// early: both pods' readiness probes reach whichever instance the kernel picks
+// on the shared address, so the new pod may be marked ready by this one. A
+// handoff decided meanwhile would find the successor on some addresses or none,
+// and hand the rest back to kube-proxy or close it with the servers.
+func (m *manager) awaitStartingPeer() {
+	m.mu.Lock()
+	ownStart := m.startUnlock != nil // the lock is our own: we are the one starting
+	m.mu.Unlock()
+	if ownStart {
+		return
+	}
+	start := time.Now()
+	unlock, err := m.peers.Lock(successorStartTimeout)
+	if err != nil {
+		log.Warningf("Stopping: an instance that is starting did not have its listeners up within %v; handing off to what serves now: %v", successorStartTimeout, err)
+		return
+	}
+	unlock()
+	if waited := time.Since(start); waited > 100*time.Millisecond {
+		log.Infof("Stopping: waited %v for the instance that is starting to listen", waited.Round(time.Millisecond))
 	}
 }
 

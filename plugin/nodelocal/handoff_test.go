@@ -89,6 +89,41 @@ func TestManagerLeavesStateToAPeer(t *testing.T) {
 	}
 }
 
+// A surge pod can be marked ready, and this one stopped, while the new
+// instance is still starting: the handoff waits for its listeners, and then
+// moves every flow to it instead of handing the Service IPs back to
+// kube-proxy.
+func TestHandOffWaitsForAStartingSuccessor(t *testing.T) {
+	n := newFakeNode(t)
+	if err := n.mgr.Apply(testConfig("169.254.20.10:53", "198.18.0.10:53")); err != nil {
+		t.Fatal(err)
+	}
+	n.listenersUp()
+	n.peers.starting = 4
+	n.mgr.HandOff()
+	for name, calls := range map[string][][]netip.AddrPort{"TCP listeners shut": n.sockets.stopped, "UDP sockets left": n.sockets.udpLeft} {
+		if len(calls) != 1 || len(calls[0]) != 2 {
+			t.Fatalf("%s: %v, want both IPs once, for the successor", name, calls)
+		}
+	}
+	if got := n.tables[IPv4].count(); got != 24 {
+		t.Fatalf("%d rules after the handoff, want all 24 left to the successor", got)
+	}
+}
+
+// A stop during the process's own start does not wait for its own lock.
+func TestHandOffDuringOwnStartDoesNotWaitForItself(t *testing.T) {
+	n := newFakeNode(t)
+	if err := n.mgr.Apply(testConfig("169.254.20.10:53")); err != nil {
+		t.Fatal(err)
+	}
+	locks := n.peers.locks
+	n.mgr.HandOff()
+	if n.peers.locks != locks {
+		t.Fatalf("the stop took the instance lock its own start holds")
+	}
+}
+
 func TestHandOffWithoutSocketMatchKeepsTheListener(t *testing.T) {
 	n := newFakeNode(t)
 	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/nodelocal/nodelocal/test/cluster"
-	"github.com/nodelocal/nodelocal/test/dnsload"
 )
 
 // TestZeroLossOnARealNode: with kubelet sending the signals and the DaemonSet
@@ -93,9 +92,9 @@ func install(t *testing.T, c *cluster.Cluster) {
 }
 
 // A scenario that misses its load goal runs once more: on this shared 2-core
-// node the load keeps both CPUs busy, and a client or node-cache starved for
-// a second now and then costs a few queries in some runs. Every miss is
-// logged; two in a row fail the test.
+// node the load keeps both CPUs busy, and a run can fall short of the load
+// it must send (an OOM kill's run, as the cache thrashes at its memory limit).
+// Every miss is logged; two in a row fail the test.
 const attempts = 2
 
 // runScenario runs s once and returns how it missed its load goal, if it
@@ -124,49 +123,23 @@ func runScenario(t *testing.T, c *cluster.Cluster, s cluster.Scenario, rate int,
 		miss = append(miss, fmt.Sprintf("only %d queries sent to the ClusterIP", sent))
 	}
 	if err := s.Check(run); err != nil {
-		if timeouts, ok := onlyStrayTimeouts(run, s.Judged); ok {
-			t.Logf("%s: %v; tolerated: %d stray timeouts, no other failure", s.Name, err, timeouts)
-		} else {
-			miss = append(miss, err.Error())
-		}
+		miss = append(miss, err.Error())
+		logFirstFailures(t, run)
 	}
 	return strings.Join(miss, "; ")
 }
 
-// At most this many queries to each IP may time out in a run whose goal is
-// otherwise met. On this shared 2-core node the load keeps both CPUs busy, and
-// a few queries a minute time out at moments unrelated to the scenario's event
-// (in every scenario, and with neither the answer in the client's socket
-// before the deadline nor the client stalled before sending it). Failures of
-// any other kind (closed, reset, refused, SERVFAIL), and nslookup failures,
-// are never tolerated: they are what a handoff gone wrong looks like.
-const strayTimeouts = 20
-
-// onlyStrayTimeouts reports whether every failure of the run to the judged
-// IPs is a timeout, at most strayTimeouts per IP, and no nslookup failed; and
-// how many.
-func onlyStrayTimeouts(run cluster.ScenarioRun, judged []string) (int, bool) {
-	perTarget := map[string]int{}
+// logFirstFailures logs the first failed queries of each client, when they
+// were sent in the run and how they failed, to line them up with the stops.
+func logFirstFailures(t *testing.T, run cluster.ScenarioRun) {
+	t.Helper()
 	for _, r := range run.Load.Runs {
-		if !slices.Contains(judged, r.Target) {
+		if r.Result == nil {
 			continue
 		}
-		if r.Result == nil {
-			return 0, false
+		for _, f := range r.Result.Failures[:min(5, len(r.Result.Failures))] {
+			t.Logf("  %s %s: %s sent %v into the load (connecting %v, %s, from %s)", r.Target, r.Transport, f.Outcome,
+				f.Sent.Sub(run.Start).Round(time.Millisecond), f.Connecting, f.Name, f.Local)
 		}
-		for o, n := range r.Result.Outcomes {
-			if n > 0 && dnsload.Outcome(o).Failed() && dnsload.Outcome(o) != dnsload.Timeout {
-				return 0, false
-			}
-		}
-		perTarget[r.Target] += r.Result.Outcomes[dnsload.Timeout]
 	}
-	total := 0
-	for _, n := range perTarget {
-		if n > strayTimeouts {
-			return 0, false
-		}
-		total += n
-	}
-	return total, run.Load.NslookupFail == 0
 }

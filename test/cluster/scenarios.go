@@ -18,8 +18,6 @@ type Scenario struct {
 	Event func(c *Cluster, client string) error
 	// Check says how the run missed the goal, if it did.
 	Check func(run ScenarioRun) error
-	// Judged are the IPs whose queries the goal counts.
-	Judged []string
 	// MinLoad is how long the load must run at least, when the event takes
 	// longer than the usual load (a ConfigMap edit reaches the pod through
 	// kubelet, then the reload plugin's next poll).
@@ -35,7 +33,7 @@ var Scenarios = []Scenario{
 			return err
 		}
 		return c.rolledOut()
-	}, Check: noFailures(LoadTargets...), Judged: LoadTargets},
+	}, Check: noFailures(LoadTargets...)},
 	{Name: "kubectl set image to another tag of the same archive", Goal: "0 failed", Event: func(c *Cluster, _ string) error {
 		next := strings.TrimSuffix(NodeCacheImage, ":e2e") + ":e2e-next"
 		if _, err := c.Ctr("images", "tag", "--force", NodeCacheImage, next); err != nil {
@@ -45,7 +43,7 @@ var Scenarios = []Scenario{
 			return err
 		}
 		return c.rolledOut()
-	}, Check: noFailures(LoadTargets...), Judged: LoadTargets},
+	}, Check: noFailures(LoadTargets...)},
 	{Name: "ConfigMap edit picked up by the reload plugin", Goal: "0 failed", MinLoad: 80 * time.Second, Event: func(c *Cluster, _ string) error {
 		before := strings.Count(c.nodeCacheLog(), "Reloading complete")
 		// A TTL cap one second lower, or back.
@@ -65,14 +63,14 @@ var Scenarios = []Scenario{
 			}
 			return nil
 		})
-	}, Check: noFailures(LoadTargets...), Judged: LoadTargets},
+	}, Check: noFailures(LoadTargets...)},
 	{Name: "kubectl delete pod (eviction, drain); the DaemonSet recreates it", Goal: "ClusterIP 0 failed; link-local only in the gap", Event: func(c *Cluster, _ string) error {
 		if _, err := c.KubectlOutput("-n", "kube-system", "delete", "pod", "-l", "k8s-app=node-local-dns", "--wait=false"); err != nil {
 			return err
 		}
 		time.Sleep(time.Second) // the DaemonSet controller sees the deletion
 		return c.rolledOut()
-	}, Check: noFailures(KubeDNSIP), Judged: []string{KubeDNSIP}},
+	}, Check: noFailures(KubeDNSIP)},
 	{Name: "OOM kill: the kernel kills node-cache at its memory limit (lowered to " + oomLimit + "), kubelet restarts it",
 		Goal: "ClusterIP: only queries in flight at the kill; no duplicate rule after", Prepare: func(c *Cluster) error {
 			patch := `[{"op": "replace", "path": "/spec/template/spec/containers/0/resources/limits/memory", "value": "` + oomLimit + `"}]`
@@ -80,13 +78,13 @@ var Scenarios = []Scenario{
 				return err
 			}
 			return c.rolledOut()
-		}, Event: func(c *Cluster, client string) error { return c.fillUntilOOMKilled(client) }, Check: onlyInFlightAtTheKill, Judged: []string{KubeDNSIP}},
+		}, Event: func(c *Cluster, client string) error { return c.fillUntilOOMKilled(client) }, Check: onlyInFlightAtTheKill},
 	{Name: "kubectl delete -k (uninstall)", Goal: "ClusterIP 0 failed; node left as before", Event: func(c *Cluster, _ string) error {
 		if _, err := c.KubectlOutput("delete", "-k", c.path("overlay"), "--wait=true"); err != nil {
 			return err
 		}
 		return c.WaitGone("k8s-app=node-local-dns", 60*time.Second)
-	}, Check: noFailures(KubeDNSIP), Judged: []string{KubeDNSIP}},
+	}, Check: noFailures(KubeDNSIP)},
 }
 
 // noFailures: no query to targets fails, and no nslookup.
@@ -106,8 +104,8 @@ func noFailures(targets ...string) func(ScenarioRun) error {
 }
 
 // onlyInFlightAtTheKill: the only queries to the ClusterIP that fail were
-// sent at most a timeout (2 s) before the kill, and at most the one nslookup
-// then under way.
+// sent at most a timeout (2 s, and a second for the exit event's stamp)
+// before the kill, and at most the one nslookup then under way.
 func onlyInFlightAtTheKill(run ScenarioRun) error {
 	var killedAt time.Time
 	for _, s := range run.Stops {
@@ -123,13 +121,18 @@ func onlyInFlightAtTheKill(run ScenarioRun) error {
 		if r.Target != KubeDNSIP || r.Result == nil {
 			continue
 		}
-		for _, second := range r.Result.FailedSeconds() {
-			// dnsload's seconds count from a moment after run.Start.
-			at := run.Start.Add(time.Duration(second) * time.Second)
-			if at.Before(killedAt.Add(-3*time.Second)) || at.After(killedAt) {
-				errs = append(errs, fmt.Errorf("%s %s: queries sent %v after the load started failed, the kill was at %v",
-					r.Target, r.Transport, time.Duration(second)*time.Second, killedAt.Sub(run.Start).Round(100*time.Millisecond)))
+		var early, late int
+		for _, sent := range r.Result.FailedAt() {
+			switch {
+			case sent.Before(killedAt.Add(-3 * time.Second)):
+				early++
+			case sent.After(killedAt):
+				late++
 			}
+		}
+		if early+late > 0 {
+			errs = append(errs, fmt.Errorf("%s %s: %d failed queries sent more than 3 s before the kill (at %v into the load), %d after it",
+				r.Target, r.Transport, early, killedAt.Sub(run.Start).Round(100*time.Millisecond), late))
 		}
 	}
 	if run.Load.NslookupFail > 1 {

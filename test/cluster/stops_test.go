@@ -26,13 +26,20 @@ func TestStopWatchReadsLogsAndEvents(t *testing.T) {
 
 func TestScenarioChecks(t *testing.T) {
 	start := time.Date(2026, 12, 2, 6, 0, 0, 0, time.UTC)
+	// A query failed halfway through each of seconds.
 	failedAt := func(target string, seconds ...int) LoadRun {
-		r := &dnsload.Result{Sent: 100, PerSecond: make([]dnsload.Second, 30)}
+		r := &dnsload.Result{Started: start, Sent: 100, PerSecond: make([]dnsload.Second, 30)}
 		for _, s := range seconds {
 			r.PerSecond[s].Failed++
 			r.Outcomes[dnsload.Timeout]++
+			r.Failures = append(r.Failures, dnsload.Failure{Sent: start.Add(time.Duration(s)*time.Second + 500*time.Millisecond), Outcome: "timeout"})
 		}
 		return LoadRun{Target: target, Transport: dnsload.UDP, Result: r}
+	}
+	// The same with the failures not listed one by one.
+	unlisted := func(r LoadRun) LoadRun {
+		r.Result.Failures = nil
+		return r
 	}
 	killedAt8s := []Stop{{Exited: start.Add(8500 * time.Millisecond), ExitStatus: 137}}
 	for _, tc := range []struct {
@@ -46,8 +53,10 @@ func TestScenarioChecks(t *testing.T) {
 		{"link-local not checked", noFailures(KubeDNSIP), ScenarioRun{Load: PodLoad{Runs: []LoadRun{failedAt("169.254.20.10", 3)}}}, ""},
 		{"an nslookup", noFailures(KubeDNSIP), ScenarioRun{Load: PodLoad{NslookupSent: 10, NslookupFail: 1}}, "1 of 10 nslookups"},
 		{"at the kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{failedAt(KubeDNSIP, 6, 7, 8)}}}, ""},
-		{"after the kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{failedAt(KubeDNSIP, 8, 9)}}}, "sent 9s after"},
-		{"long before the kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{failedAt(KubeDNSIP, 4)}}}, "sent 4s after"},
+		{"after the kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{failedAt(KubeDNSIP, 8, 9)}}}, "0 failed queries sent more than 3 s before the kill (at 8.5s into the load), 1 after it"},
+		{"long before the kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{failedAt(KubeDNSIP, 4)}}}, "1 failed queries sent more than 3 s before"},
+		{"by the second, at the kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{unlisted(failedAt(KubeDNSIP, 6, 7, 8))}}}, ""},
+		{"by the second, long before", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{unlisted(failedAt(KubeDNSIP, 4))}}}, "1 failed queries sent more than 3 s before"},
 		{"no kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: []Stop{{Signalled: start, Exited: start, ExitStatus: 0}}}, "no container was killed"},
 	} {
 		err := tc.check(tc.run)

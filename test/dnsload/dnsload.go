@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -203,7 +204,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 					latency = max(cl.arrivedAt.Sub(sentAt), 0) // the kernel's clock ticks in milliseconds
 					rec.countReadLate()
 				}
-				rec.record(sentAt, latency, outcome)
+				rec.record(sentAt, latency, outcome, Failure{Name: name, Local: cl.local, Connecting: cl.connecting})
 				if cfg.StopOnFailure && outcome.Failed() {
 					cancel()
 				}
@@ -250,10 +251,14 @@ type client struct {
 	cfg  *Config
 	conn *dns.Conn // kept between queries for UDP and TCPPersistent
 	// arrivedAt is when the last answer reached the socket, if it was read
-	// only after the timeout.
+	// only after the timeout (TCP).
 	arrivedAt time.Time
 	// sentLate: the last query could not be written before its timeout.
 	sentLate bool
+	// connecting: the last query failed before its TCP connection was up.
+	connecting bool
+	// local is the client's address of the last query's connection or socket.
+	local string
 }
 
 func (c *client) close() {
@@ -263,16 +268,28 @@ func (c *client) close() {
 	}
 }
 
-func (c *client) dial(ctx context.Context) (*dns.Conn, error) {
-	network := "udp"
+// dial opens a socket for a query due by deadline. A client starved of CPU
+// can get to a TCP connection the kernel established in time only after the
+// deadline: it waits a while longer, and the handshake's time decides
+// whether the server was too slow (a timeout) or the client (then the query
+// is written too late, and not sent).
+func (c *client) dial(ctx context.Context, deadline time.Time) (*dns.Conn, error) {
+	network, wait := "udp", deadline
 	if c.cfg.Transport != UDP {
-		network = "tcp"
+		network, wait = "tcp", deadline.Add(c.cfg.Timeout)
 	}
-	dctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	dctx, cancel := context.WithDeadline(ctx, wait)
 	defer cancel()
 	conn, err := c.cfg.Dial(dctx, network, c.cfg.Target)
 	if err != nil {
 		return nil, err
+	}
+	if network == "tcp" && time.Now().After(deadline) {
+		// Last_ack_recv: since the SYN-ACK, on a connection that carried nothing yet.
+		if info, ok := tcpInfo(conn); !ok || ago(info.Last_ack_recv).After(deadline) {
+			conn.Close()
+			return nil, os.ErrDeadlineExceeded
+		}
 	}
 	return &dns.Conn{Conn: conn, UDPSize: dns.DefaultMsgSize}, nil
 }
@@ -282,12 +299,13 @@ func (c *client) exchange(ctx context.Context, name string, qtype uint16) Outcom
 	m.SetQuestion(name, qtype)
 	m.RecursionDesired = true
 	deadline := time.Now().Add(c.cfg.Timeout)
-	c.arrivedAt, c.sentLate = time.Time{}, false
+	c.arrivedAt, c.sentLate, c.connecting, c.local = time.Time{}, false, false, ""
 
 	switch c.cfg.Transport {
 	case TCPPerQuery:
-		conn, err := c.dial(ctx)
+		conn, err := c.dial(ctx, deadline)
 		if err != nil {
+			c.connecting = true
 			return classifyErr(err)
 		}
 		defer conn.Close()
@@ -313,8 +331,9 @@ func (c *client) exchange(ctx context.Context, name string, qtype uint16) Outcom
 // resolvers do), and late replies never pair with the next query.
 func (c *client) keptRoundTrip(ctx context.Context, m *dns.Msg, deadline time.Time) Outcome {
 	if c.conn == nil {
-		conn, err := c.dial(ctx)
+		conn, err := c.dial(ctx, deadline)
 		if err != nil {
+			c.connecting = c.cfg.Transport != UDP
 			return classifyErr(err)
 		}
 		c.conn = conn
@@ -327,6 +346,7 @@ func (c *client) keptRoundTrip(ctx context.Context, m *dns.Msg, deadline time.Ti
 }
 
 func (c *client) roundTrip(conn *dns.Conn, m *dns.Msg, deadline time.Time) Outcome {
+	c.local = conn.LocalAddr().String()
 	conn.SetDeadline(deadline)
 	if err := conn.WriteMsg(m); err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -334,54 +354,56 @@ func (c *client) roundTrip(conn *dns.Conn, m *dns.Msg, deadline time.Time) Outco
 		}
 		return classifyErr(err)
 	}
+	tcp := c.cfg.Transport != UDP
+	if tcp {
+		// A client starved of CPU (on a busy 2-core node, for a second at
+		// times) can get to an answer that arrived in time only after the
+		// deadline, even halfway through reading it: it reads on for a
+		// while, and the kernel's arrival time decides.
+		conn.SetReadDeadline(deadline.Add(c.cfg.Timeout))
+	}
 	for {
 		r, err := conn.ReadMsg()
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			if late, at := readArrivedInTime(conn, deadline); late != nil {
-				r, err, c.arrivedAt = late, nil, at
-			}
-		}
 		if err != nil {
 			return classifyErr(err)
 		}
 		if r.Id != m.Id {
 			continue // a late reply to an earlier query
 		}
+		if tcp && time.Now().After(deadline) {
+			info, ok := tcpInfo(conn.Conn)
+			if !ok {
+				return Timeout
+			}
+			// Last_data_recv: since the end of the answer just read.
+			arrived := ago(info.Last_data_recv)
+			if arrived.After(deadline) {
+				return Timeout
+			}
+			c.arrivedAt = arrived
+		}
 		return classifyRcode(r.Rcode)
 	}
 }
 
-// readArrivedInTime reads the answer waiting on a TCP connection whose read
-// timed out if the kernel received it before deadline: the server answered
-// in time and this client, starved of CPU, read too late (on a busy 2-core
-// node it can stall for a second). It returns the answer and when it arrived,
-// or nil.
-func readArrivedInTime(conn *dns.Conn, deadline time.Time) (*dns.Msg, time.Time) {
-	tcp, ok := conn.Conn.(*net.TCPConn)
+// tcpInfo is the kernel's TCP_INFO of a connection.
+func tcpInfo(conn any) (*unix.TCPInfo, bool) {
+	sc, ok := conn.(syscall.Conn)
 	if !ok {
-		return nil, time.Time{}
+		return nil, false
 	}
-	raw, err := tcp.SyscallConn()
+	raw, err := sc.SyscallConn()
 	if err != nil {
-		return nil, time.Time{}
+		return nil, false
 	}
-	var queued int
 	var info *unix.TCPInfo
 	raw.Control(func(fd uintptr) {
-		queued, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-		info, _ = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
 	})
-	if queued == 0 || info == nil {
-		return nil, time.Time{}
-	}
-	arrived := time.Now().Add(-time.Duration(info.Last_data_recv) * time.Millisecond)
-	if arrived.After(deadline) {
-		return nil, time.Time{}
-	}
-	conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	r, err := conn.ReadMsg()
-	if err != nil {
-		return nil, time.Time{}
-	}
-	return r, arrived
+	return info, err == nil && info != nil
+}
+
+// ago is the time ms milliseconds before now (TCP_INFO's times).
+func ago(ms uint32) time.Time {
+	return time.Now().Add(-time.Duration(ms) * time.Millisecond)
 }

@@ -136,6 +136,33 @@ func TestTimeoutsAreCountedPerSecond(t *testing.T) {
 	if fs := res.FailedSeconds(); len(fs) != 1 || fs[0] != 0 {
 		t.Fatalf("failures should be recorded in second 0, got %v", fs)
 	}
+	if len(res.Failures) != 4 {
+		t.Fatalf("want the 4 failures listed, got %+v", res.Failures)
+	}
+	for _, f := range res.Failures {
+		if f.Outcome != "timeout" || f.Connecting || f.Sent.Before(res.Started) || f.Sent.Sub(res.Started) > time.Second {
+			t.Fatalf("want a timeout sent in the first second after %v, got %+v", res.Started, f)
+		}
+	}
+}
+
+func TestFailedConnectionsAreListedAsConnecting(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens: each connection is refused
+	res, err := Run(context.Background(), Config{
+		Target: addr, Transport: TCPPerQuery, Queries: []Query{{Name: "a.ok.", Type: dns.TypeA}},
+		Duration: 3 * time.Second, Count: 3, Workers: 1, Timeout: 200 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Failures) != 3 || !res.Failures[0].Connecting || res.Failures[0].Outcome != "conn_refused" {
+		t.Fatalf("want 3 refused connections listed as connecting, got %+v", res.Failures)
+	}
 }
 
 func TestStopOnFailure(t *testing.T) {
@@ -238,40 +265,78 @@ func TestHistogramPercentiles(t *testing.T) {
 	}
 }
 
+// stalledConn is a TCP connection whose reader stalls before each read, as a
+// client starved of CPU does.
+type stalledConn struct {
+	*net.TCPConn
+	stall time.Duration
+}
+
+func (c stalledConn) Read(p []byte) (int, error) {
+	time.Sleep(c.stall)
+	return c.TCPConn.Read(p)
+}
+
 // TestAnswerReadLateIsTheClients: an answer the kernel received before the
-// timeout but that the client read after it (a client starved of CPU) is
-// read and timed by its arrival; one that arrived after the timeout is not.
+// timeout, which a stalled client reads only after it (even halfway through),
+// is answered; one that arrived after the timeout is not.
 func TestAnswerReadLateIsTheClients(t *testing.T) {
-	const timeout = 100 * time.Millisecond
+	const timeout = 200 * time.Millisecond
 	for _, tc := range []struct {
-		delay  time.Duration
-		inTime bool
-	}{{0, true}, {3 * timeout, false}} {
-		s := &testServer{delay: tc.delay}
-		startServer(t, s)
-		conn, err := net.Dial("tcp", s.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := &dns.Conn{Conn: conn}
-		sent := time.Now()
-		deadline := sent.Add(timeout)
-		c.SetDeadline(deadline)
-		if err := c.WriteMsg(new(dns.Msg).SetQuestion("a.ok.", dns.TypeA)); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(tc.delay + 2*timeout) // the client stalls; the answer arrives meanwhile
-		if _, err := c.ReadMsg(); err == nil {
-			t.Fatal("read before the deadline")
-		}
-		r, arrived := readArrivedInTime(c, deadline)
-		switch {
-		case tc.inTime && (r == nil || arrived.Before(sent.Add(-10*time.Millisecond)) || arrived.After(deadline)): // TCP_INFO counts in jiffies
-			t.Errorf("answer sent at once: %v arriving %v after the query, want it read, arrived within %v", r, arrived.Sub(sent), timeout)
-		case !tc.inTime && r != nil:
-			t.Errorf("answer sent after the timeout was taken as arrived in time (%v)", arrived.Sub(sent))
-		}
-		conn.Close()
+		name         string
+		delay, stall time.Duration
+		want         Outcome
+		late         bool
+	}{
+		{"answered at once, read after the timeout", 0, timeout * 3 / 4, Answered, true},
+		{"answered at once, read in time", 0, 0, Answered, false},
+		{"answered after the timeout", timeout * 3 / 2, 0, Timeout, false},
+		{"never answered", time.Hour, 0, Timeout, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &testServer{delay: tc.delay, silent: tc.delay == time.Hour}
+			startServer(t, s)
+			conn, err := net.Dial("tcp", s.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			c := &client{cfg: &Config{Transport: TCPPersistent, Timeout: timeout}}
+			sent := time.Now()
+			// Two stalled reads (the length, then the message) end past the deadline.
+			got := c.roundTrip(&dns.Conn{Conn: stalledConn{conn.(*net.TCPConn), tc.stall}}, new(dns.Msg).SetQuestion("a.ok.", dns.TypeA), sent.Add(timeout))
+			if got != tc.want || c.arrivedAt.IsZero() == tc.late {
+				t.Fatalf("outcome %v, read late %v; want %v, read late %v", got, !c.arrivedAt.IsZero(), tc.want, tc.late)
+			}
+			if tc.late && (c.arrivedAt.Before(sent.Add(-10*time.Millisecond)) || c.arrivedAt.After(sent.Add(timeout))) { // TCP_INFO counts in jiffies
+				t.Fatalf("the answer sent at once arrived %v after the query, want within %v", c.arrivedAt.Sub(sent), timeout)
+			}
+		})
+	}
+}
+
+// TestConnectionReachedLateIsTheClients: a client that stalls past the
+// timeout after the kernel established its connection did not send the query
+// in time; the server was not slow.
+func TestConnectionReachedLateIsTheClients(t *testing.T) {
+	s := &testServer{}
+	startServer(t, s)
+	const timeout = 100 * time.Millisecond
+	res, err := Run(context.Background(), Config{
+		Target: s.addr, Transport: TCPPerQuery, Queries: []Query{{Name: "a.ok.", Type: dns.TypeA}},
+		Duration: 3 * time.Second, Count: 1, Workers: 1, Timeout: timeout,
+		Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
+			var d net.Dialer
+			conn, err := d.DialContext(ctx, network, address)
+			time.Sleep(timeout * 3 / 2) // stalled once connected
+			return conn, err
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Sent != 0 || res.SentLate != 1 || res.Failed() != 0 {
+		t.Fatalf("want the query counted as not sent in time, got %v", res)
 	}
 }
 

@@ -74,6 +74,7 @@ type Second struct {
 
 // Result summarises a run.
 type Result struct {
+	Started   time.Time // second 0 of PerSecond
 	Elapsed   time.Duration
 	Sent      int
 	Outcomes  [numOutcomes]int
@@ -86,7 +87,27 @@ type Result struct {
 	// SentLate counts queries this client could not even write before their
 	// timeout (it stalled): never sent, so neither sent nor failed.
 	SentLate int
+	// Failures are the first maxFailures failed queries, in the order they
+	// ended: when and how, to line them up with what the server did.
+	Failures []Failure
 }
+
+// Failure is one failed query.
+type Failure struct {
+	Sent    time.Time
+	Outcome string
+	Name    string
+	// Local is the client's address of the query's connection (TCP) or
+	// socket, to find its packets in a capture.
+	Local string `json:",omitempty"`
+	// Connecting: a TCP query that failed before its connection was
+	// established (a lost SYN, say), rather than after the query was written.
+	Connecting bool `json:",omitempty"`
+}
+
+// At most this many failures are listed one by one: more than a kill
+// loses at the load of a scenario (2 s of queries in flight).
+const maxFailures = 5000
 
 // Histogram counts answered queries by latency in whole microseconds. Its
 // size depends on the spread of latencies, not on the number of queries, and
@@ -176,13 +197,15 @@ type recorder struct {
 	outcomes  [numOutcomes]int
 	latencies Histogram
 	perSecond []Second
+	failures  []Failure
 }
 
 func newRecorder(start time.Time, d time.Duration) *recorder {
 	return &recorder{start: start, latencies: Histogram{}, perSecond: make([]Second, int(d/time.Second)+2)}
 }
 
-func (r *recorder) record(sentAt time.Time, latency time.Duration, o Outcome) {
+// record counts a query; failure says which it was, if it failed.
+func (r *recorder) record(sentAt time.Time, latency time.Duration, o Outcome, failure Failure) {
 	sec := int(sentAt.Sub(r.start) / time.Second)
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -195,6 +218,9 @@ func (r *recorder) record(sentAt time.Time, latency time.Duration, o Outcome) {
 	}
 	if !o.Failed() {
 		r.latencies[latency.Microseconds()]++
+	} else if len(r.failures) < maxFailures {
+		failure.Sent, failure.Outcome = sentAt, o.String()
+		r.failures = append(r.failures, failure)
 	}
 }
 
@@ -213,7 +239,7 @@ func (r *recorder) countSentLate() {
 func (r *recorder) result(elapsed time.Duration) *Result {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	res := &Result{Elapsed: elapsed, Outcomes: r.outcomes, Latencies: r.latencies.Percentiles(), PerSecond: r.perSecond, ReadLate: r.readLate, SentLate: r.sentLate}
+	res := &Result{Started: r.start, Elapsed: elapsed, Failures: r.failures, Outcomes: r.outcomes, Latencies: r.latencies.Percentiles(), PerSecond: r.perSecond, ReadLate: r.readLate, SentLate: r.sentLate}
 	for _, c := range r.outcomes {
 		res.Sent += c
 	}
@@ -222,6 +248,22 @@ func (r *recorder) result(elapsed time.Duration) *Result {
 		res.PerSecond = res.PerSecond[:last+1]
 	}
 	return res
+}
+
+// FailedAt lists when each failed query was sent: exactly while Failures
+// holds them all, otherwise each second with failures stands for them.
+func (r *Result) FailedAt() []time.Time {
+	var at []time.Time
+	if len(r.Failures) == r.Failed() {
+		for _, f := range r.Failures {
+			at = append(at, f.Sent)
+		}
+		return at
+	}
+	for _, sec := range r.FailedSeconds() {
+		at = append(at, r.Started.Add(time.Duration(sec)*time.Second))
+	}
+	return at
 }
 
 // FailedOutcomes names the kinds of failure and their counts, such as
