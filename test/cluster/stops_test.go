@@ -65,3 +65,34 @@ func TestScenarioChecks(t *testing.T) {
 		}
 	}
 }
+
+func TestKnownOpenProblemsExcuseOnlyTheirFailures(t *testing.T) {
+	failed := func(tr dnsload.Transport, outcome, name string, n int) LoadRun {
+		r := &dnsload.Result{Sent: 100}
+		for i := 0; i < n; i++ {
+			r.Outcomes[dnsload.Timeout]++
+			r.Failures = append(r.Failures, dnsload.Failure{Outcome: outcome, Name: name})
+		}
+		return LoadRun{Target: KubeDNSIP, Transport: tr, Result: r}
+	}
+	takeover := Scenario{Excused: resetAtTheTakeover, ExcusedMax: 20}
+	uninstall := Scenario{Excused: clusterMissWithoutUpstream, ExcusedMax: 50}
+	miss := "u1.miss.default.svc.cluster.local."
+	for _, tc := range []struct {
+		name string
+		s    Scenario
+		runs []LoadRun
+		want bool
+	}{
+		{"kept connections reset at the takeover", takeover, []LoadRun{failed(dnsload.TCPPersistent, "timeout", "a.", 3), failed(dnsload.TCPPerQuery, "closed", "a.", 8)}, true},
+		{"UDP at the takeover", takeover, []LoadRun{failed(dnsload.UDP, "timeout", "a.", 1)}, false},
+		{"more than the bound", takeover, []LoadRun{failed(dnsload.TCPPerQuery, "closed", "a.", 21)}, false},
+		{"cluster misses without the upstream Service", uninstall, []LoadRun{failed(dnsload.UDP, "timeout", miss, 9), failed(dnsload.TCPPerQuery, "timeout", miss, 9)}, true},
+		{"a cache hit at the uninstall", uninstall, []LoadRun{failed(dnsload.UDP, "timeout", "web.default.svc.cluster.local.", 1)}, false},
+		{"no excuse", Scenario{}, []LoadRun{failed(dnsload.UDP, "timeout", miss, 1)}, false},
+	} {
+		if _, got := tc.s.Excuses(ScenarioRun{Load: PodLoad{Runs: tc.runs}}); got != tc.want {
+			t.Errorf("%s: excused %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
