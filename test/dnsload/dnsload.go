@@ -282,12 +282,14 @@ func (c *client) dial(ctx context.Context, deadline time.Time) (*dns.Conn, error
 	defer cancel()
 	conn, err := c.cfg.Dial(dctx, network, c.cfg.Target)
 	if err != nil {
+		c.connecting = network == "tcp"
 		return nil, err
 	}
 	if network == "tcp" && time.Now().After(deadline) {
 		// Last_ack_recv: since the SYN-ACK, on a connection that carried nothing yet.
 		if info, ok := tcpInfo(conn); !ok || ago(info.Last_ack_recv).After(deadline) {
 			conn.Close()
+			c.connecting = true
 			return nil, os.ErrDeadlineExceeded
 		}
 	}
@@ -305,7 +307,6 @@ func (c *client) exchange(ctx context.Context, name string, qtype uint16) Outcom
 	case TCPPerQuery:
 		conn, err := c.dial(ctx, deadline)
 		if err != nil {
-			c.connecting = true
 			return classifyErr(err)
 		}
 		defer conn.Close()
@@ -333,7 +334,6 @@ func (c *client) keptRoundTrip(ctx context.Context, m *dns.Msg, deadline time.Ti
 	if c.conn == nil {
 		conn, err := c.dial(ctx, deadline)
 		if err != nil {
-			c.connecting = c.cfg.Transport != UDP
 			return classifyErr(err)
 		}
 		c.conn = conn
