@@ -136,7 +136,8 @@ func (r *relay) take(inode string, f *os.File) {
 // relayConn waits for the client to send something, then connects to the
 // servers on the address the client reached and copies bytes both ways until
 // one side closes: the servers read the DNS messages and apply their own
-// timeouts. A client that sends nothing, or closes, is not passed on.
+// timeouts. A client that sends nothing, or closes, is not passed on; a query
+// whose length the old servers read gets it back (framing.go).
 func relayConn(client net.Conn) error {
 	first := make([]byte, 512)
 	client.SetReadDeadline(time.Now().Add(carriedIdleTimeout))
@@ -150,7 +151,11 @@ func relayConn(client net.Conn) error {
 		return fmt.Errorf("connect to the new servers: %w", err)
 	}
 	defer server.Close()
-	if _, err := server.Write(first[:n]); err != nil {
+	query, restored := restoreFraming(first[:n])
+	if restored {
+		log.Infof("Reload: the old servers had read only the length of a query from %s as they stopped; passed on with its length", client.RemoteAddr())
+	}
+	if _, err := server.Write(query); err != nil {
 		return fmt.Errorf("pass the query on to %s: %w", server.RemoteAddr(), err)
 	}
 	clientDone := make(chan struct{})

@@ -26,6 +26,10 @@ func startLoad(ctx context.Context, t *testing.T, node *harness.Node, rate int, 
 				continue
 			}
 			t.Logf("%-13s %-14s %v", r.Target, r.Transport, r.Result)
+			for _, f := range r.Result.Failures[:min(5, len(r.Result.Failures))] {
+				t.Logf("  %s sent %v into the load (connecting %v, %s, from %s)", f.Outcome,
+					f.Sent.Sub(r.Result.Started).Round(time.Millisecond), f.Connecting, f.Name, f.Local)
+			}
 		}
 		out <- results
 	}()

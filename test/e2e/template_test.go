@@ -133,7 +133,7 @@ func TestTemplateEditsUnderLoad(t *testing.T) {
 	}
 	waitForLog(t, p, "new TCP connections waited", 3, 5*time.Second)
 	for line := range strings.Lines(p.Log()) {
-		if strings.Contains(line, "new TCP connections waited") {
+		if strings.Contains(line, "plugin/nodelocal: Reload:") {
 			t.Log(strings.TrimSpace(line))
 		}
 	}
