@@ -245,6 +245,7 @@ func newFakeNode(t *testing.T) *fakeNode {
 		func(netip.AddrPort) error { return nil },
 		n.peers, n.sockets)
 	n.mgr.takeoverDrain = time.Hour // tests end the takeover themselves
+	n.mgr.replacementWait = 0       // tests of the wait set it
 	t.Cleanup(func() {
 		n.mgr.mu.Lock()
 		if n.mgr.stop != nil {

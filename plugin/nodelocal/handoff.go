@@ -22,6 +22,15 @@ const peerLockTimeout = 30 * time.Second
 // grace period.
 const successorStartTimeout = 5 * time.Second
 
+// How long a stopping instance that no other serves beside waits for a
+// replacement to start before it hands the Service IPs back to kube-proxy:
+// the DaemonSet recreates a deleted or evicted pod at once, and a replacement
+// that finds this one still serving starts as in a surge, with no takeover
+// from kube-dns to reset the connections kube-dns serves meanwhile. A stop
+// that none follows (an uninstall, a node shutting down) hands back this much
+// later, still within the grace period.
+const replacementWait = 3 * time.Second
+
 // The longest a reload keeps new TCP connections waiting: under a second, so a
 // client's SYN refused at the start of the pause gets through on its first
 // retransmission.
@@ -255,6 +264,7 @@ func (m *manager) ResumeAccepting() {
 // queries to kube-dns, and the link-local IP is served through lameduck.
 func (m *manager) HandOff() {
 	m.stopping.Store(true)
+	m.awaitReplacement()
 	m.awaitStartingPeer()
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -279,6 +289,39 @@ func (m *manager) HandOff() {
 		m.enter(phaseStopping)
 	}
 }
+
+// awaitReplacement waits, up to replacementWait, for another instance to
+// open its sockets on our addresses when none has and the stop would hand the
+// Service IPs back; awaitStartingPeer then waits for its listeners. All the
+// while this instance serves as before.
+func (m *manager) awaitReplacement() {
+	m.mu.Lock()
+	wait, listen := m.replacementWait, slices.Clone(m.cfg.Listen)
+	// fail_open off is upstream's behavior: the rules go at once.
+	handsBack := (m.phase == phaseServing || m.phase == phaseReloadPause) && m.cfg.Teardown && m.cfg.FailOpen && len(m.serviceListen()) > 0
+	m.mu.Unlock()
+	if !handsBack || wait <= 0 {
+		return
+	}
+	start := time.Now()
+	for {
+		others, err := m.peers.Others(listen)
+		if err != nil || others > 0 {
+			if err == nil {
+				log.Infof("Stopping: a replacement opened its sockets after %v; it takes the flows over", time.Since(start).Round(time.Millisecond))
+			}
+			return
+		}
+		if time.Since(start) >= wait {
+			log.Infof("Stopping: no replacement started within %v; handing the Service IPs back to kube-proxy", wait)
+			return
+		}
+		time.Sleep(replacementPoll)
+	}
+}
+
+// How often awaitReplacement looks for a replacement's sockets.
+const replacementPoll = 50 * time.Millisecond
 
 // awaitStartingPeer waits until an instance that is starting (a surge pod:
 // it holds the instance lock from its setup until its listeners are up) has

@@ -111,6 +111,43 @@ func TestHandOffWaitsForAStartingSuccessor(t *testing.T) {
 	}
 }
 
+// A deleted pod's replacement starts during the old one's stop: the old one
+// waits for it, and moves every flow to it as in a surge instead of handing
+// the Service IPs back to kube-proxy, whose connections the replacement's
+// takeover would reset. Without a replacement, the hand-back follows the wait.
+func TestHandOffWaitsForAReplacement(t *testing.T) {
+	for _, replaced := range []bool{true, false} {
+		n := newFakeNode(t)
+		if err := n.mgr.Apply(testConfig("169.254.20.10:53", "198.18.0.10:53")); err != nil {
+			t.Fatal(err)
+		}
+		n.listenersUp()
+		n.mgr.replacementWait = 300 * time.Millisecond
+		if replaced {
+			time.AfterFunc(100*time.Millisecond, func() {
+				n.peers.mu.Lock()
+				n.peers.starting = 4 // sockets open, listeners not yet: it holds the lock
+				n.peers.others = 1
+				n.peers.mu.Unlock()
+			})
+		}
+		start := time.Now()
+		n.mgr.HandOff()
+		took := time.Since(start)
+		rules := n.tables[IPv4].count()
+		switch {
+		case replaced && (len(n.sockets.stopped) != 1 || len(n.sockets.stopped[0]) != 2 || rules != 24):
+			t.Fatalf("replaced: TCP listeners shut %v and %d rules left; want both IPs moved to the replacement and all 24 rules left to it", n.sockets.stopped, rules)
+		case replaced && took >= n.mgr.replacementWait:
+			t.Fatalf("replaced after 100ms: the handoff took %v, want it as soon as the replacement listens", took)
+		case !replaced && took < n.mgr.replacementWait:
+			t.Fatalf("no replacement: handed back after %v, want after the %v wait", took, n.mgr.replacementWait)
+		case !replaced && rules == 24:
+			t.Fatal("no replacement: the Service IPs' interception stayed, want it handed back to kube-proxy")
+		}
+	}
+}
+
 // A stop during the process's own start does not wait for its own lock.
 func TestHandOffDuringOwnStartDoesNotWaitForItself(t *testing.T) {
 	n := newFakeNode(t)

@@ -54,6 +54,8 @@ type manager struct {
 	// listeners are up: a stopping peer then sees them and leaves things be.
 	startUnlock   func()
 	takeoverDrain time.Duration // how long takingOver lasts
+	// replacementWait: how long a stop without a peer waits for one to start.
+	replacementWait time.Duration
 	// retransmitWait: how long withholding lasts after the listeners are up
 	// when a handed-off instance shares the node (0 otherwise).
 	retransmitWait time.Duration
@@ -72,7 +74,7 @@ func newManager(links Links, newTables func(Backend, Family) (RuleTables, error)
 	return &manager{
 		links: links, newTables: newTables, generation: generation, detect: detect, probe: probe, peers: peers, sockets: sockets,
 		ownIPs: map[netip.Addr]bool{}, foreignIPs: map[netip.Addr]string{}, rulesMade: map[Family]bool{},
-		wake: make(chan struct{}, 1), takeoverDrain: takeoverDrain,
+		wake: make(chan struct{}, 1), takeoverDrain: takeoverDrain, replacementWait: replacementWait,
 	}
 }
 

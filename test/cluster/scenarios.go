@@ -78,7 +78,7 @@ var Scenarios = []Scenario{
 		}
 		time.Sleep(time.Second) // the DaemonSet controller sees the deletion
 		return c.rolledOut()
-	}, Check: noFailures(KubeDNSIP), Excused: resetAtTheTakeover, ExcusedMax: 20},
+	}, Check: noFailures(KubeDNSIP)},
 	{Name: "OOM kill: the kernel kills node-cache at its memory limit (lowered to " + oomLimit + "), kubelet restarts it",
 		Goal: "ClusterIP: only queries in flight at the kill; no duplicate rule after", Prepare: func(c *Cluster) error {
 			patch := `[{"op": "replace", "path": "/spec/template/spec/containers/0/resources/limits/memory", "value": "` + oomLimit + `"}]`
@@ -93,14 +93,6 @@ var Scenarios = []Scenario{
 		}
 		return c.WaitGone("k8s-app=node-local-dns", 60*time.Second)
 	}, Check: noFailures(KubeDNSIP), Excused: clusterMissWithoutUpstream, ExcusedMax: 50},
-}
-
-// resetAtTheTakeover: a TCP query to the ClusterIP on a connection kube-dns
-// served, closed or left unanswered when the replacement of a deleted pod
-// takes TCP over from kube-dns (its 500 ms of SYN-only interception do not
-// cover a client stalled longer, nor a kept connection).
-func resetAtTheTakeover(r LoadRun, f dnsload.Failure) bool {
-	return r.Transport != dnsload.UDP && (f.Outcome == dnsload.ClosedByServer.String() || f.Outcome == dnsload.Timeout.String())
 }
 
 // clusterMissWithoutUpstream: a cluster-domain cache miss that timed out

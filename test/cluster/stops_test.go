@@ -75,7 +75,6 @@ func TestKnownOpenProblemsExcuseOnlyTheirFailures(t *testing.T) {
 		}
 		return LoadRun{Target: KubeDNSIP, Transport: tr, Result: r}
 	}
-	takeover := Scenario{Excused: resetAtTheTakeover, ExcusedMax: 20}
 	uninstall := Scenario{Excused: clusterMissWithoutUpstream, ExcusedMax: 50}
 	miss := "u1.miss.default.svc.cluster.local."
 	for _, tc := range []struct {
@@ -84,10 +83,8 @@ func TestKnownOpenProblemsExcuseOnlyTheirFailures(t *testing.T) {
 		runs []LoadRun
 		want bool
 	}{
-		{"kept connections reset at the takeover", takeover, []LoadRun{failed(dnsload.TCPPersistent, "timeout", "a.", 3), failed(dnsload.TCPPerQuery, "closed", "a.", 8)}, true},
-		{"UDP at the takeover", takeover, []LoadRun{failed(dnsload.UDP, "timeout", "a.", 1)}, false},
-		{"more than the bound", takeover, []LoadRun{failed(dnsload.TCPPerQuery, "closed", "a.", 21)}, false},
 		{"cluster misses without the upstream Service", uninstall, []LoadRun{failed(dnsload.UDP, "timeout", miss, 9), failed(dnsload.TCPPerQuery, "timeout", miss, 9)}, true},
+		{"more than the bound", uninstall, []LoadRun{failed(dnsload.TCPPerQuery, "timeout", miss, 51)}, false},
 		{"a cache hit at the uninstall", uninstall, []LoadRun{failed(dnsload.UDP, "timeout", "web.default.svc.cluster.local.", 1)}, false},
 		{"no excuse", Scenario{}, []LoadRun{failed(dnsload.UDP, "timeout", miss, 1)}, false},
 	} {
