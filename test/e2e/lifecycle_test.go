@@ -106,31 +106,33 @@ func assertNoClusterIPLoss(t *testing.T, results harness.LoadResults) {
 	}
 }
 
-// TestStopWithoutSuccessor: SIGTERM hands the ClusterIP back to kube-dns
-// before the sockets close, serves the link-local IP through lameduck, then
-// leaves the node as it was. Zero ClusterIP queries fail.
+// TestStopWithoutSuccessor: SIGTERM, and no replacement within 3 s, hands the
+// ClusterIP back to kube-dns before the sockets close, serves the link-local
+// IP through lameduck, then leaves the node as it was. Zero ClusterIP queries
+// fail.
 func TestStopWithoutSuccessor(t *testing.T) {
 	node := harness.NewNode(t, harness.Options{})
 	p, err := node.StartNodeCache("node-cache", mustTemplate(t, node, ""))
 	if err != nil {
 		t.Fatal(err)
 	}
-	load := startLoad(context.Background(), t, node, 150, 10*time.Second)
+	load := startLoad(context.Background(), t, node, 150, 12*time.Second)
 	time.Sleep(2 * time.Second)
 	stopped := time.Now()
 	p.Signal(syscall.SIGTERM)
 	if err := p.Wait(15 * time.Second); err != nil {
 		t.Fatalf("exit: %v\n%s", err, p.Log())
 	}
-	t.Logf("exited %v after SIGTERM (lameduck 5s)", time.Since(stopped).Round(time.Millisecond))
+	t.Logf("exited %v after SIGTERM (replacement wait 3s, lameduck 5s)", time.Since(stopped).Round(time.Millisecond))
 	results := <-load
 	assertNoClusterIPLoss(t, results)
 	for _, r := range results {
 		if r.Target == harness.LocalIP {
-			// SIGTERM at second 2 plus lameduck 5s: the link-local IP serves
-			// until second 7; a query sent in second 6 may still be in flight then.
-			if fs := r.Result.FailedSeconds(); len(fs) > 0 && fs[0] < 6 {
-				t.Fatalf("link-local %s failed in second %d, before lameduck ended (about second 7)", r.Transport, fs[0])
+			// SIGTERM at second 2, the replacement wait 3s and lameduck 5s:
+			// the link-local IP serves until second 10; a query sent in second
+			// 9 may still be in flight then.
+			if fs := r.Result.FailedSeconds(); len(fs) > 0 && fs[0] < 9 {
+				t.Fatalf("link-local %s failed in second %d, before lameduck ended (about second 10)", r.Transport, fs[0])
 			}
 		}
 	}
@@ -166,6 +168,46 @@ func TestSurgeHandoff(t *testing.T) {
 	mustQuery(t, node, "udp", harness.ClusterIP, harness.WebSvc)
 	next.Signal(syscall.SIGTERM)
 	if err := next.Wait(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, node)
+}
+
+// TestReplacementDuringStop: a deleted pod's replacement, which the
+// DaemonSet starts a second after the old pod's SIGTERM. The old instance
+// waits for it instead of handing the ClusterIP back to kube-proxy, so the
+// replacement starts as in a surge, with no takeover from kube-dns, and gets
+// every flow. No query fails on either IP.
+func TestReplacementDuringStop(t *testing.T) {
+	node := harness.NewNode(t, harness.Options{})
+	tmpl := mustTemplate(t, node, "")
+	old, err := node.StartNodeCache("node-cache-old", tmpl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := startLoad(context.Background(), t, node, 150, 12*time.Second)
+	time.Sleep(2 * time.Second)
+	old.Signal(syscall.SIGTERM)
+	time.Sleep(time.Second)
+	next := startPeer(t, node, "node-cache-new", tmpl)
+	if err := old.Wait(20 * time.Second); err != nil {
+		t.Fatalf("old instance: %v\n%s", err, old.Log())
+	}
+	for _, want := range []string{"a replacement opened its sockets", "new queries go to it", "Teardown skipped: another instance serves here"} {
+		if !strings.Contains(old.Log(), want) {
+			t.Fatalf("the old instance did not leave the node to its replacement (no %q):\n%s", want, old.Log())
+		}
+	}
+	if strings.Contains(next.Log(), "over from kube-dns") {
+		t.Fatalf("the replacement took TCP over from kube-dns, want a surge start:\n%s", next.Log())
+	}
+	assertRules(t, node, 24)
+	results := <-load
+	if f, sent := results.Failed(anyTarget, allTransports...); f != 0 {
+		t.Errorf("%d of %d queries failed across the replacement, want 0", f, sent)
+	}
+	next.Signal(syscall.SIGTERM)
+	if err := next.Wait(20 * time.Second); err != nil {
 		t.Fatal(err)
 	}
 	assertClean(t, node)
