@@ -143,7 +143,7 @@ func run(bin string, mode harness.ProxyMode, backend harness.Backend) error {
 		show("conntrack entries for the pod's queries to %s: %d", server, n)
 	}
 
-	step("Graceful stop (SIGTERM, as kubelet sends it): lameduck, then teardown")
+	step("Graceful stop (SIGTERM, as kubelet sends it): 3 s for a replacement (none comes), the ClusterIP back to kube-proxy, lameduck, then teardown")
 	start = time.Now()
 	if err := proc.Stop(30 * time.Second); err != nil {
 		return err
