@@ -139,78 +139,66 @@ func TestStopWithoutSuccessor(t *testing.T) {
 	assertClean(t, node)
 }
 
-// TestSurgeHandoff: the DaemonSet's maxSurge rollout. A new instance starts
-// next to the old one (same IPs, SO_REUSEPORT), then the old one gets SIGTERM
-// and leaves everything to the new one. No query fails on either IP.
-func TestSurgeHandoff(t *testing.T) {
-	node := harness.NewNode(t, harness.Options{})
-	tmpl := mustTemplate(t, node, "")
-	old, err := node.StartNodeCache("node-cache-old", tmpl)
-	if err != nil {
-		t.Fatal(err)
+// TestHandOffToAnotherInstance: the old instance leaves everything to a new
+// one on the same IPs (SO_REUSEPORT), which gets every flow; no query fails
+// on either IP. In the DaemonSet's maxSurge rollout the new one starts
+// before the old one's SIGTERM; a deleted pod's replacement starts a second
+// after it, and the old instance waits for it instead of handing the
+// ClusterIP back to kube-proxy, so the replacement too starts as in a surge,
+// with no takeover from kube-dns.
+func TestHandOffToAnotherInstance(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		beforeStop  bool // the new instance starts before the old one's SIGTERM
+		wantOldLogs []string
+	}{
+		{"surge", true, []string{"new queries go to it", "Teardown skipped: another instance serves here"}},
+		{"replacement during the stop", false, []string{"a replacement opened its sockets", "new queries go to it", "Teardown skipped: another instance serves here"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			node := harness.NewNode(t, harness.Options{})
+			tmpl := mustTemplate(t, node, "")
+			old, err := node.StartNodeCache("node-cache-old", tmpl)
+			if err != nil {
+				t.Fatal(err)
+			}
+			load := startLoad(context.Background(), t, node, 150, 12*time.Second)
+			var next *harness.Process
+			if tc.beforeStop {
+				time.Sleep(time.Second)
+				next = startPeer(t, node, "node-cache-new", tmpl)
+				time.Sleep(time.Second)
+				old.Signal(syscall.SIGTERM)
+			} else {
+				time.Sleep(2 * time.Second)
+				old.Signal(syscall.SIGTERM)
+				time.Sleep(time.Second)
+				next = startPeer(t, node, "node-cache-new", tmpl)
+			}
+			if err := old.Wait(20 * time.Second); err != nil {
+				t.Fatalf("old instance: %v\n%s", err, old.Log())
+			}
+			for _, want := range tc.wantOldLogs {
+				if !strings.Contains(old.Log(), want) {
+					t.Fatalf("the old instance did not leave the node to the new one (no %q):\n%s", want, old.Log())
+				}
+			}
+			if strings.Contains(next.Log(), "over from kube-dns") {
+				t.Fatalf("the new instance took TCP over from kube-dns, want a surge start:\n%s", next.Log())
+			}
+			assertRules(t, node, 24)
+			results := <-load
+			if f, sent := results.Failed(anyTarget, allTransports...); f != 0 {
+				t.Errorf("%d of %d queries failed across the handoff, want 0", f, sent)
+			}
+			mustQuery(t, node, "udp", harness.ClusterIP, harness.WebSvc)
+			next.Signal(syscall.SIGTERM)
+			if err := next.Wait(20 * time.Second); err != nil {
+				t.Fatal(err)
+			}
+			assertClean(t, node)
+		})
 	}
-	load := startLoad(context.Background(), t, node, 150, 12*time.Second)
-	time.Sleep(time.Second)
-	next := startPeer(t, node, "node-cache-new", tmpl)
-	time.Sleep(time.Second)
-	old.Signal(syscall.SIGTERM)
-	if err := old.Wait(15 * time.Second); err != nil {
-		t.Fatalf("old instance: %v\n%s", err, old.Log())
-	}
-	if !strings.Contains(old.Log(), "new queries go to it") || !strings.Contains(old.Log(), "Teardown skipped: another instance serves here") {
-		t.Fatalf("the old instance did not leave the state to the new one:\n%s", old.Log())
-	}
-	assertRules(t, node, 24)
-	results := <-load
-	if f, sent := results.Failed(anyTarget, allTransports...); f != 0 {
-		t.Errorf("%d of %d queries failed across the surge handoff, want 0", f, sent)
-	}
-	mustQuery(t, node, "udp", harness.ClusterIP, harness.WebSvc)
-	next.Signal(syscall.SIGTERM)
-	if err := next.Wait(15 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	assertClean(t, node)
-}
-
-// TestReplacementDuringStop: a deleted pod's replacement, which the
-// DaemonSet starts a second after the old pod's SIGTERM. The old instance
-// waits for it instead of handing the ClusterIP back to kube-proxy, so the
-// replacement starts as in a surge, with no takeover from kube-dns, and gets
-// every flow. No query fails on either IP.
-func TestReplacementDuringStop(t *testing.T) {
-	node := harness.NewNode(t, harness.Options{})
-	tmpl := mustTemplate(t, node, "")
-	old, err := node.StartNodeCache("node-cache-old", tmpl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	load := startLoad(context.Background(), t, node, 150, 12*time.Second)
-	time.Sleep(2 * time.Second)
-	old.Signal(syscall.SIGTERM)
-	time.Sleep(time.Second)
-	next := startPeer(t, node, "node-cache-new", tmpl)
-	if err := old.Wait(20 * time.Second); err != nil {
-		t.Fatalf("old instance: %v\n%s", err, old.Log())
-	}
-	for _, want := range []string{"a replacement opened its sockets", "new queries go to it", "Teardown skipped: another instance serves here"} {
-		if !strings.Contains(old.Log(), want) {
-			t.Fatalf("the old instance did not leave the node to its replacement (no %q):\n%s", want, old.Log())
-		}
-	}
-	if strings.Contains(next.Log(), "over from kube-dns") {
-		t.Fatalf("the replacement took TCP over from kube-dns, want a surge start:\n%s", next.Log())
-	}
-	assertRules(t, node, 24)
-	results := <-load
-	if f, sent := results.Failed(anyTarget, allTransports...); f != 0 {
-		t.Errorf("%d of %d queries failed across the replacement, want 0", f, sent)
-	}
-	next.Signal(syscall.SIGTERM)
-	if err := next.Wait(20 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	assertClean(t, node)
 }
 
 // TestTwoStopAtOnce: two instances stopping together clean up exactly once.
