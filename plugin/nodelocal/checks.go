@@ -73,6 +73,8 @@ func (m *manager) check(withRules bool) {
 	}
 	if withRules && m.phase.ownsRules() {
 		m.rulesOK = m.ensureRules(true)
+		m.sweepPins()
+		m.refreshPins(true)
 	}
 	// A link event checks the interface only; the rules' state is the last check's.
 	inPlace := ifaceOK && m.rulesOK && m.phase.listenersUp() && m.phase != phaseTakingOver

@@ -25,6 +25,9 @@ type Config struct {
 	HealthPort      int // 0: no conntrack exemption for health probes
 	Teardown        bool
 	FailOpen        bool // interception needs a live listener (-m socket)
+	// Upstreams are where the forward plugin of these server blocks sends
+	// queries: those behind a Service are pinned during a stop (upstreams.go).
+	Upstreams []netip.AddrPort
 }
 
 // IPs lists the distinct listen addresses.
@@ -53,5 +56,5 @@ func (c *Config) equal(o *Config) bool {
 	return o != nil && slices.Equal(c.Listen, o.Listen) && c.Interface == o.Interface &&
 		c.ManageInterface == o.ManageInterface && c.Backend == o.Backend &&
 		c.CheckInterval == o.CheckInterval && c.HealthPort == o.HealthPort && c.Teardown == o.Teardown &&
-		c.FailOpen == o.FailOpen
+		c.FailOpen == o.FailOpen && slices.Equal(c.Upstreams, o.Upstreams)
 }

@@ -95,13 +95,15 @@ type fakeTables struct {
 	inserts int
 }
 
-func (f *fakeTables) List(table string) (string, error) {
+func (f *fakeTables) List(table string) (string, error) { return f.ListChain(table, "") }
+
+func (f *fakeTables) ListChain(table, chain string) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.lists++
 	var b strings.Builder
 	for _, r := range f.rules {
-		if r.Table == table {
+		if r.Table == table && (chain == "" || r.Chain == chain) {
 			b.WriteString(strings.TrimPrefix(r.String(), "-t "+table+" ") + "\n")
 		}
 	}
@@ -113,6 +115,13 @@ func (f *fakeTables) Insert(r Rule) error {
 	defer f.mu.Unlock()
 	f.inserts++
 	f.rules = append([]Rule{r}, f.rules...)
+	return nil
+}
+
+func (f *fakeTables) Append(r Rule) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rules = append(f.rules, r)
 	return nil
 }
 
@@ -177,7 +186,7 @@ func (p *fakePeers) Remaining(listen []netip.AddrPort) (int, error) { return p.O
 type fakeSockets struct {
 	mu                                sync.Mutex
 	paused, resumed, stopped, udpLeft [][]netip.AddrPort
-	waitedAnswered                    [][]netip.AddrPort
+	waitedAnswered, closedAnswered    [][]netip.AddrPort
 	onResume                          func() // if set, runs as the listeners resume
 	held                              []*fakeHeld
 }
@@ -188,7 +197,8 @@ type fakeHeld struct{ carried, released int }
 func (h *fakeHeld) CarryOver() int { h.carried++; return 0 }
 func (h *fakeHeld) Release()       { h.released++ }
 
-func (s *fakeSockets) WaitAnswered(l []netip.AddrPort) error { return s.record(&s.waitedAnswered, l) }
+func (s *fakeSockets) WaitAnswered(l []netip.AddrPort) error  { return s.record(&s.waitedAnswered, l) }
+func (s *fakeSockets) CloseAnswered(l []netip.AddrPort) error { return s.record(&s.closedAnswered, l) }
 
 func (s *fakeSockets) HoldConnections([]netip.AddrPort) (Held, error) {
 	s.mu.Lock()
@@ -228,7 +238,9 @@ type fakeNode struct {
 	peers   *fakePeers
 	sockets *fakeSockets
 	nftGen  *uint32 // the ruleset generation, if the fake node keeps one
-	mgr     *manager
+	// endpoints: what conntrack shows each Service upstream reaching
+	endpoints map[netip.AddrPort][]netip.AddrPort
+	mgr       *manager
 }
 
 func newFakeNode(t *testing.T) *fakeNode {
@@ -243,6 +255,7 @@ func newFakeNode(t *testing.T) *fakeNode {
 		},
 		func() (Backend, error) { return BackendNFT, nil },
 		func(netip.AddrPort) error { return nil },
+		func(up netip.AddrPort) ([]netip.AddrPort, error) { return n.endpoints[up], nil },
 		n.peers, n.sockets)
 	n.mgr.takeoverDrain = time.Hour // tests end the takeover themselves
 	n.mgr.replacementWait = 0       // tests of the wait set it

@@ -85,24 +85,7 @@ func (m *manager) withholdTCP() {
 	}
 	m.enter(phaseWithholding)
 	for _, t := range m.tables {
-		out, err := t.List("raw")
-		if err != nil {
-			m.iptablesError("list", err)
-			continue
-		}
-		listed, err := ParseListing("raw", out)
-		if err != nil {
-			m.iptablesError("list", err)
-			continue
-		}
-		for _, r := range listed {
-			if !r.isOurs() || !isServiceTCPInterception(r) {
-				continue
-			}
-			if err := t.Delete(r); err != nil {
-				m.iptablesError("delete "+r.String(), err)
-				continue
-			}
+		for _, r := range m.removeListed(t, "raw", "", func(r Rule) bool { return r.isOurs() && isServiceTCPInterception(r) }) {
 			log.Infof("Removed the TCP interception an earlier instance left, until kube-dns's open connections finish: %s", r)
 		}
 	}
@@ -264,6 +247,7 @@ func (m *manager) ResumeAccepting() {
 // queries to kube-dns, and the link-local IP is served through lameduck.
 func (m *manager) HandOff() {
 	m.stopping.Store(true)
+	m.pinUpstreams()
 	m.awaitReplacement()
 	m.awaitStartingPeer()
 	m.mu.Lock()
@@ -451,6 +435,9 @@ func (m *manager) Shutdown() {
 	if m.phase.handedToKubeProxy() {
 		m.leaveToSuccessor()
 	}
+	// Last: queries that arrive until the interception is gone are forwarded.
+	defer m.unpinUpstreams()
+	draining := m.phase == phaseDraining
 	m.enter(phaseShutDown)
 	if m.cfg == nil || !m.cfg.Teardown {
 		log.Infof("Teardown skipped: the interface and rules stay in place")
@@ -462,6 +449,15 @@ func (m *manager) Shutdown() {
 	if others, err := m.peers.Remaining(m.cfg.Listen); err != nil || others > 0 {
 		log.Infof("Teardown skipped: another instance serves here (%d sockets, %v)", others, err)
 		return
+	}
+	if draining {
+		// The Service IPs' TCP interception still holds the connections
+		// opened before the handoff: closed first, their clients send their
+		// next query on a new connection, to kube-dns. Without it, it would
+		// go, mid-connection, to kube-dns, which knows no such connection.
+		if err := m.sockets.CloseAnswered(m.serviceListen()); err != nil {
+			log.Warningf("Tearing down: TCP connections still open on %v may lose a query: %v", m.serviceListen(), err)
+		}
 	}
 	m.removeRules()
 	if m.cfg.ManageInterface {

@@ -57,6 +57,9 @@ func TestManagerHandsOffServiceIPsFirst(t *testing.T) {
 	if n.tables[IPv4].count() != 0 || len(n.links.links) != 0 {
 		t.Fatal("teardown after the handoff left state")
 	}
+	if got := n.sockets.closedAnswered; len(got) != 1 || len(got[0]) != 1 || got[0][0].Addr().String() != "198.18.0.10" {
+		t.Fatalf("connections closed before the teardown on %v, want the ClusterIP's, once", got)
+	}
 }
 
 func TestManagerLeavesStateToAPeer(t *testing.T) {

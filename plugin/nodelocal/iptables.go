@@ -24,7 +24,10 @@ const (
 type RuleTables interface {
 	// List returns `iptables -t TABLE -S`: one process per table.
 	List(table string) (string, error)
-	Insert(r Rule) error
+	// ListChain returns `iptables -t TABLE -S CHAIN`.
+	ListChain(table, chain string) (string, error)
+	Insert(r Rule) error // first in its chain
+	Append(r Rule) error // last in its chain
 	Delete(r Rule) error
 }
 
@@ -64,18 +67,25 @@ func newIPTablesCmd(b Backend, f Family) (*iptablesCmd, error) {
 	return &iptablesCmd{path: path, ipt: ipt}, nil
 }
 
-func (c *iptablesCmd) List(table string) (string, error) {
-	cmd := exec.Command(c.path, "-w", fmt.Sprint(lockWaitSeconds), "-t", table, "-S")
+func (c *iptablesCmd) List(table string) (string, error) { return c.ListChain(table, "") }
+
+func (c *iptablesCmd) ListChain(table, chain string) (string, error) {
+	args := []string{"-w", fmt.Sprint(lockWaitSeconds), "-t", table, "-S"}
+	if chain != "" {
+		args = append(args, chain)
+	}
+	cmd := exec.Command(c.path, args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return "", fmt.Errorf("%s -t %s -S: %v: %s", c.path, table, err, strings.TrimSpace(stderr.String()))
+		return "", fmt.Errorf("%s %s: %v: %s", c.path, strings.Join(args[2:], " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return string(out), nil
 }
 
 func (c *iptablesCmd) Insert(r Rule) error { return c.ipt.Insert(r.Table, r.Chain, 1, r.Args...) }
+func (c *iptablesCmd) Append(r Rule) error { return c.ipt.Append(r.Table, r.Chain, r.Args...) }
 func (c *iptablesCmd) Delete(r Rule) error { return c.ipt.Delete(r.Table, r.Chain, r.Args...) }
 
 // isLockError tells xtables lock contention from other iptables failures.

@@ -16,12 +16,19 @@ import (
 // changes in a child process with a network namespace of its own, so the
 // node's interfaces and this process's namespace stay untouched.
 func TestWatchReportsLinkAndAddressEvents(t *testing.T) {
+	inNewNetns(t, "TestHelperWatch", "NODELOCAL_HELPER_WATCH")
+}
+
+// inNewNetns runs the test helper in a child process with a network namespace
+// of its own, with env set to 1, and fails t if the helper fails.
+func inNewNetns(t *testing.T, helper, env string) {
+	t.Helper()
 	harness.RequirePrivileges(t)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperWatch$", "-test.v")
-	cmd.Env = append(os.Environ(), "NODELOCAL_HELPER_WATCH=1")
+	cmd := exec.Command(os.Args[0], "-test.run=^"+helper+"$", "-test.v")
+	cmd.Env = append(os.Environ(), env+"=1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("watch in a new network namespace: %v\n%s", err, out)
+		t.Fatalf("%s in a new network namespace: %v\n%s", helper, err, out)
 	}
 }
 

@@ -18,13 +18,14 @@ import (
 // with kube-dns at a start, a reload and a stop, whose phases lifecycle.go
 // lists.
 type manager struct {
-	links      Links
-	newTables  func(Backend, Family) (RuleTables, error)
-	generation RulesetGeneration
-	detect     func() (Backend, error)
-	probe      func(netip.AddrPort) error
-	peers      Peers
-	sockets    Sockets
+	links            Links
+	newTables        func(Backend, Family) (RuleTables, error)
+	generation       RulesetGeneration
+	detect           func() (Backend, error)
+	probe            func(netip.AddrPort) error
+	serviceEndpoints ServiceEndpoints
+	peers            Peers
+	sockets          Sockets
 
 	mu      sync.Mutex
 	cfg     *Config
@@ -43,6 +44,13 @@ type manager struct {
 	// and the desired rules. A check finding both the same lists nothing.
 	verified    *verifiedRules
 	genErrShown bool // a failed generation read is logged once
+	// The upstream pins (upstreams.go): this instance's, whether pins an
+	// earlier instance left may still be around, and whether pins may stay
+	// while serving (kube-proxy's rules come first), as last looked at.
+	pins             map[netip.AddrPort][]Rule
+	pinsToSweep      bool
+	pinsWhileServing map[Family]bool
+	pinModeCheckedAt map[Family]time.Time
 
 	// The check loop.
 	stop chan struct{} // closes the check loop; nil when not running
@@ -70,10 +78,10 @@ type manager struct {
 	stopping  atomic.Bool // the stop began: set before the lock, read by readiness
 }
 
-func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), generation RulesetGeneration, detect func() (Backend, error), probe func(netip.AddrPort) error, peers Peers, sockets Sockets) *manager {
+func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), generation RulesetGeneration, detect func() (Backend, error), probe func(netip.AddrPort) error, serviceEndpoints ServiceEndpoints, peers Peers, sockets Sockets) *manager {
 	return &manager{
-		links: links, newTables: newTables, generation: generation, detect: detect, probe: probe, peers: peers, sockets: sockets,
-		ownIPs: map[netip.Addr]bool{}, foreignIPs: map[netip.Addr]string{}, rulesMade: map[Family]bool{},
+		links: links, newTables: newTables, generation: generation, detect: detect, probe: probe, serviceEndpoints: serviceEndpoints, peers: peers, sockets: sockets,
+		ownIPs: map[netip.Addr]bool{}, foreignIPs: map[netip.Addr]string{}, rulesMade: map[Family]bool{}, pins: map[netip.AddrPort][]Rule{}, pinsWhileServing: map[Family]bool{}, pinModeCheckedAt: map[Family]time.Time{},
 		wake: make(chan struct{}, 1), takeoverDrain: takeoverDrain, replacementWait: replacementWait,
 	}
 }
@@ -84,6 +92,7 @@ var theManager = newManager(netlinkLinks{},
 	nftGeneration,
 	func() (Backend, error) { return DetectBackend(listWithBinary) },
 	probeDNS,
+	conntrackEndpoints,
 	netnsPeers{name: "instance"},
 	ownSockets{})
 
@@ -105,6 +114,8 @@ func (m *manager) Apply(cfg *Config) error {
 		return err
 	}
 	if starting {
+		m.pinsToSweep = true
+		m.sweepPins()
 		m.withholdTCP()
 	}
 	if m.phase.listenersUp() {
@@ -135,6 +146,8 @@ func (m *manager) setConfig(cfg *Config) error {
 			}
 		}
 		m.backend, m.tables = backend, tables
+		clear(m.pinsWhileServing)
+		clear(m.pinModeCheckedAt)
 	}
 	// Addresses of an earlier config that are no longer listened on.
 	if m.cfg != nil && m.cfg.ManageInterface {

@@ -286,6 +286,33 @@ func (m *manager) syncRules(f Family, t RuleTables, desired []Rule, repair bool)
 	return ok, changed
 }
 
+// removeListed deletes the rules of a table (of one chain, if chain is set)
+// that match, and returns those it deleted.
+func (m *manager) removeListed(t RuleTables, table, chain string, match func(Rule) bool) []Rule {
+	out, err := t.ListChain(table, chain)
+	if err != nil {
+		m.iptablesError("list", err)
+		return nil
+	}
+	listed, err := ParseListing(table, out)
+	if err != nil {
+		m.iptablesError("list", err)
+		return nil
+	}
+	var removed []Rule
+	for _, r := range listed {
+		if !match(r) {
+			continue
+		}
+		if err := t.Delete(r); err != nil {
+			m.iptablesError("delete "+r.String(), err)
+			continue
+		}
+		removed = append(removed, r)
+	}
+	return removed
+}
+
 func (m *manager) iptablesError(what string, err error) {
 	kind := errIPTables
 	if isLockError(err) {

@@ -53,10 +53,15 @@ func (r Rule) String() string {
 	return b.String()
 }
 
+// isOurs: an interception rule (raw and filter tables).
 func (r Rule) isOurs() bool {
+	return r.hasComment(commentSkipConntrack) || r.hasComment(commentAllowTraffic)
+}
+
+func (r Rule) hasComment(comment string) bool {
 	for i, a := range r.Args {
 		if a == "--comment" && i+1 < len(r.Args) {
-			return r.Args[i+1] == commentSkipConntrack || r.Args[i+1] == commentAllowTraffic
+			return r.Args[i+1] == comment
 		}
 	}
 	return false

@@ -14,6 +14,7 @@ import (
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
+	"github.com/coredns/coredns/plugin/pkg/proxy"
 )
 
 func init() { plugin.Register(pluginName, setup) }
@@ -21,7 +22,8 @@ func init() { plugin.Register(pluginName, setup) }
 // blockConfig is what one server block asks for.
 type blockConfig struct {
 	Config
-	explicit []string // options given so far, to refuse one given twice
+	explicit []string          // options given so far, to refuse one given twice
+	server   *dnsserver.Config // the block's server: its forward plugin, once the servers are made
 }
 
 func setup(c *caddy.Controller) error {
@@ -83,6 +85,7 @@ func parse(c *caddy.Controller) (*blockConfig, error) {
 		FailOpen:        true,
 	}}
 	srv := dnsserver.GetConfig(c)
+	blk.server = srv
 	port, err := strconv.Atoi(srv.Port)
 	if err != nil || port < 1 || port > 65535 {
 		return nil, c.Errf("server block port %q is not a port number", srv.Port)
@@ -232,7 +235,8 @@ func (b *blockConfig) conflict(o *blockConfig) error {
 		"give the options in one block only, or the same in all", b.Interface, b.Backend, b.CheckInterval, b.HealthPort, b.Teardown)
 }
 
-// merged is the instance's config: the first block's options, every block's listen addresses.
+// merged is the instance's config: the first block's options, every block's
+// listen addresses and forward upstreams.
 func (inst *instance) merged() *Config {
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
@@ -244,8 +248,34 @@ func (inst *instance) merged() *Config {
 				cfg.Listen = append(cfg.Listen, ap)
 			}
 		}
+		for _, up := range forwardUpstreams(b.server) {
+			if !slices.Contains(cfg.Upstreams, up) {
+				cfg.Upstreams = append(cfg.Upstreams, up)
+			}
+		}
 	}
+	// forward lists them in its policy's order, random by default
+	slices.SortFunc(cfg.Upstreams, func(a, b netip.AddrPort) int { return a.Compare(b) })
 	return &cfg
+}
+
+// forwardUpstreams lists the IP upstreams of a server block's forward plugin.
+// The servers are made before any startup callback, so it is registered then.
+func forwardUpstreams(server *dnsserver.Config) []netip.AddrPort {
+	if server == nil {
+		return nil
+	}
+	fwd, ok := server.Handler("forward").(interface{ List() []*proxy.Proxy })
+	if !ok {
+		return nil
+	}
+	var ups []netip.AddrPort
+	for _, p := range fwd.List() {
+		if ap, err := netip.ParseAddrPort(p.Addr()); err == nil {
+			ups = append(ups, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+		}
+	}
+	return ups
 }
 
 // registerListenHook tells the manager when the listeners are up (after the

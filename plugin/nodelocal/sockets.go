@@ -35,6 +35,10 @@ type Sockets interface {
 	// listen has been answered since its client last sent a query, or after
 	// a second: an exit closes the connections still waited on.
 	WaitAnswered(listen []netip.AddrPort) error
+	// CloseAnswered closes each connection this process accepted on listen
+	// once it has been answered (a second at most), as a server closes an
+	// idle one: its client sends its next query on a new connection.
+	CloseAnswered(listen []netip.AddrPort) error
 	// HoldConnections keeps the TCP connections this process accepted on
 	// listen open past the servers that accepted them, until the returned
 	// Held carries them over to the servers that follow or releases them.
@@ -170,6 +174,28 @@ func (ownSockets) WaitAnswered(listen []netip.AddrPort) error {
 			}
 			return 0
 		})
+}
+
+func (ownSockets) CloseAnswered(listen []netip.AddrPort) error {
+	start := time.Now()
+	for {
+		conns, err := ownSocketsOn(tcpTables, tcpEstablished, listen)
+		if err != nil {
+			return err
+		}
+		late := time.Since(start) > acceptDrainTimeout
+		for _, c := range conns {
+			// After the wait, a query in flight is reset: its client resends it
+			// on a new connection, as after an idle close.
+			if late || (c.queue == 0 && !awaitsAnswer(c.fds[0])) {
+				_ = unix.Shutdown(c.fds[0], unix.SHUT_RDWR)
+			}
+		}
+		if len(conns) == 0 || late {
+			return nil
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 // awaitsAnswer reports whether the client of the connection on fd has sent

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"strings"
 	"time"
-
-	"github.com/nodelocal/nodelocal/test/dnsload"
 )
 
 // Scenario disturbs node-cache on the node while a pod load runs.
@@ -20,12 +18,6 @@ type Scenario struct {
 	Event func(c *Cluster, client string) error
 	// Check says how the run missed the goal, if it did.
 	Check func(run ScenarioRun) error
-	// Excused, if set, tells the failed queries to the ClusterIP that a
-	// known open problem explains (README, "Still open"), at most
-	// ExcusedMax of them in a run: the test logs them, and a run whose
-	// failures they all are does not miss its goal.
-	Excused    func(r LoadRun, f dnsload.Failure) bool
-	ExcusedMax int
 	// MinLoad is how long the load must run at least, when the event takes
 	// longer than the usual load (a ConfigMap edit reaches the pod through
 	// kubelet, then the reload plugin's next poll).
@@ -92,38 +84,7 @@ var Scenarios = []Scenario{
 			return err
 		}
 		return c.WaitGone("k8s-app=node-local-dns", 60*time.Second)
-	}, Check: noFailures(KubeDNSIP), Excused: clusterMissWithoutUpstream, ExcusedMax: 50},
-}
-
-// clusterMissWithoutUpstream: a cluster-domain cache miss that timed out
-// because `kubectl delete -k` deletes the kube-dns-upstream Service, where
-// node-cache forwards those misses, before the DaemonSet.
-func clusterMissWithoutUpstream(_ LoadRun, f dnsload.Failure) bool {
-	return f.Outcome == dnsload.Timeout.String() && strings.HasSuffix(f.Name, ".miss.default.svc.cluster.local.")
-}
-
-// Excuses counts the failed queries to the ClusterIP in run, and reports
-// whether s excuses each of them (every one listed) and no nslookup failed.
-func (s Scenario) Excuses(run ScenarioRun) (int, bool) {
-	if s.Excused == nil || run.Load.NslookupFail > 0 {
-		return 0, false
-	}
-	n := 0
-	for _, r := range run.Load.Runs {
-		if r.Target != KubeDNSIP || r.Result == nil {
-			continue
-		}
-		if len(r.Result.Failures) != r.Result.Failed() {
-			return 0, false
-		}
-		for _, f := range r.Result.Failures {
-			if !s.Excused(r, f) {
-				return 0, false
-			}
-			n++
-		}
-	}
-	return n, n <= s.ExcusedMax
+	}, Check: noFailures(KubeDNSIP)},
 }
 
 // noFailures: no query to targets fails, and no nslookup.

@@ -65,31 +65,3 @@ func TestScenarioChecks(t *testing.T) {
 		}
 	}
 }
-
-func TestKnownOpenProblemsExcuseOnlyTheirFailures(t *testing.T) {
-	failed := func(tr dnsload.Transport, outcome, name string, n int) LoadRun {
-		r := &dnsload.Result{Sent: 100}
-		for i := 0; i < n; i++ {
-			r.Outcomes[dnsload.Timeout]++
-			r.Failures = append(r.Failures, dnsload.Failure{Outcome: outcome, Name: name})
-		}
-		return LoadRun{Target: KubeDNSIP, Transport: tr, Result: r}
-	}
-	uninstall := Scenario{Excused: clusterMissWithoutUpstream, ExcusedMax: 50}
-	miss := "u1.miss.default.svc.cluster.local."
-	for _, tc := range []struct {
-		name string
-		s    Scenario
-		runs []LoadRun
-		want bool
-	}{
-		{"cluster misses without the upstream Service", uninstall, []LoadRun{failed(dnsload.UDP, "timeout", miss, 9), failed(dnsload.TCPPerQuery, "timeout", miss, 9)}, true},
-		{"more than the bound", uninstall, []LoadRun{failed(dnsload.TCPPerQuery, "timeout", miss, 51)}, false},
-		{"a cache hit at the uninstall", uninstall, []LoadRun{failed(dnsload.UDP, "timeout", "web.default.svc.cluster.local.", 1)}, false},
-		{"no excuse", Scenario{}, []LoadRun{failed(dnsload.UDP, "timeout", miss, 1)}, false},
-	} {
-		if _, got := tc.s.Excuses(ScenarioRun{Load: PodLoad{Runs: tc.runs}}); got != tc.want {
-			t.Errorf("%s: excused %v, want %v", tc.name, got, tc.want)
-		}
-	}
-}

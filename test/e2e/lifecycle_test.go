@@ -3,7 +3,10 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -32,6 +35,9 @@ func assertClean(t *testing.T, node *harness.Node) {
 	}
 	if out, err := node.Host.Output("ip", "link", "show", "nodelocaldns"); err == nil {
 		t.Fatalf("interface left: %s", out)
+	}
+	if out, err := node.Host.Output(node.Opts.Backend.IPTables(), "-w", "5", "-t", "nat", "-S", "OUTPUT"); err != nil || strings.Contains(out, "NodeLocal") {
+		t.Fatalf("upstream pins left (%v):\n%s", err, out)
 	}
 }
 
@@ -106,37 +112,83 @@ func assertNoClusterIPLoss(t *testing.T, results harness.LoadResults) {
 	}
 }
 
-// TestStopWithoutSuccessor: SIGTERM, and no replacement within 3 s, hands the
-// ClusterIP back to kube-dns before the sockets close, serves the link-local
-// IP through lameduck, then leaves the node as it was. Zero ClusterIP queries
-// fail.
+// TestStopWithoutSuccessor is an uninstall: the kube-dns-upstream Service's
+// rules go (kubectl deletes the Service with the DaemonSet), then SIGTERM,
+// and no replacement within 3 s. The instance pins the upstream to the
+// endpoints its flows reach, hands the ClusterIP back to kube-dns before its
+// sockets close, serves the link-local IP through lameduck, then leaves the
+// node as it was. Zero ClusterIP queries fail, cache misses included, and
+// none to the link-local IP before lameduck ends. Here the root zone's misses
+// go to the upstream Service too (never to the machine's resolver), so they
+// get force_tcp, as the cluster domain's have: in a cluster those are the
+// misses that take this path, over TCP (kube-proxy's flush of a deleted
+// Service's UDP conntrack entries would lose a UDP query in flight, whoever
+// sent it).
 func TestStopWithoutSuccessor(t *testing.T) {
-	node := harness.NewNode(t, harness.Options{})
-	p, err := node.StartNodeCache("node-cache", mustTemplate(t, node, ""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	load := startLoad(context.Background(), t, node, 150, 12*time.Second)
-	time.Sleep(2 * time.Second)
-	stopped := time.Now()
-	p.Signal(syscall.SIGTERM)
-	if err := p.Wait(15 * time.Second); err != nil {
-		t.Fatalf("exit: %v\n%s", err, p.Log())
-	}
-	t.Logf("exited %v after SIGTERM (replacement wait 3s, lameduck 5s)", time.Since(stopped).Round(time.Millisecond))
-	results := <-load
-	assertNoClusterIPLoss(t, results)
-	for _, r := range results {
-		if r.Target == harness.LocalIP {
-			// SIGTERM at second 2, the replacement wait 3s and lameduck 5s:
-			// the link-local IP serves until second 10; a query sent in second
-			// 9 may still be in flight then.
-			if fs := r.Result.FailedSeconds(); len(fs) > 0 && fs[0] < 9 {
-				t.Fatalf("link-local %s failed in second %d, before lameduck ended (about second 10)", r.Transport, fs[0])
+	for _, mode := range []harness.ProxyMode{harness.ModeIPTables, harness.ModeNFTables} {
+		t.Run(string(mode), func(t *testing.T) {
+			node := harness.NewNode(t, harness.Options{Mode: mode})
+			tmpl := strings.Replace(mustTemplate(t, node, ""), "forward . __PILLAR__UPSTREAM__SERVERS__ {\n",
+				"forward . __PILLAR__UPSTREAM__SERVERS__ {\n        force_tcp\n", 1)
+			p, err := node.StartNodeCache("node-cache", tmpl)
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
+			load := startLoad(context.Background(), t, node, 150, 12*time.Second)
+			time.Sleep(2 * time.Second)
+			if err := node.DeleteUpstreamService(); err != nil {
+				t.Fatal(err)
+			}
+			stopped := time.Now()
+			p.Signal(syscall.SIGTERM)
+			// Misses that need new upstream connections, during the
+			// replacement wait: a steady load reuses the pooled ones, whose
+			// conntrack entries keep their translation.
+			time.Sleep(time.Second)
+			if failed := missBurst(node, mode, 40); failed > 0 {
+				t.Errorf("%d of 40 simultaneous misses to the ClusterIP failed after the upstream Service went", failed)
+			}
+			if err := p.Wait(15 * time.Second); err != nil {
+				t.Fatalf("exit: %v\n%s", err, p.Log())
+			}
+			t.Logf("exited %v after SIGTERM (replacement wait 3s, lameduck 5s)", time.Since(stopped).Round(time.Millisecond))
+			results := <-load
+			assertNoClusterIPLoss(t, results)
+			if !strings.Contains(p.Log(), "new flows to "+harness.UpstreamIP+":53 go to ["+harness.KubeDNSPodIP+":53]") {
+				t.Fatalf("the upstream was not pinned to kube-dns's pod:\n%s", p.Log())
+			}
+			for _, r := range results {
+				if r.Target == harness.LocalIP {
+					// SIGTERM at second 2, the replacement wait 3s and lameduck
+					// 5s: the link-local IP serves until second 10; a query sent
+					// in second 9 may still be in flight then.
+					if fs := r.Result.FailedSeconds(); len(fs) > 0 && fs[0] < 9 {
+						t.Fatalf("link-local %s failed in second %d, before lameduck ended (about second 10)", r.Transport, fs[0])
+					}
+				}
+			}
+			assertClean(t, node)
+		})
 	}
-	assertClean(t, node)
+}
+
+// missBurst asks the ClusterIP n names the cache has never seen, all at once
+// over UDP, and returns how many failed.
+func missBurst(node *harness.Node, tag harness.ProxyMode, n int) int {
+	var failed atomic.Int32
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := fmt.Sprintf("burst-%s-%d.example.org.", tag, i)
+			if m, err := harness.Query(node.Pods[0], "udp", harness.ClusterIP, name, dns.TypeA); err != nil || m.Rcode != dns.RcodeSuccess {
+				failed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return int(failed.Load())
 }
 
 // TestHandOffToAnotherInstance: the old instance leaves everything to a new

@@ -221,24 +221,13 @@ func link(a *Netns, aName, aIP string, b *Netns, bName, bIP string) error {
 // installKubeProxy DNATs both kube-dns Service IPs to the kube-dns pod, the
 // way the emulated kube-proxy mode does it.
 func (n *Node) installKubeProxy() error {
-	target := KubeDNSPodIP + ":53"
 	switch n.Opts.Mode {
 	case ModeNFTables:
-		var rules strings.Builder
-		for _, svc := range []string{ClusterIP, UpstreamIP} {
-			for _, proto := range []string{"udp", "tcp"} {
-				fmt.Fprintf(&rules, "    ip daddr %s %s dport 53 dnat to %s\n", svc, proto, target)
-			}
-		}
+		rules := nftServiceRules(ClusterIP, UpstreamIP)
 		script := "table ip kube-proxy {\n" +
-			"  chain nat-prerouting {\n    type nat hook prerouting priority dstnat;\n" + rules.String() + "  }\n" +
-			"  chain nat-output {\n    type nat hook output priority -100;\n" + rules.String() + "  }\n}\n"
-		cmd := n.Host.Command("nft", "-f", "-")
-		cmd.Stdin = strings.NewReader(script)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("nft: %v: %s", err, out)
-		}
-		return nil
+			"  chain nat-prerouting {\n    type nat hook prerouting priority dstnat;\n" + rules + "  }\n" +
+			"  chain nat-output {\n    type nat hook output priority -100;\n" + rules + "  }\n}\n"
+		return n.nft(script)
 	case ModeIPVS:
 		// kube-proxy IPVS puts every ClusterIP on kube-ipvs0 (a dummy link; a
 		// port-less bridge here, where dummy is missing). The DNAT below stands
@@ -252,7 +241,6 @@ func (n *Node) installKubeProxy() error {
 			}
 		}
 	}
-	ipt := n.Opts.Backend.IPTables()
 	cmds := [][]string{
 		{"-t", "mangle", "-N", "KUBE-IPTABLES-HINT"},
 		{"-t", "mangle", "-N", "KUBE-KUBELET-CANARY"},
@@ -261,11 +249,69 @@ func (n *Node) installKubeProxy() error {
 		{"-t", "nat", "-A", "OUTPUT", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"},
 	}
 	for _, svc := range []string{ClusterIP, UpstreamIP} {
+		cmds = append(cmds, iptablesServiceRules("-A", svc)...)
+	}
+	return n.iptables(cmds...)
+}
+
+// DeleteUpstreamService does what kube-proxy does when the kube-dns-upstream
+// Service is deleted (an uninstall): its rules go, and so do its UDP
+// conntrack entries.
+func (n *Node) DeleteUpstreamService() error {
+	var err error
+	switch n.Opts.Mode {
+	case ModeNFTables:
+		rules := nftServiceRules(ClusterIP)
+		err = n.nft("flush chain ip kube-proxy nat-prerouting\nflush chain ip kube-proxy nat-output\n" +
+			"table ip kube-proxy {\n  chain nat-prerouting {\n" + rules + "  }\n  chain nat-output {\n" + rules + "  }\n}\n")
+	case ModeIPVS:
+		if err = n.Host.Run("ip", "addr", "del", UpstreamIP+"/32", "dev", "kube-ipvs0"); err == nil {
+			err = n.iptables(iptablesServiceRules("-D", UpstreamIP)...)
+		}
+	default:
+		err = n.iptables(iptablesServiceRules("-D", UpstreamIP)...)
+	}
+	if err != nil {
+		return err
+	}
+	// conntrack -D exits 1 when it deleted nothing
+	_ = n.Host.Run("conntrack", "-D", "-p", "udp", "--orig-dst", UpstreamIP)
+	return nil
+}
+
+// iptablesServiceRules are the commands that add (op -A) or delete (-D) a
+// Service's DNAT rules.
+func iptablesServiceRules(op, svc string) [][]string {
+	var cmds [][]string
+	for _, proto := range []string{"udp", "tcp"} {
+		cmds = append(cmds, []string{"-t", "nat", op, "KUBE-SERVICES", "-d", svc + "/32", "-p", proto, "--dport", "53",
+			"-m", "comment", "--comment", "kube-system/kube-dns:dns", "-j", "DNAT", "--to-destination", KubeDNSPodIP + ":53"})
+	}
+	return cmds
+}
+
+// nftServiceRules are the services' DNAT rules in a kube-proxy nft chain.
+func nftServiceRules(services ...string) string {
+	var rules strings.Builder
+	for _, svc := range services {
 		for _, proto := range []string{"udp", "tcp"} {
-			cmds = append(cmds, []string{"-t", "nat", "-A", "KUBE-SERVICES", "-d", svc + "/32", "-p", proto, "--dport", "53",
-				"-m", "comment", "--comment", "kube-system/kube-dns:dns", "-j", "DNAT", "--to-destination", target})
+			fmt.Fprintf(&rules, "    ip daddr %s %s dport 53 dnat to %s:53\n", svc, proto, KubeDNSPodIP)
 		}
 	}
+	return rules.String()
+}
+
+func (n *Node) nft(script string) error {
+	cmd := n.Host.Command("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("nft: %v: %s", err, out)
+	}
+	return nil
+}
+
+func (n *Node) iptables(cmds ...[]string) error {
+	ipt := n.Opts.Backend.IPTables()
 	for _, args := range cmds {
 		if err := n.Host.Run(ipt, append([]string{"-w", "5"}, args...)...); err != nil {
 			return err

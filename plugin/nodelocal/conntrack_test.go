@@ -1,0 +1,116 @@
+package nodelocal
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"testing"
+
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+)
+
+// TestServiceEndpointsFromConntrack reads real conntrack entries, in a child
+// process with a network namespace of its own.
+func TestServiceEndpointsFromConntrack(t *testing.T) {
+	inNewNetns(t, "TestHelperConntrack", "NODELOCAL_HELPER_CONNTRACK")
+}
+
+// TestHelperConntrack is the child: a Service address DNATed by a rule as
+// kube-proxy's, flows to it over UDP and TCP, and a flow nothing translates.
+func TestHelperConntrack(t *testing.T) {
+	if os.Getenv("NODELOCAL_HELPER_CONNTRACK") == "" {
+		t.Skip("helper process only")
+	}
+	service, endpoint := netip.MustParseAddrPort("198.18.7.7:53"), netip.MustParseAddrPort("169.254.7.2:5353")
+	plain := netip.MustParseAddrPort("169.254.7.2:53")
+	for _, args := range [][]string{
+		{"ip", "link", "set", "lo", "up"},
+		{"ip", "addr", "add", "169.254.7.2/32", "dev", "lo"},
+		{"ip", "route", "add", "198.18.7.0/24", "dev", "lo"},
+		{"iptables", "-t", "nat", "-A", "OUTPUT", "-d", "198.18.7.7", "-p", "udp", "--dport", "53", "-j", "DNAT", "--to-destination", endpoint.String()},
+		{"iptables", "-t", "nat", "-A", "OUTPUT", "-d", "198.18.7.7", "-p", "tcp", "--dport", "53", "-j", "DNAT", "--to-destination", endpoint.String()},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	ln, err := net.Listen("tcp", endpoint.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	conn, err := net.Dial("tcp", service.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, dst := range []netip.AddrPort{service, plain} {
+		udp, err := net.Dial("udp", dst.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = udp.Write([]byte("q"))
+		udp.Close()
+	}
+
+	got, err := conntrackEndpoints(service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, []netip.AddrPort{endpoint}) {
+		t.Fatalf("endpoints of %s: %v, want [%s]", service, got, endpoint)
+	}
+	if got, err := conntrackEndpoints(plain); err != nil || len(got) != 0 {
+		t.Fatalf("endpoints of %s, which nothing translates: %v, %v; want none", plain, got, err)
+	}
+	// The kernel filters the dump: only the service's UDP flow comes back.
+	msgs, err := dumpConntrack(service, unix.IPPROTO_UDP)
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("filtered dump: %d entries (%v), want 1", len(msgs), err)
+	}
+}
+
+// flowMessage is a conntrack entry as the kernel sends it, with the fields
+// flowTuples reads.
+func flowMessage(origSrc, origDst, replySrc, replyDst netip.AddrPort) []byte {
+	tuple := func(kind int, src, dst netip.AddrPort) []byte {
+		a := nl.NewRtAttr(kind|unix.NLA_F_NESTED, nil)
+		ip := a.AddRtAttr(nl.CTA_TUPLE_IP|unix.NLA_F_NESTED, nil)
+		ip.AddRtAttr(nl.CTA_IP_V4_SRC, src.Addr().AsSlice())
+		ip.AddRtAttr(nl.CTA_IP_V4_DST, dst.Addr().AsSlice())
+		l4 := a.AddRtAttr(nl.CTA_TUPLE_PROTO|unix.NLA_F_NESTED, nil)
+		l4.AddRtAttr(nl.CTA_PROTO_NUM, []byte{unix.IPPROTO_TCP})
+		l4.AddRtAttr(nl.CTA_PROTO_SRC_PORT, nl.BEUint16Attr(src.Port()))
+		l4.AddRtAttr(nl.CTA_PROTO_DST_PORT, nl.BEUint16Attr(dst.Port()))
+		return a.Serialize()
+	}
+	msg := []byte{unix.AF_INET, nl.NFNETLINK_V0, 0, 0}
+	msg = append(msg, tuple(nl.CTA_TUPLE_ORIG, origSrc, origDst)...)
+	return append(msg, tuple(nl.CTA_TUPLE_REPLY, replySrc, replyDst)...)
+}
+
+func TestFlowTuples(t *testing.T) {
+	client, service := netip.MustParseAddrPort("198.19.255.1:40000"), netip.MustParseAddrPort("198.18.0.20:53")
+	endpoint := netip.MustParseAddrPort("198.19.0.5:53")
+	orig, reply, ok := flowTuples(flowMessage(client, service, endpoint, client))
+	if !ok || orig != service || reply != endpoint {
+		t.Fatalf("flowTuples: %v %v %v, want %v %v true", orig, reply, ok, service, endpoint)
+	}
+	if _, _, ok := flowTuples([]byte{unix.AF_INET, 0, 0, 0}); ok {
+		t.Fatal("an entry without tuples parsed")
+	}
+}
+
+func FuzzFlowTuples(f *testing.F) {
+	f.Add(flowMessage(netip.MustParseAddrPort("198.19.255.1:40000"), netip.MustParseAddrPort("198.18.0.20:53"),
+		netip.MustParseAddrPort("198.19.0.5:53"), netip.MustParseAddrPort("198.19.255.1:40000")))
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		orig, reply, ok := flowTuples(msg)
+		if ok && (!orig.IsValid() || !reply.IsValid()) {
+			t.Fatalf("ok with an invalid tuple end: %v %v", orig, reply)
+		}
+	})
+}
