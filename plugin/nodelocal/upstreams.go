@@ -71,6 +71,11 @@ const pinModeRecheck = time.Minute
 // refreshPins brings each upstream's pins to the endpoints its flows reach
 // now. whileServing: only where the pins come after kube-proxy's rules.
 func (m *manager) refreshPins(whileServing bool) {
+	for upstream := range m.pins {
+		if !slices.Contains(m.cfg.Upstreams, upstream) { // a reload dropped it
+			m.unpin(upstream)
+		}
+	}
 	for _, upstream := range m.cfg.Upstreams {
 		f := familyOf(upstream.Addr())
 		t, ok := m.tables[f]
@@ -144,14 +149,18 @@ const kubeProxyServicesChain = "KUBE-SERVICES"
 
 // unpinUpstreams removes this instance's pins, as it exits.
 func (m *manager) unpinUpstreams() {
-	for upstream, rules := range m.pins {
-		for _, r := range rules {
-			if err := m.tables[familyOf(upstream.Addr())].Delete(r); err != nil {
-				m.iptablesError("delete "+r.String(), err)
-			}
+	for upstream := range m.pins {
+		m.unpin(upstream)
+	}
+}
+
+func (m *manager) unpin(upstream netip.AddrPort) {
+	for _, r := range m.pins[upstream] {
+		if err := m.tables[familyOf(upstream.Addr())].Delete(r); err != nil {
+			m.iptablesError("delete "+r.String(), err)
 		}
 	}
-	clear(m.pins)
+	delete(m.pins, upstream)
 }
 
 // sweepPins removes the pins an instance killed left, once no other instance

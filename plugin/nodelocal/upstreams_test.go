@@ -161,3 +161,27 @@ func (n *fakeNode) pins() []Rule {
 	defer n.tables[IPv4].mu.Unlock()
 	return slices.DeleteFunc(slices.Clone(n.tables[IPv4].rules), func(r Rule) bool { return !r.isUpstreamPin() })
 }
+
+func TestReloadWithoutAnUpstreamUnpinsIt(t *testing.T) {
+	upstream := netip.MustParseAddrPort("198.18.0.20:53")
+	n := newFakeNode(t)
+	_ = n.tables[IPv4].Append(Rule{Table: "nat", Chain: "OUTPUT", Args: []string{"-j", "KUBE-SERVICES"}})
+	n.endpoints = map[netip.AddrPort][]netip.AddrPort{upstream: {netip.MustParseAddrPort("198.19.0.5:53")}}
+	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
+	cfg.Upstreams = []netip.AddrPort{upstream}
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	n.listenersUp()
+	n.mgr.check(true)
+	if got := len(n.pins()); got != 2 {
+		t.Fatalf("%d pins while serving, want 2", got)
+	}
+	if err := n.mgr.Apply(testConfig("169.254.20.10:53", "198.18.0.10:53")); err != nil { // the reload
+		t.Fatal(err)
+	}
+	n.mgr.check(true)
+	if got := n.pins(); len(got) != 0 {
+		t.Fatalf("pins of an upstream the Corefile no longer forwards to: %v", got)
+	}
+}
