@@ -51,6 +51,8 @@ type manager struct {
 	pinsToSweep      bool
 	pinsWhileServing map[Family]bool
 	pinModeCheckedAt map[Family]time.Time
+	// pinModeGeneration: the nft ruleset generation when it was last looked at.
+	pinModeGeneration map[Family]uint32
 
 	// The check loop.
 	stop chan struct{} // closes the check loop; nil when not running
@@ -81,7 +83,7 @@ type manager struct {
 func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), generation RulesetGeneration, detect func() (Backend, error), probe func(netip.AddrPort) error, serviceEndpoints ServiceEndpoints, peers Peers, sockets Sockets) *manager {
 	return &manager{
 		links: links, newTables: newTables, generation: generation, detect: detect, probe: probe, serviceEndpoints: serviceEndpoints, peers: peers, sockets: sockets,
-		ownIPs: map[netip.Addr]bool{}, foreignIPs: map[netip.Addr]string{}, rulesMade: map[Family]bool{}, pins: map[netip.AddrPort][]Rule{}, pinsWhileServing: map[Family]bool{}, pinModeCheckedAt: map[Family]time.Time{},
+		ownIPs: map[netip.Addr]bool{}, foreignIPs: map[netip.Addr]string{}, rulesMade: map[Family]bool{}, pins: map[netip.AddrPort][]Rule{}, pinsWhileServing: map[Family]bool{}, pinModeCheckedAt: map[Family]time.Time{}, pinModeGeneration: map[Family]uint32{},
 		wake: make(chan struct{}, 1), takeoverDrain: takeoverDrain, replacementWait: replacementWait,
 	}
 }
@@ -148,6 +150,7 @@ func (m *manager) setConfig(cfg *Config) error {
 		m.backend, m.tables = backend, tables
 		clear(m.pinsWhileServing)
 		clear(m.pinModeCheckedAt)
+		clear(m.pinModeGeneration)
 	}
 	// Addresses of an earlier config that are no longer listened on.
 	if m.cfg != nil && m.cfg.ManageInterface {

@@ -125,6 +125,13 @@ func (m *manager) pinsAfterKubeProxy(f Family, t RuleTables, upstream netip.Addr
 		return false
 	}
 	m.pinModeCheckedAt[f] = time.Now()
+	// With the nft backend, a ruleset that has not changed since is not listed again.
+	if gen, ok, err := m.generation(m.backend); err == nil && ok {
+		if seen, looked := m.pinModeGeneration[f]; looked && seen == gen {
+			return false
+		}
+		m.pinModeGeneration[f] = gen
+	}
 	if addrs, err := m.links.Addresses(); err != nil || addrs[upstream.Addr()] != "" {
 		return false
 	}

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestPinRulesSpreadLikeKubeProxy(t *testing.T) {
@@ -86,14 +87,7 @@ func TestPinsStayAfterKubeProxyIPTablesRules(t *testing.T) {
 				n.links.links["kube-ipvs0"] = true
 				_ = n.links.AddAddress("kube-ipvs0", upstream.Addr())
 			}
-			n.endpoints = map[netip.AddrPort][]netip.AddrPort{upstream: {first}}
-			cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
-			cfg.Upstreams = []netip.AddrPort{upstream}
-			if err := n.mgr.Apply(cfg); err != nil {
-				t.Fatal(err)
-			}
-			n.listenersUp()
-			n.mgr.check(true)
+			n.serveWithUpstream(t, upstream, first)
 			if got := n.pins(); len(got) != tc.wantPins {
 				t.Fatalf("%d pins while serving, want %d: %v", len(got), tc.wantPins, got)
 			}
@@ -166,14 +160,7 @@ func TestReloadWithoutAnUpstreamUnpinsIt(t *testing.T) {
 	upstream := netip.MustParseAddrPort("198.18.0.20:53")
 	n := newFakeNode(t)
 	_ = n.tables[IPv4].Append(Rule{Table: "nat", Chain: "OUTPUT", Args: []string{"-j", "KUBE-SERVICES"}})
-	n.endpoints = map[netip.AddrPort][]netip.AddrPort{upstream: {netip.MustParseAddrPort("198.19.0.5:53")}}
-	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
-	cfg.Upstreams = []netip.AddrPort{upstream}
-	if err := n.mgr.Apply(cfg); err != nil {
-		t.Fatal(err)
-	}
-	n.listenersUp()
-	n.mgr.check(true)
+	n.serveWithUpstream(t, upstream, netip.MustParseAddrPort("198.19.0.5:53"))
 	if got := len(n.pins()); got != 2 {
 		t.Fatalf("%d pins while serving, want 2", got)
 	}
@@ -184,4 +171,45 @@ func TestReloadWithoutAnUpstreamUnpinsIt(t *testing.T) {
 	if got := n.pins(); len(got) != 0 {
 		t.Fatalf("pins of an upstream the Corefile no longer forwards to: %v", got)
 	}
+}
+
+// TestPinModeLooksAgainOnlyWhenTheRulesetChanged: where the pins cannot stay
+// while serving, nat OUTPUT is listed again a minute later, and with the nft
+// backend only if the ruleset changed meanwhile (kube-proxy may have started).
+func TestPinModeLooksAgainOnlyWhenTheRulesetChanged(t *testing.T) {
+	upstream := netip.MustParseAddrPort("198.18.0.20:53")
+	n := newFakeNode(t)
+	gen := uint32(7)
+	n.nftGen = &gen
+	n.serveWithUpstream(t, upstream, netip.MustParseAddrPort("198.19.0.5:53")) // no kube-proxy jump yet: no pin
+	_ = n.tables[IPv4].Append(Rule{Table: "nat", Chain: "OUTPUT", Args: []string{"-j", "KUBE-SERVICES"}})
+	aMinuteLater := func() {
+		n.mgr.mu.Lock()
+		n.mgr.pinModeCheckedAt[IPv4] = time.Now().Add(-pinModeRecheck)
+		n.mgr.mu.Unlock()
+		n.mgr.check(true)
+	}
+	aMinuteLater()
+	if got := len(n.pins()); got != 0 {
+		t.Fatalf("%d pins with the ruleset generation unchanged, want 0 (nothing listed)", got)
+	}
+	gen++ // kube-proxy's rules went in
+	aMinuteLater()
+	if got := len(n.pins()); got != 2 {
+		t.Fatalf("%d pins once the ruleset changed, want 2", got)
+	}
+}
+
+// serveWithUpstream starts the fake node's instance, forwarding to upstream,
+// whose flows conntrack shows reaching endpoint, and runs a check.
+func (n *fakeNode) serveWithUpstream(t *testing.T, upstream, endpoint netip.AddrPort) {
+	t.Helper()
+	n.endpoints = map[netip.AddrPort][]netip.AddrPort{upstream: {endpoint}}
+	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
+	cfg.Upstreams = []netip.AddrPort{upstream}
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	n.listenersUp()
+	n.mgr.check(true)
 }
