@@ -26,7 +26,8 @@ type Config struct {
 	Teardown        bool
 	FailOpen        bool // interception needs a live listener (-m socket)
 	// Upstreams are where the forward plugin of these server blocks sends
-	// queries: those behind a Service are pinned during a stop (upstreams.go).
+	// queries: those behind a Service are pinned to the pods their flows
+	// reach, in case the Service goes first (upstreams.go).
 	Upstreams []netip.AddrPort
 }
 
