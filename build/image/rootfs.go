@@ -18,9 +18,10 @@ import (
 var triplets = map[string]string{"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
 
 // Programs are what node-cache execs: iptables and ip6tables of each backend
-// (plugin/nodelocal's binaryName). Everything else in the base layer is what
-// they load.
-var Programs = []string{"usr/sbin/iptables-legacy", "usr/sbin/ip6tables-legacy", "usr/sbin/iptables-nft", "usr/sbin/ip6tables-nft"}
+// (plugin/nodelocal's binaryName), and their iptables-restore. Everything else
+// in the base layer is what they load.
+var Programs = []string{"usr/sbin/iptables-legacy", "usr/sbin/ip6tables-legacy", "usr/sbin/iptables-nft", "usr/sbin/ip6tables-nft",
+	"usr/sbin/iptables-legacy-restore", "usr/sbin/ip6tables-legacy-restore", "usr/sbin/iptables-nft-restore", "usr/sbin/ip6tables-nft-restore"}
 
 // xtablesDir holds iptables' match and target modules, loaded by name at run
 // time for every rule it writes or lists, kube-proxy's included: all of them

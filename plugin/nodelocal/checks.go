@@ -72,6 +72,7 @@ func (m *manager) check(withRules bool) {
 		ifaceOK = false
 	}
 	if withRules && m.phase.ownsRules() {
+		m.pruneKubeDNSConnections()
 		m.rulesOK = m.ensureRules(true)
 		m.sweepPins()
 		m.refreshPins(true)

@@ -10,15 +10,25 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ServiceEndpoints lists the endpoints that this node's connections to a
-// Service address reach: kube-proxy's DNAT targets as conntrack recorded
-// them. An address nothing translates (not a Service) has none.
-type ServiceEndpoints func(service netip.AddrPort) ([]netip.AddrPort, error)
+// Conntrack reads what the node's conntrack table holds about the flows to a
+// Service address, which kube-proxy translated.
+type Conntrack interface {
+	// Endpoints lists the endpoints this node's flows to service reach:
+	// kube-proxy's DNAT targets as conntrack recorded them. An address
+	// nothing translates (not a Service) has none.
+	Endpoints(service netip.AddrPort) ([]netip.AddrPort, error)
+	// OpenClients lists the clients of the TCP connections to service that
+	// an endpoint serves and that have not closed yet.
+	OpenClients(service netip.AddrPort) ([]netip.AddrPort, error)
+}
+
+// kernelConntrack is Conntrack through ctnetlink.
+type kernelConntrack struct{}
 
 // ctnetlink's dump filter (kernel 5.8 and later): only entries whose original
 // tuple matches the request's come back, so a node with a large conntrack
 // table costs no more than its few DNS entries. Older kernels ignore it and
-// dump everything, which conntrackEndpoints filters itself.
+// dump everything, which translatedFlows filters itself.
 const (
 	ctaFilter          = 25     // CTA_FILTER
 	ctaFilterOrigFlags = 1      // CTA_FILTER_ORIG_FLAGS
@@ -27,27 +37,54 @@ const (
 	ctaFilterProtoDst  = 1 << 5 // CTA_FILTER_F_CTA_PROTO_DST_PORT
 )
 
-// conntrackEndpoints reads the endpoints of service from the conntrack
-// entries of its UDP and TCP flows.
-func conntrackEndpoints(service netip.AddrPort) ([]netip.AddrPort, error) {
+func (kernelConntrack) Endpoints(service netip.AddrPort) ([]netip.AddrPort, error) {
 	var endpoints []netip.AddrPort
 	for _, proto := range []uint8{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
-		msgs, err := dumpConntrack(service, proto)
+		flows, err := translatedFlows(service, proto)
 		if err != nil {
-			return nil, fmt.Errorf("read the conntrack entries of %s: %w", service, wrapPermission(err))
+			return nil, err
 		}
-		for _, msg := range msgs {
-			orig, reply, ok := flowTuples(msg)
-			if !ok || orig != service || reply.Addr() == service.Addr() {
-				continue // another flow (a kernel without the filter), or one not translated
-			}
-			if !slices.Contains(endpoints, reply) {
-				endpoints = append(endpoints, reply)
+		for _, f := range flows {
+			if !slices.Contains(endpoints, f.replySrc) {
+				endpoints = append(endpoints, f.replySrc)
 			}
 		}
 	}
 	slices.SortFunc(endpoints, func(a, b netip.AddrPort) int { return a.Compare(b) })
 	return endpoints, nil
+}
+
+func (kernelConntrack) OpenClients(service netip.AddrPort) ([]netip.AddrPort, error) {
+	flows, err := translatedFlows(service, unix.IPPROTO_TCP)
+	if err != nil {
+		return nil, err
+	}
+	var clients []netip.AddrPort
+	for _, f := range flows {
+		if f.open() {
+			clients = append(clients, f.origSrc)
+		}
+	}
+	slices.SortFunc(clients, func(a, b netip.AddrPort) int { return a.Compare(b) })
+	return clients, nil
+}
+
+// translatedFlows reads the conntrack entries of the flows to service over
+// proto that something (kube-proxy) translated.
+func translatedFlows(service netip.AddrPort, proto uint8) ([]flow, error) {
+	msgs, err := dumpConntrack(service, proto)
+	if err != nil {
+		return nil, fmt.Errorf("read the conntrack entries of %s: %w", service, wrapPermission(err))
+	}
+	var flows []flow
+	for _, msg := range msgs {
+		f, ok := parseFlow(msg)
+		if !ok || f.origDst != service || f.replySrc.Addr() == service.Addr() {
+			continue // another flow (a kernel without the filter), or one not translated
+		}
+		flows = append(flows, f)
+	}
+	return flows, nil
 }
 
 // dumpConntrack asks for the entries whose original destination is dst over proto.
@@ -70,26 +107,67 @@ func dumpConntrack(dst netip.AddrPort, proto uint8) ([][]byte, error) {
 	return req.Execute(unix.NETLINK_NETFILTER, 0)
 }
 
-// flowTuples reads an entry's original destination and reply source: the
-// address a client connected to, and the one that answered it.
-func flowTuples(msg []byte) (origDst, replySrc netip.AddrPort, ok bool) {
+// flow is what a conntrack entry says about a connection.
+type flow struct {
+	origSrc, origDst netip.AddrPort // the client, and the address it connected to
+	replySrc         netip.AddrPort // who answers it: the endpoint, if translated
+	tcpState         uint8          // conntrack's TCP state; 0 for other protocols
+}
+
+// conntrack's TCP states (enum tcp_conntrack) past the connection's use.
+const (
+	tcpConntrackTimeWait = 7
+	tcpConntrackClose    = 8
+)
+
+// open: a TCP connection whose client may still send (neither in TIME_WAIT
+// nor closed).
+func (f flow) open() bool {
+	return f.tcpState != 0 && f.tcpState != tcpConntrackTimeWait && f.tcpState != tcpConntrackClose
+}
+
+// parseFlow reads a conntrack entry: its original tuple, its reply's source
+// and its TCP state.
+func parseFlow(msg []byte) (f flow, ok bool) {
 	if len(msg) < nl.SizeofNfgenmsg {
-		return origDst, replySrc, false
+		return f, false
 	}
 	attrs, ok := parseAttrs(msg[nl.SizeofNfgenmsg:])
 	if !ok {
-		return origDst, replySrc, false
+		return f, false
 	}
 	var gotOrig, gotReply bool
 	for _, a := range attrs {
 		switch a.kind {
 		case nl.CTA_TUPLE_ORIG:
-			origDst, gotOrig = tupleEnd(a.value, false)
+			var gotSrc, gotDst bool
+			f.origSrc, gotSrc = tupleEnd(a.value, true)
+			f.origDst, gotDst = tupleEnd(a.value, false)
+			gotOrig = gotSrc && gotDst
 		case nl.CTA_TUPLE_REPLY:
-			replySrc, gotReply = tupleEnd(a.value, true)
+			f.replySrc, gotReply = tupleEnd(a.value, true)
+		case nl.CTA_PROTOINFO:
+			f.tcpState = tcpState(a.value)
 		}
 	}
-	return origDst, replySrc, gotOrig && gotReply
+	return f, gotOrig && gotReply
+}
+
+// tcpState reads the TCP state from an entry's protocol information.
+func tcpState(protoinfo []byte) uint8 {
+	attrs, _ := parseAttrs(protoinfo)
+	for _, a := range attrs {
+		if a.kind != nl.CTA_PROTOINFO_TCP {
+			continue
+		}
+		tcp, _ := parseAttrs(a.value)
+		for _, n := range tcp {
+			if n.kind == nl.CTA_PROTOINFO_TCP_STATE && len(n.value) == 1 {
+				return n.value[0]
+			}
+		}
+	}
+	return 0
 }
 
 // tupleEnd reads one end of a conntrack tuple: its source or its destination.

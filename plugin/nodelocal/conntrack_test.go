@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -56,15 +57,38 @@ func TestHelperConntrack(t *testing.T) {
 		udp.Close()
 	}
 
-	got, err := conntrackEndpoints(service)
+	var ct kernelConntrack
+	got, err := ct.Endpoints(service)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(got, []netip.AddrPort{endpoint}) {
 		t.Fatalf("endpoints of %s: %v, want [%s]", service, got, endpoint)
 	}
-	if got, err := conntrackEndpoints(plain); err != nil || len(got) != 0 {
+	if got, err := ct.Endpoints(plain); err != nil || len(got) != 0 {
 		t.Fatalf("endpoints of %s, which nothing translates: %v, %v; want none", plain, got, err)
+	}
+	client := netip.MustParseAddrPort(conn.LocalAddr().String())
+	if got, err := ct.OpenClients(service); err != nil || !slices.Equal(got, []netip.AddrPort{client}) {
+		t.Fatalf("clients of %s: %v (%v), want [%s]", service, got, err, client)
+	}
+	// Once closed by both ends, the connection is in TIME_WAIT: no longer open.
+	accepted, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	accepted.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got, err := ct.OpenClients(service)
+		if err == nil && len(got) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("clients of %s after the connection closed: %v (%v), want none", service, got, err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	// The kernel filters the dump: only the service's UDP flow comes back.
 	msgs, err := dumpConntrack(service, unix.IPPROTO_UDP)
@@ -74,8 +98,8 @@ func TestHelperConntrack(t *testing.T) {
 }
 
 // flowMessage is a conntrack entry as the kernel sends it, with the fields
-// flowTuples reads.
-func flowMessage(origSrc, origDst, replySrc, replyDst netip.AddrPort) []byte {
+// parseFlow reads.
+func flowMessage(origSrc, origDst, replySrc, replyDst netip.AddrPort, tcpState uint8) []byte {
 	tuple := func(kind int, src, dst netip.AddrPort) []byte {
 		a := nl.NewRtAttr(kind|unix.NLA_F_NESTED, nil)
 		ip := a.AddRtAttr(nl.CTA_TUPLE_IP|unix.NLA_F_NESTED, nil)
@@ -89,28 +113,37 @@ func flowMessage(origSrc, origDst, replySrc, replyDst netip.AddrPort) []byte {
 	}
 	msg := []byte{unix.AF_INET, nl.NFNETLINK_V0, 0, 0}
 	msg = append(msg, tuple(nl.CTA_TUPLE_ORIG, origSrc, origDst)...)
-	return append(msg, tuple(nl.CTA_TUPLE_REPLY, replySrc, replyDst)...)
+	msg = append(msg, tuple(nl.CTA_TUPLE_REPLY, replySrc, replyDst)...)
+	protoinfo := nl.NewRtAttr(nl.CTA_PROTOINFO|unix.NLA_F_NESTED, nil)
+	protoinfo.AddRtAttr(nl.CTA_PROTOINFO_TCP|unix.NLA_F_NESTED, nil).AddRtAttr(nl.CTA_PROTOINFO_TCP_STATE, []byte{tcpState})
+	return append(msg, protoinfo.Serialize()...)
 }
 
-func TestFlowTuples(t *testing.T) {
+func TestParseFlow(t *testing.T) {
 	client, service := netip.MustParseAddrPort("198.19.255.1:40000"), netip.MustParseAddrPort("198.18.0.20:53")
 	endpoint := netip.MustParseAddrPort("198.19.0.5:53")
-	orig, reply, ok := flowTuples(flowMessage(client, service, endpoint, client))
-	if !ok || orig != service || reply != endpoint {
-		t.Fatalf("flowTuples: %v %v %v, want %v %v true", orig, reply, ok, service, endpoint)
+	for _, tc := range []struct {
+		state uint8
+		open  bool
+	}{{1, true}, {3, true}, {4, true}, {tcpConntrackTimeWait, false}, {tcpConntrackClose, false}} {
+		f, ok := parseFlow(flowMessage(client, service, endpoint, client, tc.state))
+		want := flow{origSrc: client, origDst: service, replySrc: endpoint, tcpState: tc.state}
+		if !ok || f != want || f.open() != tc.open {
+			t.Errorf("state %d: parseFlow: %+v %v (open %v), want %+v true (open %v)", tc.state, f, ok, f.open(), want, tc.open)
+		}
 	}
-	if _, _, ok := flowTuples([]byte{unix.AF_INET, 0, 0, 0}); ok {
+	if _, ok := parseFlow([]byte{unix.AF_INET, 0, 0, 0}); ok {
 		t.Fatal("an entry without tuples parsed")
 	}
 }
 
-func FuzzFlowTuples(f *testing.F) {
+func FuzzParseFlow(f *testing.F) {
 	f.Add(flowMessage(netip.MustParseAddrPort("198.19.255.1:40000"), netip.MustParseAddrPort("198.18.0.20:53"),
-		netip.MustParseAddrPort("198.19.0.5:53"), netip.MustParseAddrPort("198.19.255.1:40000")))
+		netip.MustParseAddrPort("198.19.0.5:53"), netip.MustParseAddrPort("198.19.255.1:40000"), 3))
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		orig, reply, ok := flowTuples(msg)
-		if ok && (!orig.IsValid() || !reply.IsValid()) {
-			t.Fatalf("ok with an invalid tuple end: %v %v", orig, reply)
+		f, ok := parseFlow(msg)
+		if ok && (!f.origSrc.IsValid() || !f.origDst.IsValid() || !f.replySrc.IsValid()) {
+			t.Fatalf("ok with an invalid tuple end: %+v", f)
 		}
 	})
 }

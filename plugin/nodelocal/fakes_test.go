@@ -2,7 +2,9 @@ package nodelocal
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -89,10 +91,11 @@ func (f *fakeLinks) Watch(stop <-chan struct{}, notify func()) error {
 
 // fakeTables is RuleTables in memory; List prints like `iptables -S`.
 type fakeTables struct {
-	mu      sync.Mutex
-	rules   []Rule
-	lists   int
-	inserts int
+	mu       sync.Mutex
+	rules    []Rule
+	lists    int
+	inserts  int
+	inserted []Rule // in the order they went in
 }
 
 func (f *fakeTables) List(table string) (string, error) { return f.ListChain(table, "") }
@@ -110,11 +113,41 @@ func (f *fakeTables) ListChain(table, chain string) (string, error) {
 	return b.String(), nil
 }
 
-func (f *fakeTables) Insert(r Rule) error {
+func (f *fakeTables) Insert(r Rule, position int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.inserts++
-	f.rules = append([]Rule{r}, f.rules...)
+	f.inserted = append(f.inserted, r)
+	at, seen := len(f.rules), 0
+	for i, x := range f.rules {
+		if x.Table == r.Table && x.Chain == r.Chain {
+			if seen++; seen == position {
+				at = i
+				break
+			}
+		}
+	}
+	if position > seen+1 {
+		return fmt.Errorf("index of insertion too big: %d in a chain of %d", position, seen)
+	}
+	f.rules = slices.Insert(f.rules, at, r)
+	return nil
+}
+
+func (f *fakeTables) InsertAll(rules []Rule) error {
+	for _, r := range rules {
+		if err := f.Insert(r, 1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (f *fakeTables) DeleteAll(rules []Rule) error {
+	for _, r := range rules {
+		if err := f.Delete(r); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -232,19 +265,51 @@ func (s *fakeSockets) counts() [4]int {
 	return [4]int{len(s.paused), len(s.resumed), len(s.stopped), len(s.udpLeft)}
 }
 
-type fakeNode struct {
-	links   *fakeLinks
-	tables  map[Family]*fakeTables
-	peers   *fakePeers
-	sockets *fakeSockets
-	nftGen  *uint32 // the ruleset generation, if the fake node keeps one
-	// endpoints: what conntrack shows each Service upstream reaching
+// fakeConntrack is Conntrack with what each Service address's flows reach,
+// and the clients of its open connections.
+type fakeConntrack struct {
+	mu        sync.Mutex
 	endpoints map[netip.AddrPort][]netip.AddrPort
+	clients   map[netip.AddrPort][]netip.AddrPort
+}
+
+func (c *fakeConntrack) Endpoints(service netip.AddrPort) ([]netip.AddrPort, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.endpoints[service], nil
+}
+
+func (c *fakeConntrack) OpenClients(service netip.AddrPort) ([]netip.AddrPort, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.clients[service], nil
+}
+
+func (c *fakeConntrack) setEndpoints(service netip.AddrPort, endpoints ...netip.AddrPort) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.endpoints[service] = endpoints
+}
+
+func (c *fakeConntrack) setClients(service netip.AddrPort, clients ...netip.AddrPort) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.clients[service] = clients
+}
+
+type fakeNode struct {
+	links     *fakeLinks
+	tables    map[Family]*fakeTables
+	peers     *fakePeers
+	sockets   *fakeSockets
+	nftGen    *uint32 // the ruleset generation, if the fake node keeps one
+	conntrack *fakeConntrack
 	mgr       *manager
 }
 
 func newFakeNode(t *testing.T) *fakeNode {
-	n := &fakeNode{links: newFakeLinks(), tables: map[Family]*fakeTables{IPv4: {}, IPv6: {}}, peers: &fakePeers{}, sockets: &fakeSockets{}}
+	n := &fakeNode{links: newFakeLinks(), tables: map[Family]*fakeTables{IPv4: {}, IPv6: {}}, peers: &fakePeers{}, sockets: &fakeSockets{},
+		conntrack: &fakeConntrack{endpoints: map[netip.AddrPort][]netip.AddrPort{}, clients: map[netip.AddrPort][]netip.AddrPort{}}}
 	n.mgr = newManager(n.links,
 		func(b Backend, f Family) (RuleTables, error) { return n.tables[f], nil },
 		func(Backend) (uint32, bool, error) {
@@ -255,8 +320,7 @@ func newFakeNode(t *testing.T) *fakeNode {
 		},
 		func() (Backend, error) { return BackendNFT, nil },
 		func(netip.AddrPort) error { return nil },
-		func(up netip.AddrPort) ([]netip.AddrPort, error) { return n.endpoints[up], nil },
-		n.peers, n.sockets)
+		n.conntrack, n.peers, n.sockets)
 	n.mgr.takeoverDrain = time.Hour // tests end the takeover themselves
 	n.mgr.replacementWait = 0       // tests of the wait set it
 	t.Cleanup(func() {

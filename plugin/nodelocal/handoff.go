@@ -8,11 +8,11 @@ import (
 	"time"
 )
 
-// The handoff protocol: how an instance takes the node's DNS over from
-// kube-dns or from a dying instance at its start, lets a reload move its
-// listeners, and gives its flows to a peer or back to kube-proxy when it
-// stops. Each step is a lifecycle transition (lifecycle.go); the rules each
-// phase wants are in reconcile.go.
+// The handoff protocol: how an instance starts beside a dying one (the takeover
+// from kube-dns is in takeover.go), lets a reload move its listeners, and
+// gives its flows to a peer or back to kube-proxy when it stops. Each step is
+// a lifecycle transition (lifecycle.go); the rules each phase wants are in
+// reconcile.go.
 
 // How long an instance waits for a peer that is starting or stopping.
 const peerLockTimeout = 30 * time.Second
@@ -36,17 +36,6 @@ const replacementWait = 3 * time.Second
 // retransmission.
 const maxReloadPause = 700 * time.Millisecond
 
-// How long connections that kube-dns serves get to finish at the start: under
-// a second, so a SYN dropped meanwhile gets through on its first retransmission.
-const takeoverDrain = 500 * time.Millisecond
-
-// How long a start beside an instance that handed the Service IPs back (a
-// deleted pod's replacement, starting during the old one's lameduck) leaves
-// TCP to kube-dns before its takeover: past the first retransmission (1 s) of
-// the SYNs that instance dropped as it shut its listeners, which would
-// otherwise be dropped again by the takeover and wait 2 s more.
-const afterHandOffWait = 1200 * time.Millisecond
-
 // lockStart takes the instance lock as the process starts: it waits for a
 // peer that is tearing down, and keeps peers from tearing down until our
 // listeners are up (ListenersUp releases it).
@@ -57,38 +46,6 @@ func (m *manager) lockStart() {
 	}
 	m.startUnlock = unlock
 	m.enter(phaseStarting)
-}
-
-// withholdTCP runs at the start, before the listeners open. The socket match
-// cannot tell a listener from an open connection: once the interception and
-// our listener both exist, every packet of a connection kube-proxy sent to
-// kube-dns (a query in flight) skips conntrack, misses its DNAT, and is reset
-// here. So TCP is taken over in steps that let those connections finish,
-// unless another instance serves the Service IPs (a surge: kube-dns serves no
-// connection) or there is no interception to take (no Service IP, or
-// `iptables off`). The TCP interception a dead instance left goes now: it
-// would take the connections kube-dns serves over the moment our listeners
-// appear; so does the one of an instance still in its lameduck after handing
-// the Service IPs back to kube-proxy (a pod deleted and recreated), whose TCP
-// listeners are shut.
-func (m *manager) withholdTCP() {
-	services := m.serviceListen()
-	if len(services) == 0 || !m.cfg.FailOpen || len(m.tables) == 0 {
-		return
-	}
-	if serving, err := m.peers.ServingTCP(services); err != nil || serving > 0 {
-		return
-	}
-	m.retransmitWait = 0
-	if others, err := m.peers.Others(services); err == nil && others > 0 {
-		m.retransmitWait = afterHandOffWait
-	}
-	m.enter(phaseWithholding)
-	for _, t := range m.tables {
-		for _, r := range m.removeListed(t, "raw", "", func(r Rule) bool { return r.isOurs() && isServiceTCPInterception(r) }) {
-			log.Infof("Removed the TCP interception an earlier instance left, until kube-dns's open connections finish: %s", r)
-		}
-	}
 }
 
 // ListenersUp is called once the DNS servers listen, after the first start
@@ -117,58 +74,6 @@ func (m *manager) ListenersUp() {
 	}
 	m.mu.Unlock()
 	m.check(true) // the rules go in, with the takeover's first step
-}
-
-// startTakeover ends the wait after a handed-off instance's SYN drops.
-func (m *manager) startTakeover() {
-	m.mu.Lock()
-	if m.phase != phaseWithholding || m.stopping.Load() {
-		m.mu.Unlock()
-		return
-	}
-	m.takeOverTCP()
-	m.mu.Unlock()
-	m.check(true)
-}
-
-// takeOverTCP: our Service IP listeners drop new SYNs, and SYNs only are
-// intercepted, so no new connection goes to kube-dns and none opens here while
-// the connections kube-dns serves finish. After takeoverDrain, finishTakeover
-// intercepts all of TCP and the listeners accept again; the dropped SYNs'
-// retransmissions arrive here.
-func (m *manager) takeOverTCP() {
-	if err := m.sockets.PauseAccepting(m.serviceListen()); err != nil {
-		log.Warningf("Taking TCP over from kube-dns at once: its open connections may be reset: %v", err)
-		m.enter(phaseServing)
-		return
-	}
-	m.enter(phaseTakingOver)
-	m.takeoverTimer = time.AfterFunc(m.takeoverDrain, m.finishTakeover)
-}
-
-// finishTakeover ends the takeover's SYN phase; readiness waited for it.
-func (m *manager) finishTakeover() {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.phase != phaseTakingOver {
-		return
-	}
-	m.completeTakeover()
-	log.Infof("Took TCP on %v over from kube-dns, after %v for its open connections to finish", m.serviceListen(), m.takeoverDrain)
-	go m.check(false) // readiness
-}
-
-// completeTakeover intercepts all of the Service IPs' TCP, then lets their
-// listeners accept again. In that order: a connection accepted under the
-// SYN-only rule would have the rest of its segments conntracked, DNATed to
-// kube-dns and reset there.
-func (m *manager) completeTakeover() {
-	m.takeoverTimer.Stop()
-	m.enter(phaseServing)
-	m.rulesOK = m.ensureRules(false)
-	if err := m.sockets.ResumeAccepting(m.serviceListen()); err != nil {
-		log.Errorf("TCP listeners on %v may still refuse new connections: %v", m.serviceListen(), err)
-	}
 }
 
 // PauseForReload runs as a reload's new servers are about to share the

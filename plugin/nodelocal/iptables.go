@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -26,9 +27,13 @@ type RuleTables interface {
 	List(table string) (string, error)
 	// ListChain returns `iptables -t TABLE -S CHAIN`.
 	ListChain(table, chain string) (string, error)
-	Insert(r Rule) error // first in its chain
-	Append(r Rule) error // last in its chain
+	Insert(r Rule, position int) error // at position in its chain, 1 the first
+	Append(r Rule) error               // last in its chain
 	Delete(r Rule) error
+	// InsertAll puts rules first in their chains, and DeleteAll removes
+	// them, in one process (iptables-restore) for all.
+	InsertAll(rules []Rule) error
+	DeleteAll(rules []Rule) error
 }
 
 // lockWaitSeconds bounds how long one iptables call waits for the xtables lock.
@@ -44,10 +49,12 @@ func binaryName(b Backend, f Family) string {
 }
 
 // iptablesCmd runs one iptables binary: go-iptables for changes (it waits for
-// the xtables lock), a plain listing of a whole table for checks.
+// the xtables lock), a plain listing of a whole table for checks, and its
+// iptables-restore for changes in bulk.
 type iptablesCmd struct {
-	path string
-	ipt  *iptables.IPTables
+	path        string
+	restorePath string
+	ipt         *iptables.IPTables
 }
 
 func newIPTablesCmd(b Backend, f Family) (*iptablesCmd, error) {
@@ -64,7 +71,11 @@ func newIPTablesCmd(b Backend, f Family) (*iptablesCmd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return &iptablesCmd{path: path, ipt: ipt}, nil
+	restorePath, err := exec.LookPath(name + "-restore")
+	if err != nil {
+		return nil, fmt.Errorf("iptables binary %s-restore not found in PATH: install the iptables package (both backends), or set `iptables off`", name)
+	}
+	return &iptablesCmd{path: path, restorePath: restorePath, ipt: ipt}, nil
 }
 
 func (c *iptablesCmd) List(table string) (string, error) { return c.ListChain(table, "") }
@@ -84,9 +95,51 @@ func (c *iptablesCmd) ListChain(table, chain string) (string, error) {
 	return string(out), nil
 }
 
-func (c *iptablesCmd) Insert(r Rule) error { return c.ipt.Insert(r.Table, r.Chain, 1, r.Args...) }
+func (c *iptablesCmd) Insert(r Rule, position int) error {
+	return c.ipt.Insert(r.Table, r.Chain, position, r.Args...)
+}
 func (c *iptablesCmd) Append(r Rule) error { return c.ipt.Append(r.Table, r.Chain, r.Args...) }
 func (c *iptablesCmd) Delete(r Rule) error { return c.ipt.Delete(r.Table, r.Chain, r.Args...) }
+
+func (c *iptablesCmd) InsertAll(rules []Rule) error { return c.restore("-I", rules) }
+func (c *iptablesCmd) DeleteAll(rules []Rule) error { return c.restore("-D", rules) }
+
+// restore runs iptables-restore without flushing anything, with one command
+// (-I: at the top, -D) per rule, each table's committed at once.
+func (c *iptablesCmd) restore(command string, rules []Rule) error {
+	var in strings.Builder
+	for _, table := range tablesOf(rules) {
+		fmt.Fprintf(&in, "*%s\n", table)
+		for _, r := range rules {
+			if r.Table != table {
+				continue
+			}
+			if command == "-I" {
+				fmt.Fprintf(&in, "-I %s 1 %s\n", r.Chain, r.spec())
+			} else {
+				fmt.Fprintf(&in, "-D %s %s\n", r.Chain, r.spec())
+			}
+		}
+		in.WriteString("COMMIT\n")
+	}
+	cmd := exec.Command(c.restorePath, "-w", fmt.Sprint(lockWaitSeconds), "--noflush")
+	cmd.Stdin = strings.NewReader(in.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s %s of %d rules: %v: %s", c.restorePath, command, len(rules), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// tablesOf lists the tables rules are in, in their order.
+func tablesOf(rules []Rule) []string {
+	var tables []string
+	for _, r := range rules {
+		if !slices.Contains(tables, r.Table) {
+			tables = append(tables, r.Table)
+		}
+	}
+	return tables
+}
 
 // isLockError tells xtables lock contention from other iptables failures.
 func isLockError(err error) bool {

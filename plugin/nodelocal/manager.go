@@ -18,14 +18,14 @@ import (
 // with kube-dns at a start, a reload and a stop, whose phases lifecycle.go
 // lists.
 type manager struct {
-	links            Links
-	newTables        func(Backend, Family) (RuleTables, error)
-	generation       RulesetGeneration
-	detect           func() (Backend, error)
-	probe            func(netip.AddrPort) error
-	serviceEndpoints ServiceEndpoints
-	peers            Peers
-	sockets          Sockets
+	links      Links
+	newTables  func(Backend, Family) (RuleTables, error)
+	generation RulesetGeneration
+	detect     func() (Backend, error)
+	probe      func(netip.AddrPort) error
+	conntrack  Conntrack
+	peers      Peers
+	sockets    Sockets
 
 	mu      sync.Mutex
 	cfg     *Config
@@ -53,6 +53,10 @@ type manager struct {
 	pinModeCheckedAt map[Family]time.Time
 	// pinModeGeneration: the nft ruleset generation when it was last looked at.
 	pinModeGeneration map[Family]uint32
+	// kubeDNSConnections: the TCP connections kube-dns served when the
+	// takeover ended and still serves, each left to it by a rule until it
+	// closes (handoff.go).
+	kubeDNSConnections []kubeDNSConnection
 
 	// The check loop.
 	stop chan struct{} // closes the check loop; nil when not running
@@ -80,9 +84,9 @@ type manager struct {
 	stopping  atomic.Bool // the stop began: set before the lock, read by readiness
 }
 
-func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), generation RulesetGeneration, detect func() (Backend, error), probe func(netip.AddrPort) error, serviceEndpoints ServiceEndpoints, peers Peers, sockets Sockets) *manager {
+func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), generation RulesetGeneration, detect func() (Backend, error), probe func(netip.AddrPort) error, conntrack Conntrack, peers Peers, sockets Sockets) *manager {
 	return &manager{
-		links: links, newTables: newTables, generation: generation, detect: detect, probe: probe, serviceEndpoints: serviceEndpoints, peers: peers, sockets: sockets,
+		links: links, newTables: newTables, generation: generation, detect: detect, probe: probe, conntrack: conntrack, peers: peers, sockets: sockets,
 		ownIPs: map[netip.Addr]bool{}, foreignIPs: map[netip.Addr]string{}, rulesMade: map[Family]bool{}, pins: map[netip.AddrPort][]Rule{}, pinsWhileServing: map[Family]bool{}, pinModeCheckedAt: map[Family]time.Time{}, pinModeGeneration: map[Family]uint32{},
 		wake: make(chan struct{}, 1), takeoverDrain: takeoverDrain, replacementWait: replacementWait,
 	}
@@ -94,7 +98,7 @@ var theManager = newManager(netlinkLinks{},
 	nftGeneration,
 	func() (Backend, error) { return DetectBackend(listWithBinary) },
 	probeDNS,
-	conntrackEndpoints,
+	kernelConntrack{},
 	netnsPeers{name: "instance"},
 	ownSockets{})
 

@@ -128,6 +128,10 @@ func (m *manager) desiredRules() map[Family][]Rule {
 		}
 		rules[f] = kept
 	}
+	for _, c := range m.kubeDNSConnections {
+		f := familyOf(c.service.Addr())
+		rules[f] = append(rules[f], kubeDNSConnectionRule(c))
+	}
 	return rules
 }
 
@@ -247,12 +251,32 @@ func (m *manager) syncRules(f Family, t RuleTables, desired []Rule, repair bool)
 	// The interception goes in last: once it steers a pod's flow here, the
 	// replies must already skip conntrack, or a reply whose reverse tuple
 	// matches the flow's earlier DNAT entry (to kube-dns) is dropped as a
-	// conntrack clash.
-	slices.SortStableFunc(changes.Add, func(a, b Rule) int { return boolToInt(a.isInterception()) - boolToInt(b.isInterception()) })
+	// conntrack clash. Only the connections left to kube-dns come before it,
+	// and above it, so it never holds one of them.
+	slices.SortStableFunc(changes.Add, func(a, b Rule) int { return addOrder(a) - addOrder(b) })
+	exceptions := countKubeDNSConnections(listed)
 	// Adds before deletes: replacing a rule (upstream's unconditional one by
 	// ours) never leaves a moment without interception.
-	for _, r := range changes.Add {
-		if err := t.Insert(r); err != nil {
+	for adds := changes.Add; len(adds) > 0; {
+		// The connections left to kube-dns go in together, in one process:
+		// there may be hundreds, and new connections wait for them.
+		if n := countKubeDNSConnections(adds); n > 0 && adds[0].isKubeDNSConnection() {
+			if err := t.InsertAll(adds[:n]); err != nil {
+				m.iptablesError(fmt.Sprintf("insert the rules of %d connections left to kube-dns", n), err)
+				ok = false
+			} else {
+				exceptions += n
+			}
+			adds = adds[n:]
+			continue
+		}
+		r := adds[0]
+		adds = adds[1:]
+		position := 1
+		if r.isInterception() {
+			position += exceptions // below the connections left to kube-dns
+		}
+		if err := t.Insert(r, position); err != nil {
 			if slices.Contains(r.Args, "socket") && !m.noSocketMatch {
 				m.noSocketMatch = true
 				log.Errorf("The kernel refused the socket match (%v): interception will not fail open if the cache dies; using upstream's unconditional rule", err)
@@ -268,7 +292,18 @@ func (m *manager) syncRules(f Family, t RuleTables, desired []Rule, repair bool)
 			repairs.WithLabelValues(repairRule).Inc()
 		}
 	}
+	// Those of connections that closed go together too.
+	closed := slices.DeleteFunc(slices.Clone(changes.Delete), func(r Rule) bool { return !r.isKubeDNSConnection() })
+	if len(closed) > 0 {
+		if err := t.DeleteAll(closed); err != nil {
+			m.iptablesError(fmt.Sprintf("delete the rules of %d connections left to kube-dns", len(closed)), err)
+			ok = false
+		}
+	}
 	for _, r := range changes.Delete {
+		if r.isKubeDNSConnection() {
+			continue
+		}
 		if err := t.Delete(r); err != nil {
 			m.iptablesError("delete "+r.String(), err)
 			ok = false
@@ -322,9 +357,23 @@ func (m *manager) iptablesError(what string, err error) {
 	log.Errorf("iptables %s: %v", what, err)
 }
 
-func boolToInt(b bool) int {
-	if b {
+// addOrder: the rules to add, in the order they go in.
+func addOrder(r Rule) int {
+	switch {
+	case r.isKubeDNSConnection():
 		return 1
+	case r.isInterception():
+		return 2
 	}
 	return 0
+}
+
+func countKubeDNSConnections(rules []Rule) int {
+	n := 0
+	for _, r := range rules {
+		if r.isKubeDNSConnection() {
+			n++
+		}
+	}
+	return n
 }

@@ -16,6 +16,10 @@ const (
 	commentAllowTraffic  = "NodeLocal DNS Cache: allow DNS traffic"
 )
 
+// commentKubeDNSConnection marks our rules that leave kube-dns a connection it
+// serves (takeover.go): upstream has none.
+const commentKubeDNSConnection = "NodeLocal DNS Cache: leave kube-dns its open connection"
+
 // Family is an IP family; each has its own iptables binary.
 type Family int
 
@@ -41,22 +45,27 @@ type Rule struct {
 
 func (r Rule) key() string { return r.Table + " " + r.Chain + " " + strings.Join(r.Args, "\x00") }
 
-func (r Rule) String() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "-t %s -A %s", r.Table, r.Chain)
-	for _, a := range r.Args {
+func (r Rule) String() string { return fmt.Sprintf("-t %s -A %s %s", r.Table, r.Chain, r.spec()) }
+
+// spec is the rule specification as `iptables -S` prints it and
+// iptables-restore reads it: arguments with spaces or quotes quoted.
+func (r Rule) spec() string {
+	args := make([]string, len(r.Args))
+	for i, a := range r.Args {
 		if strings.ContainsAny(a, " \"") {
 			a = strconv.Quote(a)
 		}
-		b.WriteString(" " + a)
+		args[i] = a
 	}
-	return b.String()
+	return strings.Join(args, " ")
 }
 
-// isOurs: an interception rule (raw and filter tables).
+// isOurs: an interception rule (raw and filter tables), or an exception to it.
 func (r Rule) isOurs() bool {
-	return r.hasComment(commentSkipConntrack) || r.hasComment(commentAllowTraffic)
+	return r.hasComment(commentSkipConntrack) || r.hasComment(commentAllowTraffic) || r.isKubeDNSConnection()
 }
+
+func (r Rule) isKubeDNSConnection() bool { return r.hasComment(commentKubeDNSConnection) }
 
 func (r Rule) hasComment(comment string) bool {
 	for i, a := range r.Args {
@@ -120,6 +129,17 @@ func DesiredRules(listen []netip.AddrPort, healthPort int, failOpen bool) map[Fa
 	return out
 }
 
+// kubeDNSConnectionRule leaves a TCP connection that kube-dns serves to it:
+// CT with no options gives its segments the default conntrack template, which
+// makes the NOTRACK of the interception below a no-op, so kube-proxy's DNAT
+// still sends them to kube-dns. Unlike a RETURN, it skips no one else's rule.
+func kubeDNSConnectionRule(c kubeDNSConnection) Rule {
+	host := func(ap netip.AddrPort) string { return netip.PrefixFrom(ap.Addr(), ap.Addr().BitLen()).String() }
+	return Rule{Table: "raw", Chain: "PREROUTING", Args: []string{"-s", host(c.client), "-d", host(c.service),
+		"-p", "tcp", "-m", "tcp", "--sport", strconv.Itoa(int(c.client.Port())), "--dport", strconv.Itoa(int(c.service.Port())),
+		"-m", "comment", "--comment", commentKubeDNSConnection, "-j", "CT"}}
+}
+
 // proto is the protocol of a rule built by rule() or listed from one.
 func (r Rule) proto() string {
 	if i := slices.Index(r.Args, "-p"); i >= 0 && i+1 < len(r.Args) {
@@ -140,7 +160,9 @@ func (r Rule) synOnly() Rule {
 
 // isInterception reports whether r is what steers pods' queries to the cache
 // (raw PREROUTING NOTRACK); removing it hands the address back to kube-proxy.
-func (r Rule) isInterception() bool { return r.Table == "raw" && r.Chain == "PREROUTING" }
+func (r Rule) isInterception() bool {
+	return r.Table == "raw" && r.Chain == "PREROUTING" && !r.isKubeDNSConnection()
+}
 
 // ParseListing reads the output of `iptables -t TABLE -S` into rules.
 func ParseListing(table, listing string) ([]Rule, error) {

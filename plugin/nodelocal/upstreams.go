@@ -82,7 +82,7 @@ func (m *manager) refreshPins(whileServing bool) {
 		if !ok || (whileServing && !m.pinsAfterKubeProxy(f, t, upstream)) {
 			continue
 		}
-		endpoints, err := m.serviceEndpoints(upstream)
+		endpoints, err := m.conntrack.Endpoints(upstream)
 		if err != nil {
 			log.Warningf("Cache misses forwarded to %s time out if its Service goes: %v", upstream, err)
 			continue

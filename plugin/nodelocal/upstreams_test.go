@@ -43,7 +43,7 @@ func TestStopPinsServiceUpstreams(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := newFakeNode(t)
-			n.endpoints = map[netip.AddrPort][]netip.AddrPort{upstream: endpoints}
+			n.conntrack.setEndpoints(upstream, endpoints...)
 			cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
 			cfg.Upstreams = []netip.AddrPort{upstream, external}
 			if err := n.mgr.Apply(cfg); err != nil {
@@ -98,7 +98,7 @@ func TestPinsStayAfterKubeProxyIPTablesRules(t *testing.T) {
 			if tc.wantPins == 0 {
 				return
 			}
-			n.endpoints[upstream] = []netip.AddrPort{moved} // kube-dns's pod moved
+			n.conntrack.setEndpoints(upstream, moved) // kube-dns's pod moved
 			n.mgr.check(true)
 			if got := n.pins(); len(got) != 2 || !strings.HasSuffix(got[0].String(), moved.String()) {
 				t.Fatalf("pins after the endpoint moved: %v", got)
@@ -204,7 +204,7 @@ func TestPinModeLooksAgainOnlyWhenTheRulesetChanged(t *testing.T) {
 // whose flows conntrack shows reaching endpoint, and runs a check.
 func (n *fakeNode) serveWithUpstream(t *testing.T, upstream, endpoint netip.AddrPort) {
 	t.Helper()
-	n.endpoints = map[netip.AddrPort][]netip.AddrPort{upstream: {endpoint}}
+	n.conntrack.setEndpoints(upstream, endpoint)
 	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
 	cfg.Upstreams = []netip.AddrPort{upstream}
 	if err := n.mgr.Apply(cfg); err != nil {
