@@ -122,6 +122,7 @@ func (m *manager) Apply(cfg *Config) error {
 	if starting {
 		m.pinsToSweep = true
 		m.sweepPins()
+		m.adoptKubeDNSConnections()
 		m.withholdTCP()
 	}
 	if m.phase.listenersUp() {

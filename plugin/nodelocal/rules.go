@@ -140,6 +140,28 @@ func kubeDNSConnectionRule(c kubeDNSConnection) Rule {
 		"-m", "comment", "--comment", commentKubeDNSConnection, "-j", "CT"}}
 }
 
+// kubeDNSConnection reads back the connection a rule of
+// kubeDNSConnectionRule leaves to kube-dns.
+func (r Rule) kubeDNSConnection() (kubeDNSConnection, bool) {
+	if !r.isKubeDNSConnection() {
+		return kubeDNSConnection{}, false
+	}
+	arg := func(flag string) string {
+		if i := slices.Index(r.Args, flag); i >= 0 && i+1 < len(r.Args) {
+			return r.Args[i+1]
+		}
+		return ""
+	}
+	end := func(addrFlag, portFlag string) (netip.AddrPort, bool) {
+		prefix, err := netip.ParsePrefix(arg(addrFlag))
+		port, perr := strconv.ParseUint(arg(portFlag), 10, 16)
+		return netip.AddrPortFrom(prefix.Addr(), uint16(port)), err == nil && perr == nil && prefix.IsSingleIP()
+	}
+	client, okClient := end("-s", "--sport")
+	service, okService := end("-d", "--dport")
+	return kubeDNSConnection{client: client, service: service}, okClient && okService
+}
+
 // proto is the protocol of a rule built by rule() or listed from one.
 func (r Rule) proto() string {
 	if i := slices.Index(r.Args, "-p"); i >= 0 && i+1 < len(r.Args) {

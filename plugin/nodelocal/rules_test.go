@@ -138,6 +138,7 @@ func TestSplitArgsRoundTrip(t *testing.T) {
 func FuzzParseListing(f *testing.F) {
 	f.Add(upstreamRawListing)
 	f.Add(`-A X -m comment --comment "a \"b\" c" -j Y`)
+	f.Add("-A PREROUTING " + kubeDNSConnectionRule(kubeDNSConnection{client: netip.MustParseAddrPort("198.19.0.3:41234"), service: netip.MustParseAddrPort("198.18.0.10:53")}).spec())
 	f.Fuzz(func(t *testing.T, listing string) {
 		rules, err := ParseListing("raw", listing)
 		if err != nil {
@@ -148,6 +149,9 @@ func FuzzParseListing(f *testing.F) {
 				t.Fatalf("rule without chain from %q", listing)
 			}
 			DiffRules(rules, rules)
+			if c, ok := r.kubeDNSConnection(); ok && (!c.client.IsValid() || !c.service.IsValid()) {
+				t.Fatalf("connection %v read from %q", c, listing)
+			}
 		}
 	})
 }

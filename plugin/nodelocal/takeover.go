@@ -153,6 +153,29 @@ func (m *manager) kubeDNSConnectionsNow() ([]kubeDNSConnection, error) {
 	return open, errors.Join(errs...)
 }
 
+// adoptKubeDNSConnections makes the connections an earlier instance left to
+// kube-dns (a surge peer, or one killed since) this one's too: their rules
+// stay until conntrack shows them closed, whichever instance checks first.
+func (m *manager) adoptKubeDNSConnections() {
+	for _, t := range m.tables {
+		out, err := t.ListChain("raw", "PREROUTING")
+		if err != nil {
+			m.iptablesError("list", err)
+			continue
+		}
+		listed, err := ParseListing("raw", out)
+		if err != nil {
+			m.iptablesError("list", err)
+			continue
+		}
+		for _, r := range listed {
+			if c, ok := r.kubeDNSConnection(); ok && !slices.Contains(m.kubeDNSConnections, c) {
+				m.kubeDNSConnections = append(m.kubeDNSConnections, c)
+			}
+		}
+	}
+}
+
 // pruneKubeDNSConnections removes the rules of the connections left to
 // kube-dns that have closed since.
 func (m *manager) pruneKubeDNSConnections() {

@@ -251,3 +251,31 @@ func TestTakeoverLeavesKubeDNSAtMostSomeConnections(t *testing.T) {
 		t.Fatalf("%d connections left to kube-dns, want %d", got, maxKubeDNSConnections)
 	}
 }
+
+// TestStartAdoptsTheConnectionsLeftToKubeDNS: a start beside a peer (a
+// surge) keeps the rules the peer's takeover left for kube-dns's connections,
+// rather than removing them as stale, and removes them once closed.
+func TestStartAdoptsTheConnectionsLeftToKubeDNS(t *testing.T) {
+	n := newFakeNode(t)
+	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
+	left := kubeDNSConnection{client: netip.MustParseAddrPort("198.19.0.3:41234"), service: cfg.Listen[1]}
+	if c, ok := kubeDNSConnectionRule(left).kubeDNSConnection(); !ok || c != left {
+		t.Fatalf("the rule reads back as %v %v, want %v", c, ok, left)
+	}
+	n.tables[IPv4].rules = append(DesiredRules(cfg.Listen, cfg.HealthPort, true)[IPv4], kubeDNSConnectionRule(left))
+	n.conntrack.setClients(left.service, left.client)
+	n.peers.others = 2
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	n.listenersUp()
+	n.mgr.check(true)
+	if !slices.ContainsFunc(n.tables[IPv4].rules, Rule.isKubeDNSConnection) {
+		t.Fatal("a surge start removed the rule of a connection its peer left to kube-dns")
+	}
+	n.conntrack.setClients(left.service)
+	n.mgr.check(true)
+	if slices.ContainsFunc(n.tables[IPv4].rules, Rule.isKubeDNSConnection) {
+		t.Fatal("the rule of a closed connection stayed")
+	}
+}
