@@ -12,11 +12,11 @@ import (
 // runs setup once per server block and again on every reload, so every entry
 // point is idempotent and the state lives here, not in plugin instances.
 //
-// Its work is in three files: reconcile.go brings the kernel to the desired
+// Its work is in these files: reconcile.go brings the kernel to the desired
 // interface, addresses and rules; checks.go runs that on events and on a
-// timer, and tells readiness; handoff.go is the protocol between instances and
-// with kube-dns at a start, a reload and a stop, whose phases lifecycle.go
-// lists.
+// timer, and tells readiness; handoff.go is the protocol between instances at
+// a start, a reload and a stop, and takeover.go the start's takeover from
+// kube-dns, whose phases lifecycle.go lists; upstreams.go pins the upstreams.
 type manager struct {
 	links      Links
 	newTables  func(Backend, Family) (RuleTables, error)
