@@ -67,13 +67,14 @@ func (r Rule) isOurs() bool {
 
 func (r Rule) isKubeDNSConnection() bool { return r.hasComment(commentKubeDNSConnection) }
 
-func (r Rule) hasComment(comment string) bool {
-	for i, a := range r.Args {
-		if a == "--comment" && i+1 < len(r.Args) {
-			return r.Args[i+1] == comment
-		}
+func (r Rule) hasComment(comment string) bool { return r.arg("--comment") == comment }
+
+// arg is the value after the first flag in r, or "" if there is none.
+func (r Rule) arg(flag string) string {
+	if i := slices.Index(r.Args, flag); i >= 0 && i+1 < len(r.Args) {
+		return r.Args[i+1]
 	}
-	return false
+	return ""
 }
 
 // rule builds a rule in canonical order: address, protocol, port, extra
@@ -146,15 +147,9 @@ func (r Rule) kubeDNSConnection() (kubeDNSConnection, bool) {
 	if !r.isKubeDNSConnection() {
 		return kubeDNSConnection{}, false
 	}
-	arg := func(flag string) string {
-		if i := slices.Index(r.Args, flag); i >= 0 && i+1 < len(r.Args) {
-			return r.Args[i+1]
-		}
-		return ""
-	}
 	end := func(addrFlag, portFlag string) (netip.AddrPort, bool) {
-		prefix, err := netip.ParsePrefix(arg(addrFlag))
-		port, perr := strconv.ParseUint(arg(portFlag), 10, 16)
+		prefix, err := netip.ParsePrefix(r.arg(addrFlag))
+		port, perr := strconv.ParseUint(r.arg(portFlag), 10, 16)
 		return netip.AddrPortFrom(prefix.Addr(), uint16(port)), err == nil && perr == nil && prefix.IsSingleIP()
 	}
 	client, okClient := end("-s", "--sport")
@@ -163,12 +158,7 @@ func (r Rule) kubeDNSConnection() (kubeDNSConnection, bool) {
 }
 
 // proto is the protocol of a rule built by rule() or listed from one.
-func (r Rule) proto() string {
-	if i := slices.Index(r.Args, "-p"); i >= 0 && i+1 < len(r.Args) {
-		return r.Args[i+1]
-	}
-	return ""
-}
+func (r Rule) proto() string { return r.arg("-p") }
 
 // synOnly narrows a TCP rule to segments that open a connection, as
 // `iptables -S` prints --syn.
