@@ -9,8 +9,6 @@ import (
 	"sync"
 
 	"github.com/coredns/caddy"
-	"github.com/coredns/caddy/caddyfile"
-	"github.com/coredns/coredns/core/dnsserver"
 	clog "github.com/coredns/coredns/plugin/pkg/log"
 
 	"github.com/nodelocal/nodelocal/plugin/nodelocal"
@@ -50,12 +48,9 @@ func (l *Loader) Render() ([]byte, string, error) {
 	if err != nil {
 		return nil, path, err
 	}
-	out, err := Render(tmpl, v, kubeDNS)
+	out, err := Render(tmpl, path, v, kubeDNS)
 	if err != nil {
 		return nil, path, fmt.Errorf("%s: %w", path, err)
-	}
-	if _, err := caddyfile.Parse(path, bytes.NewReader(out), dnsserver.Directives); err != nil {
-		return nil, path, fmt.Errorf("rendered Corefile does not parse: %w", err)
 	}
 	return out, path, nil
 }

@@ -2,7 +2,6 @@ package pillar
 
 import (
 	"bytes"
-	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -40,7 +39,9 @@ type Options struct {
 	MetricsListenAddr string
 	ReloadWithSignal  bool
 
-	noteOnce sync.Once // what was ignored in the flags is logged once, not on every reload tick
+	// What was ignored in the flags and in resolv.conf is logged once, not on
+	// every reload tick.
+	noteOnce, resolvNoteOnce sync.Once
 }
 
 // Default paths, as upstream's manifest mounts them.
@@ -176,7 +177,10 @@ func (o *Options) Values(env *Environment, tmpl []byte) (*Values, error) {
 	}
 	// The kube-dns ClusterIP: from -dnssvc; missing is fine (upstream's
 	// manifest puts it in -localip instead).
-	dnsServer, _ := serviceIP(env, "-dnssvc", o.DNSSvc)
+	dnsServer, err := serviceIP(env, "-dnssvc", o.DNSSvc)
+	if _, unset := err.(*serviceUnsetError); err != nil && !unset {
+		return nil, err
+	}
 	var empty int
 	for _, s := range strings.Split(o.LocalIPs, ",") {
 		s = strings.TrimSpace(s)
@@ -184,9 +188,9 @@ func (o *Options) Values(env *Environment, tmpl []byte) (*Values, error) {
 			empty++ // what the docs' IPVS sed line leaves: "169.254.20.10,"
 			continue
 		}
-		ip, err := netip.ParseAddr(s)
+		ip, err := parseIP(s)
 		if err != nil {
-			return nil, fmt.Errorf("-localip: %q is not an IP address", s)
+			return nil, fmt.Errorf("-localip: %w", err)
 		}
 		if ip == dnsServer {
 			continue // it is __PILLAR__DNS__SERVER__
@@ -202,11 +206,15 @@ func (o *Options) Values(env *Environment, tmpl []byte) (*Values, error) {
 	if !ipvs {
 		v.DNSServer = dnsServer
 	}
-	v.PrometheusEndpoint = o.PrometheusAddress
-	if v.PrometheusEndpoint == "" {
-		v.PrometheusEndpoint = hostPort(v.LocalIPs[0], ":9253")
+	v.PrometheusEndpoint = Endpoint{Addr: v.LocalIPs[0], Port: 9253}
+	v.UpstreamPrometheusEndpoint = Endpoint{Port: 9253} // upstream's default
+	if o.PrometheusAddress != "" {
+		e, err := parseEndpoint(o.PrometheusAddress)
+		if err != nil {
+			return nil, fmt.Errorf("-prometheus-listen-address: %w", err)
+		}
+		v.PrometheusEndpoint, v.UpstreamPrometheusEndpoint = e, e
 	}
-	v.UpstreamPrometheusEndpoint = cmp.Or(o.PrometheusAddress, ":9253")
 	if uses(MaxConcurrent) {
 		if v.MaxConcurrent, err = forwardConcurrency(env); err != nil {
 			return nil, err
@@ -217,7 +225,9 @@ func (o *Options) Values(env *Environment, tmpl []byte) (*Values, error) {
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("read %s: %w", o.ResolvConf, err)
 		}
-		v.Upstreams = ResolvConfServers(resolv)
+		if v.Upstreams, err = o.resolvConfServers(resolv); err != nil {
+			return nil, err
+		}
 	}
 	if reason := o.upstreamCompatible(tmpl, env); reason != "" {
 		directive, err := o.nodeLocalDirective()
@@ -260,20 +270,46 @@ func (o *Options) upstreamCompatible(tmpl []byte, env *Environment) string {
 	return ""
 }
 
+// resolvConfServers parses the nameservers of the node's resolv.conf. Only
+// the first three count, as for glibc and kubelet (which log the rest as
+// omitted); the rest are logged once.
+func (o *Options) resolvConfServers(content []byte) ([]Server, error) {
+	list := ResolvConfServers(content)
+	if len(list) > maxUpstreamNameservers {
+		o.resolvNoteOnce.Do(func() {
+			log.Infof("%s: %d nameservers, only the first %d are used (as by glibc and kubelet): %s omitted",
+				o.ResolvConf, len(list), maxUpstreamNameservers, strings.Join(list[maxUpstreamNameservers:], " "))
+		})
+		list = list[:maxUpstreamNameservers]
+	}
+	return parseServers("upstream server in "+o.ResolvConf, list)
+}
+
+// serviceUnsetError is a Service named by a flag whose variable is not in the
+// environment.
+type serviceUnsetError struct{ flag, svc, variable string }
+
+func (e *serviceUnsetError) Error() string {
+	return fmt.Sprintf("%s %q: $%s is not set (is node-cache in the Service's namespace?): give the Service's IP instead", e.flag, e.svc, e.variable)
+}
+
 // serviceIP reads a Service's ClusterIP: an IP as given, or a name through the
 // <NAME>_SERVICE_HOST variable Kubernetes sets in pods of its namespace.
 func serviceIP(env *Environment, flagName, svc string) (netip.Addr, error) {
 	if ip, err := netip.ParseAddr(svc); err == nil {
+		if err := checkNoZone(svc, ip); err != nil {
+			return netip.Addr{}, fmt.Errorf("%s: %w", flagName, err)
+		}
 		return ip, nil
 	}
 	name := strings.ToUpper(strings.ReplaceAll(svc, "-", "_")) + "_SERVICE_HOST"
 	value := env.Getenv(name)
 	if value == "" {
-		return netip.Addr{}, fmt.Errorf("%s %q: $%s is not set (is node-cache in the Service's namespace?): give the Service's IP instead", flagName, svc, name)
+		return netip.Addr{}, &serviceUnsetError{flagName, svc, name}
 	}
-	ip, err := netip.ParseAddr(value)
+	ip, err := parseIP(value)
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("%s %q: $%s=%q is not an IP address", flagName, svc, name, value)
+		return netip.Addr{}, fmt.Errorf("%s %q: $%s: %w", flagName, svc, name, err)
 	}
 	return ip, nil
 }

@@ -39,7 +39,7 @@ type fakeEnv struct {
 	flags []string
 }
 
-func (f fakeEnv) build(t *testing.T) (*Options, *Environment) {
+func (f fakeEnv) build(t testing.TB) (*Options, *Environment) {
 	t.Helper()
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	o := RegisterFlags(fs)
@@ -76,7 +76,7 @@ var kubeSystemEnv = map[string]string{
 
 var resolv = map[string]string{"/etc/resolv.conf": "search svc.cluster.local\nnameserver 198.18.9.1\nnameserver 198.18.9.2\noptions ndots:5\n"}
 
-func render(t *testing.T, env fakeEnv) (string, error) {
+func render(t testing.TB, env fakeEnv) (string, error) {
 	t.Helper()
 	o, e := env.build(t)
 	l := &Loader{Options: o, Env: e}
@@ -344,6 +344,9 @@ func FuzzRender(f *testing.F) {
 		env := fakeEnv{vars: kubeSystemEnv, files: map[string]string{"/t": tmpl, "/etc/resolv.conf": "nameserver " + upstream + "\n"},
 			flags: []string{"-upstreamsvc", "kube-dns-upstream", "-basecorefile", "/t", "-dnsdomain", domain}}
 		out, err := render(t, env)
+		if errors.Is(err, errShape) {
+			t.Fatalf("a value reached the last check: the parsers must refuse it first: %v", err)
+		}
 		if err != nil {
 			return
 		}
@@ -364,12 +367,12 @@ func FuzzKubeDNSConfig(f *testing.F) {
 		if err := c.parse([]byte(stub), []byte(upstream)); err != nil {
 			return
 		}
-		for d, servers := range c.StubDomains {
-			if !isDomain(d) || len(servers) == 0 {
-				t.Fatalf("accepted stub domain %q: %v", d, servers)
+		for _, stub := range c.Stubs {
+			if !isDomain(stub.Domain) || len(stub.Servers) == 0 || len(stub.Servers) > maxForwardServers {
+				t.Fatalf("accepted stub domain %q: %v", stub.Domain, stub.Servers)
 			}
-			for _, s := range servers {
-				if checkServer(s) != nil {
+			for _, s := range stub.Servers {
+				if s.Addr.Zone() != "" || strings.ContainsAny(s.String(), " \t\n{}") {
 					t.Fatalf("accepted server %q", s)
 				}
 			}

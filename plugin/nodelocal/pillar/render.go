@@ -12,8 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-
-	"github.com/miekg/dns"
 )
 
 // The placeholders of the template.
@@ -37,18 +35,18 @@ var knownPlaceholders = []string{LocalDNS, DNSServer, DNSDomain, ClusterDNS, Ups
 // whatever its prefix.
 var anyPlaceholder = regexp.MustCompile(`__[A-Z][A-Z0-9_]*__`)
 
-// Values are what the placeholders become. Every field is validated by
-// Render, so no value can carry a directive into the Corefile.
+// Values are what the placeholders become, each parsed: Render writes them
+// from their parsed form, so no value can carry a directive into the Corefile.
 type Values struct {
 	LocalIPs           []netip.Addr // the cache's own IPs (link-local)
 	DNSServer          netip.Addr   // kube-dns ClusterIP, also intercepted; invalid (zero) in IPVS mode
 	Domain             string       // cluster domain
 	ClusterDNS         netip.Addr   // kube-dns-upstream ClusterIP: where cluster names go
-	Upstreams          []string     // IP or IP:port resolvers for everything else
-	PrometheusEndpoint string       // host:port of the metrics
+	Upstreams          []Server     // resolvers for everything else
+	PrometheusEndpoint Endpoint     // the metrics listener
 	// UpstreamPrometheusEndpoint is upstream's __PROMETHEUS__ENDPOINT__:
 	// -prometheus-listen-address, else upstream's default :9253.
-	UpstreamPrometheusEndpoint string
+	UpstreamPrometheusEndpoint Endpoint
 	Port                       int // DNS port of stub-domain blocks
 	MaxConcurrent              int // each forward's max_concurrent
 	// NodeLocal is the nodelocal directive to add after every bind of a
@@ -61,39 +59,110 @@ type Values struct {
 // upstreamTCPForward is a forward of the upstream servers over TCP only.
 var upstreamTCPForward = regexp.MustCompile(`forward[ \t]+\.[ \t]+` + UpstreamServers + `[ \t]*\{\s*force_tcp\s*\}`)
 
-// Render fills tmpl's placeholders and appends a block per stub domain.
-func Render(tmpl []byte, v *Values, kubeDNS *KubeDNSConfig) ([]byte, error) {
+// Render fills tmpl's placeholders and appends a block per stub domain; path
+// is the template's, for errors and relative imports. As a
+// last check, the result must have the shape of the same template filled
+// with inert values: whatever a value held, it added no server block, no
+// directive, no option and no argument.
+func Render(tmpl []byte, path string, v *Values, kubeDNS *KubeDNSConfig) ([]byte, error) {
 	if err := v.validate(tmpl); err != nil {
 		return nil, err
 	}
-	out := string(tmpl)
+	if kubeDNS == nil {
+		kubeDNS = &KubeDNSConfig{}
+	}
 	upstreams := v.Upstreams
-	if kubeDNS != nil && len(kubeDNS.UpstreamNameservers) > 0 {
+	if len(kubeDNS.UpstreamNameservers) > 0 {
 		upstreams = kubeDNS.UpstreamNameservers
 		// As upstream: the ConfigMap's nameservers are asked over UDP.
-		out = upstreamTCPForward.ReplaceAllString(out, "forward . "+UpstreamServers)
+		tmpl = upstreamTCPForward.ReplaceAll(tmpl, []byte("forward . "+UpstreamServers))
 	}
-	if len(upstreams) == 0 && strings.Contains(out, UpstreamServers) {
+	if len(upstreams) == 0 && bytes.Contains(tmpl, []byte(UpstreamServers)) {
 		return nil, fmt.Errorf("no upstream servers: none in resolv.conf and none in the kube-dns ConfigMap's upstreamNameservers")
 	}
-	local := joinAddrs(v.LocalIPs)
-	dnsServer, clusterDNS := "", ""
+	spelled := v.spell(upstreams, kubeDNS.Stubs)
+	rendered, err := spelled.fill(tmpl, v)
+	if err != nil {
+		return nil, err
+	}
+	inert, err := spelled.inert().fill(tmpl, v)
+	if err != nil {
+		return nil, err
+	}
+	blocks, err := checkShape(path, rendered, inert)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkStubZones(blocks, kubeDNS.Stubs); err != nil {
+		return nil, err
+	}
+	if err := checkNoForwardToSelf(rendered, v.listenIPs()); err != nil {
+		return nil, err
+	}
+	return rendered, nil
+}
+
+// spelling is every value as the Corefile spells it, made from its parsed
+// form; a list is its elements separated by spaces.
+type spelling struct {
+	local, localHost, dnsServer, domain, clusterDNS, upstreams string
+	prometheus, upstreamPrometheus                             string
+	stubs                                                      []stubSpelling
+}
+
+type stubSpelling struct{ domain, servers string }
+
+func (v *Values) spell(upstreams []Server, stubs []StubDomain) spelling {
+	s := spelling{
+		local:              joinStrings(v.LocalIPs),
+		localHost:          hostPort(v.LocalIPs[0], ""),
+		domain:             v.Domain,
+		upstreams:          joinStrings(upstreams),
+		prometheus:         v.PrometheusEndpoint.String(),
+		upstreamPrometheus: v.UpstreamPrometheusEndpoint.String(),
+	}
 	if v.DNSServer.IsValid() {
-		dnsServer = v.DNSServer.String()
+		s.dnsServer = v.DNSServer.String()
 	}
 	if v.ClusterDNS.IsValid() {
-		clusterDNS = v.ClusterDNS.String()
+		s.clusterDNS = v.ClusterDNS.String()
 	}
+	for _, stub := range stubs {
+		s.stubs = append(s.stubs, stubSpelling{domain: stub.Domain, servers: joinStrings(stub.Servers)})
+	}
+	return s
+}
+
+// inert is the same spelling with every word replaced by one that cannot be
+// Corefile syntax: what the template alone makes of the Corefile.
+func (s spelling) inert() spelling {
+	words := func(text string) string {
+		return strings.TrimSpace(strings.Repeat("v ", len(strings.Fields(text))))
+	}
+	out := spelling{
+		local: words(s.local), localHost: words(s.localHost), dnsServer: words(s.dnsServer), domain: words(s.domain),
+		clusterDNS: words(s.clusterDNS), upstreams: words(s.upstreams), prometheus: words(s.prometheus),
+		upstreamPrometheus: words(s.upstreamPrometheus),
+	}
+	for _, stub := range s.stubs {
+		out.stubs = append(out.stubs, stubSpelling{domain: words(stub.domain), servers: words(stub.servers)})
+	}
+	return out
+}
+
+// fill writes the Corefile: tmpl with its placeholders replaced, a block per
+// stub domain, and the nodelocal directive where v asks for it.
+func (s spelling) fill(tmpl []byte, v *Values) ([]byte, error) {
 	// In host:port position (health, ready, prometheus) one address fits: the first local IP.
-	out = strings.ReplaceAll(out, LocalDNS+":", hostPort(v.LocalIPs[0], "")+":")
+	out := strings.ReplaceAll(string(tmpl), LocalDNS+":", s.localHost+":")
 	out = strings.NewReplacer(
-		LocalDNS, local,
-		DNSServer, dnsServer,
-		DNSDomain, v.Domain,
-		ClusterDNS, clusterDNS,
-		UpstreamServers, strings.Join(upstreams, " "),
-		PrometheusEndpoint, v.PrometheusEndpoint,
-		UpstreamPrometheusEndpoint, v.UpstreamPrometheusEndpoint,
+		LocalDNS, s.local,
+		DNSServer, s.dnsServer,
+		DNSDomain, s.domain,
+		ClusterDNS, s.clusterDNS,
+		UpstreamServers, s.upstreams,
+		PrometheusEndpoint, s.prometheus,
+		UpstreamPrometheusEndpoint, s.upstreamPrometheus,
 		MaxConcurrent, strconv.Itoa(v.MaxConcurrent),
 	).Replace(out)
 	if left := anyPlaceholder.FindString(out); left != "" {
@@ -101,23 +170,14 @@ func Render(tmpl []byte, v *Values, kubeDNS *KubeDNSConfig) ([]byte, error) {
 	}
 	var b bytes.Buffer
 	b.WriteString(out)
-	if kubeDNS != nil {
-		listen := local
-		if dnsServer != "" {
-			listen += " " + dnsServer
-		}
-		for _, domain := range kubeDNS.sortedStubDomains() {
-			fmt.Fprintf(&b, "\n%s:%d {\n    errors\n    cache 30\n    bind %s\n    forward . %s\n}\n",
-				domain, v.Port, listen, strings.Join(kubeDNS.StubDomains[domain], " "))
-		}
+	listen := strings.TrimSpace(s.local + " " + s.dnsServer)
+	for _, stub := range s.stubs {
+		fmt.Fprintf(&b, "\n%s:%d {\n    errors\n    cache 30\n    bind %s\n    forward . %s\n}\n", stub.domain, v.Port, listen, stub.servers)
 	}
 	rendered := b.Bytes()
 	if v.NodeLocal != "" && !hasDirective(b.String(), "nodelocal") {
 		header := "# node-cache added the nodelocal directive after every bind: " + v.NodeLocalReason + ".\n"
 		rendered = append([]byte(header), addAfterBind(rendered, v.NodeLocal)...)
-	}
-	if err := checkNoForwardToSelf(rendered, v.listenIPs()); err != nil {
-		return nil, err
 	}
 	return rendered, nil
 }
@@ -168,57 +228,7 @@ func (v *Values) validate(tmpl []byte) error {
 	if !isDomain(v.Domain) {
 		return fmt.Errorf("cluster domain %q is not a domain name", v.Domain)
 	}
-	for _, u := range v.Upstreams {
-		if err := checkServer(u); err != nil {
-			return fmt.Errorf("upstream server: %w", err)
-		}
-	}
-	if err := checkHostPort(v.PrometheusEndpoint); err != nil {
-		return fmt.Errorf("prometheus endpoint: %w", err)
-	}
-	if err := checkHostPort(v.UpstreamPrometheusEndpoint); err != nil {
-		return fmt.Errorf("prometheus endpoint: %w", err)
-	}
 	return nil
-}
-
-// isDomain accepts names made of letters, digits, '-', '_' and dots, so a
-// domain can never carry Corefile syntax.
-func isDomain(s string) bool {
-	if s == "" || strings.ContainsFunc(s, func(r rune) bool {
-		return !(r == '.' || r == '-' || r == '_' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9')
-	}) {
-		return false
-	}
-	_, ok := dns.IsDomainName(s)
-	return ok
-}
-
-// checkServer accepts an IP or IP:port; names are refused, as kube-dns does.
-func checkServer(s string) error {
-	if _, err := netip.ParseAddr(s); err == nil {
-		return nil
-	}
-	if _, err := netip.ParseAddrPort(s); err == nil {
-		return nil
-	}
-	return fmt.Errorf("%q is not an IP address or IP:port (names such as FQDNs are not allowed)", s)
-}
-
-func checkHostPort(s string) error {
-	if _, err := netip.ParseAddrPort(s); err == nil {
-		return nil
-	}
-	if port, ok := strings.CutPrefix(s, ":"); ok && isPort(port) {
-		return nil
-	}
-	return fmt.Errorf("%q is not IP:port or :port", s)
-}
-
-func isPort(s string) bool {
-	var p int
-	_, err := fmt.Sscanf(s, "%d", &p)
-	return err == nil && fmt.Sprint(p) == s && p > 0 && p < 65536
 }
 
 func hostPort(ip netip.Addr, port string) string {
@@ -228,10 +238,11 @@ func hostPort(ip netip.Addr, port string) string {
 	return ip.String() + port
 }
 
-func joinAddrs(ips []netip.Addr) string {
-	s := make([]string, len(ips))
-	for i, ip := range ips {
-		s[i] = ip.String()
+// joinStrings spells a list as the Corefile takes it: space-separated.
+func joinStrings[T fmt.Stringer](list []T) string {
+	s := make([]string, len(list))
+	for i, e := range list {
+		s[i] = e.String()
 	}
 	return strings.Join(s, " ")
 }
