@@ -9,6 +9,7 @@ import (
 	"hash/maphash"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coredns/coredns/plugin"
@@ -23,17 +24,24 @@ const pluginName = "coalesce"
 // earlier than its leader would.
 const DefaultMaxWait = 5 * time.Second
 
+// DefaultMaxFollowers bounds the queries waiting for another's answer, as
+// forward's max_concurrent bounds those on their way upstream: each holds a
+// goroutine and its buffers for up to max_wait.
+const DefaultMaxFollowers = 1024
+
 // shardCount shards the in-flight table, so concurrent misses of different
 // names rarely contend on one lock.
 const shardCount = 64
 
 // Coalesce is the plugin handler.
 type Coalesce struct {
-	Next    plugin.Handler
-	MaxWait time.Duration
+	Next         plugin.Handler
+	MaxWait      time.Duration
+	MaxFollowers int64
 
-	seed   maphash.Seed
-	shards [shardCount]shard
+	seed      maphash.Seed
+	shards    [shardCount]shard
+	following atomic.Int64 // queries waiting in follow
 }
 
 type shard struct {
@@ -59,8 +67,8 @@ type flight struct {
 }
 
 // New returns the plugin with its in-flight table ready.
-func New(maxWait time.Duration) *Coalesce {
-	c := &Coalesce{MaxWait: maxWait, seed: maphash.MakeSeed()}
+func New(maxWait time.Duration, maxFollowers int64) *Coalesce {
+	c := &Coalesce{MaxWait: maxWait, MaxFollowers: maxFollowers, seed: maphash.MakeSeed()}
 	for i := range c.shards {
 		c.shards[i].flights = map[key]*flight{}
 	}
@@ -80,6 +88,14 @@ func (c *Coalesce) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 	s.mu.Lock()
 	if f, inFlight := s.flights[k]; inFlight {
 		s.mu.Unlock()
+		if c.following.Add(1) > c.MaxFollowers {
+			// Past the cap the query goes on alone, where forward's
+			// max_concurrent bounds it.
+			c.following.Add(-1)
+			overflows.WithLabelValues(metrics.WithServer(ctx)).Inc()
+			return plugin.NextOrFailure(c.Name(), c.Next, ctx, w, r)
+		}
+		defer c.following.Add(-1)
 		return c.follow(ctx, f, w, r)
 	}
 	f := &flight{done: make(chan struct{})}
@@ -123,11 +139,13 @@ func (c *Coalesce) follow(ctx context.Context, f *flight, w dns.ResponseWriter, 
 	return dns.RcodeSuccess, nil
 }
 
-// keyOf is the coalescing key of r, or false for a query that must go on
-// alone: not exactly one question, or an EDNS client subnet (the answer may
-// depend on it).
+// keyOf is the coalescing key of r, or false for a message that must go on
+// alone: anything but a standard query with recursion desired (a NOTIFY, an
+// UPDATE, an RD=0 probe of the cache must not lead a flight whose answer
+// other clients get), not exactly one question, or an EDNS client subnet (the
+// answer may depend on it).
 func keyOf(r *dns.Msg) (key, bool) {
-	if len(r.Question) != 1 {
+	if r.Response || r.Opcode != dns.OpcodeQuery || !r.RecursionDesired || len(r.Question) != 1 {
 		return key{}, false
 	}
 	q := r.Question[0]

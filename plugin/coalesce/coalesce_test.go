@@ -66,7 +66,7 @@ func ask(c *Coalesce, queries []*dns.Msg) []*dns.Msg {
 
 func TestIdenticalQueriesGoUpstreamOnce(t *testing.T) {
 	up := &slowUpstream{delay: 200 * time.Millisecond}
-	c := New(DefaultMaxWait)
+	c := New(DefaultMaxWait, DefaultMaxFollowers)
 	c.Next = up
 	var queries []*dns.Msg
 	for i := range 50 {
@@ -89,7 +89,7 @@ func TestIdenticalQueriesGoUpstreamOnce(t *testing.T) {
 
 func TestDifferentQueriesAreNotMerged(t *testing.T) {
 	up := &slowUpstream{delay: 100 * time.Millisecond}
-	c := New(DefaultMaxWait)
+	c := New(DefaultMaxWait, DefaultMaxFollowers)
 	c.Next = up
 	ask(c, []*dns.Msg{
 		query("a.example.org.", dns.TypeA, false, 1),
@@ -111,7 +111,7 @@ func TestDifferentQueriesAreNotMerged(t *testing.T) {
 
 func TestWaitIsBounded(t *testing.T) {
 	up := &slowUpstream{delay: 300 * time.Millisecond}
-	c := New(50 * time.Millisecond)
+	c := New(50*time.Millisecond, DefaultMaxFollowers)
 	c.Next = up
 	replies := ask(c, []*dns.Msg{query("a.example.org.", dns.TypeA, false, 1), query("a.example.org.", dns.TypeA, false, 2)})
 	if got := up.calls.Load(); got != 2 {
@@ -126,7 +126,7 @@ func TestWaitIsBounded(t *testing.T) {
 
 func TestFollowersShareAnErrorWithoutAnswer(t *testing.T) {
 	up := &slowUpstream{delay: 100 * time.Millisecond, rcode: dns.RcodeServerFailure}
-	c := New(DefaultMaxWait)
+	c := New(DefaultMaxWait, DefaultMaxFollowers)
 	c.Next = up
 	replies := ask(c, []*dns.Msg{query("a.example.org.", dns.TypeA, false, 1), query("a.example.org.", dns.TypeA, false, 2)})
 	if got := up.calls.Load(); got != 1 {
@@ -139,9 +139,62 @@ func TestFollowersShareAnErrorWithoutAnswer(t *testing.T) {
 	}
 }
 
+// TestOnlyStandardRecursiveQueriesLead: a NOTIFY, an RD=0 query or a
+// response is never coalesced, so it cannot lead a flight whose answer other
+// clients get, nor follow one.
+func TestOnlyStandardRecursiveQueriesLead(t *testing.T) {
+	for name, edit := range map[string]func(*dns.Msg){
+		"NOTIFY":   func(m *dns.Msg) { m.Opcode = dns.OpcodeNotify },
+		"UPDATE":   func(m *dns.Msg) { m.Opcode = dns.OpcodeUpdate },
+		"RD=0":     func(m *dns.Msg) { m.RecursionDesired = false },
+		"response": func(m *dns.Msg) { m.Response = true },
+	} {
+		t.Run(name, func(t *testing.T) {
+			up := &slowUpstream{delay: 100 * time.Millisecond}
+			c := New(DefaultMaxWait, DefaultMaxFollowers)
+			c.Next = up
+			odd := query("a.example.org.", dns.TypeA, false, 1)
+			edit(odd)
+			ask(c, []*dns.Msg{odd, query("a.example.org.", dns.TypeA, false, 2), query("a.example.org.", dns.TypeA, false, 3)})
+			if got := up.calls.Load(); got != 2 {
+				t.Fatalf("%d upstream calls, want 2: the %s alone, and one for the two standard queries", got, name)
+			}
+		})
+	}
+}
+
+// TestFollowersAreBounded: past max_followers waiting queries, the next one
+// goes upstream alone (where forward's max_concurrent bounds it).
+func TestFollowersAreBounded(t *testing.T) {
+	up := &slowUpstream{delay: 300 * time.Millisecond}
+	c := New(DefaultMaxWait, 3)
+	c.Next = up
+	var queries []*dns.Msg
+	for i := range 10 {
+		queries = append(queries, query("a.example.org.", dns.TypeA, false, uint16(i)))
+	}
+	// The leader first, so that every later query finds it in flight.
+	leader := make(chan []*dns.Msg)
+	go func() { leader <- ask(c, queries[:1]) }()
+	time.Sleep(50 * time.Millisecond)
+	replies := ask(c, queries[1:])
+	<-leader
+	if got := up.calls.Load(); got != 1+9-3 {
+		t.Fatalf("%d upstream calls, want 7: the leader, and the 6 queries past the 3 followers", got)
+	}
+	for _, r := range replies {
+		if r == nil || len(r.Answer) != 1 {
+			t.Fatalf("reply %v, want an answer", r)
+		}
+	}
+	if n := c.following.Load(); n != 0 {
+		t.Fatalf("%d followers counted after all answered", n)
+	}
+}
+
 // BenchmarkDistinctMisses: the cost on a miss that waits for nobody.
 func BenchmarkDistinctMisses(b *testing.B) {
-	c := New(DefaultMaxWait)
+	c := New(DefaultMaxWait, DefaultMaxFollowers)
 	c.Next = &slowUpstream{}
 	q := query("a.example.org.", dns.TypeA, false, 1)
 	w := &test.ResponseWriter{}

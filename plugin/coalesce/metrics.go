@@ -19,4 +19,10 @@ var (
 		Name:      "wait_timeouts_total",
 		Help:      "Counter of queries that waited max_wait for an identical query's answer in vain and went upstream themselves.",
 	}, []string{"server"})
+	overflows = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "overflows_total",
+		Help:      "Counter of queries that went upstream alone because max_followers queries were already waiting for an answer.",
+	}, []string{"server"})
 )

@@ -1,6 +1,7 @@
 package coalesce
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/coredns/caddy"
@@ -11,11 +12,10 @@ import (
 func init() { plugin.Register(pluginName, setup) }
 
 func setup(c *caddy.Controller) error {
-	maxWait, err := parse(c)
+	co, err := parse(c)
 	if err != nil {
 		return plugin.Error(pluginName, err)
 	}
-	co := New(maxWait)
 	dnsserver.GetConfig(c).AddPlugin(func(next plugin.Handler) plugin.Handler {
 		co.Next = next
 		return co
@@ -27,34 +27,42 @@ func setup(c *caddy.Controller) error {
 //
 //	coalesce {
 //	    max_wait DURATION
+//	    max_followers N
 //	}
-func parse(c *caddy.Controller) (time.Duration, error) {
-	maxWait := DefaultMaxWait
+func parse(c *caddy.Controller) (*Coalesce, error) {
+	maxWait, maxFollowers := DefaultMaxWait, int64(DefaultMaxFollowers)
 	seen := false
 	for c.Next() {
 		if seen {
-			return 0, c.Errf("coalesce given twice in one server block")
+			return nil, c.Errf("coalesce given twice in one server block")
 		}
 		seen = true
 		if len(c.RemainingArgs()) > 0 {
-			return 0, c.ArgErr()
+			return nil, c.ArgErr()
 		}
 		for c.NextBlock() {
-			switch c.Val() {
+			option := c.Val()
+			args := c.RemainingArgs()
+			if len(args) != 1 {
+				return nil, c.ArgErr()
+			}
+			switch option {
 			case "max_wait":
-				args := c.RemainingArgs()
-				if len(args) != 1 {
-					return 0, c.ArgErr()
-				}
 				d, err := time.ParseDuration(args[0])
 				if err != nil || d <= 0 {
-					return 0, c.Errf("max_wait %q: want a positive duration such as 5s", args[0])
+					return nil, c.Errf("max_wait %q: want a positive duration such as 5s", args[0])
 				}
 				maxWait = d
+			case "max_followers":
+				n, err := strconv.ParseInt(args[0], 10, 32)
+				if err != nil || n <= 0 {
+					return nil, c.Errf("max_followers %q: want a positive number such as 1024", args[0])
+				}
+				maxFollowers = n
 			default:
-				return 0, c.Errf("unknown option %q: want max_wait", c.Val())
+				return nil, c.Errf("unknown option %q: want max_wait or max_followers", option)
 			}
 		}
 	}
-	return maxWait, nil
+	return New(maxWait, maxFollowers), nil
 }

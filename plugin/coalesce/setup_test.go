@@ -10,12 +10,16 @@ import (
 
 func TestParse(t *testing.T) {
 	for _, tc := range []struct {
-		input   string
-		want    time.Duration
-		wantErr string
+		input         string
+		want          time.Duration
+		wantFollowers int64
+		wantErr       string
 	}{
-		{input: "coalesce", want: DefaultMaxWait},
-		{input: "coalesce {\n max_wait 2s\n}", want: 2 * time.Second},
+		{input: "coalesce", want: DefaultMaxWait, wantFollowers: DefaultMaxFollowers},
+		{input: "coalesce {\n max_wait 2s\n}", want: 2 * time.Second, wantFollowers: DefaultMaxFollowers},
+		{input: "coalesce {\n max_followers 64\n}", want: DefaultMaxWait, wantFollowers: 64},
+		{input: "coalesce {\n max_followers 0\n}", wantErr: `max_followers "0": want a positive number such as 1024`},
+		{input: "coalesce {\n max_followers many\n}", wantErr: `max_followers "many": want a positive number`},
 		{input: "coalesce 2s", wantErr: "Wrong argument count"},
 		{input: "coalesce {\n max_wait\n}", wantErr: "Wrong argument count"},
 		{input: "coalesce {\n max_wait soon\n}", wantErr: `max_wait "soon": want a positive duration`},
@@ -30,8 +34,8 @@ func TestParse(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || got != tc.want {
-			t.Errorf("%q: %v, %v; want %v", tc.input, got, err, tc.want)
+		if err != nil || got.MaxWait != tc.want || got.MaxFollowers != tc.wantFollowers {
+			t.Errorf("%q: %+v, %v; want max_wait %v, max_followers %d", tc.input, got, err, tc.want, tc.wantFollowers)
 		}
 	}
 }
