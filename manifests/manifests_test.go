@@ -98,7 +98,7 @@ func TestEveryManifestDecodesStrictly(t *testing.T) {
 			t.Errorf("%s: no documents", f)
 		}
 	}
-	for _, overlay := range []string{"overlays/ipvs", "overlays/ondelete"} {
+	for _, overlay := range []string{"overlays/ipvs", "overlays/ondelete", "overlays/iptables-legacy"} {
 		render(t, overlay)
 	}
 }
@@ -117,8 +117,12 @@ func lameduck(t *testing.T, corefile string) time.Duration {
 	return d
 }
 
-// The capabilities node-cache needs, each proven by test/e2e's capability test.
-var neededCapabilities = []corev1.Capability{"NET_ADMIN", "NET_BIND_SERVICE", "NET_RAW"}
+// The capabilities node-cache needs, each proven by test/e2e's capability
+// test: on nf_tables nodes (the base), and on iptables-legacy nodes (its overlay).
+var (
+	neededCapabilities       = []corev1.Capability{"NET_ADMIN", "NET_BIND_SERVICE"}
+	neededLegacyCapabilities = []corev1.Capability{"NET_ADMIN", "NET_BIND_SERVICE", "NET_RAW"}
+)
 
 // peakRSS is the resident memory measured in the simulated node with every
 // cache full and during an NXDOMAIN storm (`make bench`, memory table), rounded up.
@@ -132,6 +136,12 @@ func TestDaemonSetInvariants(t *testing.T) {
 	if ds.Spec.UpdateStrategy.Type != appsv1.RollingUpdateDaemonSetStrategyType || ru == nil ||
 		ru.MaxSurge.String() != "1" || ru.MaxUnavailable.String() != "0" {
 		t.Errorf("update strategy %+v, want RollingUpdate with maxSurge 1, maxUnavailable 0", ds.Spec.UpdateStrategy)
+	}
+	if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
+		t.Errorf("automountServiceAccountToken %v: node-cache never talks to the API server, the pod needs no token", spec.AutomountServiceAccountToken)
+	}
+	if spec.SecurityContext == nil || spec.SecurityContext.SeccompProfile == nil || spec.SecurityContext.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("pod security context %+v, want seccompProfile RuntimeDefault", spec.SecurityContext)
 	}
 	if !spec.HostNetwork || spec.DNSPolicy != corev1.DNSDefault || spec.PriorityClassName != "system-node-critical" {
 		t.Errorf("hostNetwork %v, dnsPolicy %s, priorityClassName %s", spec.HostNetwork, spec.DNSPolicy, spec.PriorityClassName)
@@ -189,6 +199,10 @@ func TestOverlays(t *testing.T) {
 	ipvs := daemonSet(t, render(t, "overlays/ipvs"))
 	if args := ipvs.Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, "-ipvs") {
 		t.Errorf("ipvs overlay args %v", args)
+	}
+	legacy := daemonSet(t, render(t, "overlays/iptables-legacy"))
+	if caps := legacy.Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add; !slices.Equal(caps, neededLegacyCapabilities) {
+		t.Errorf("iptables-legacy overlay capabilities %v, want %v", caps, neededLegacyCapabilities)
 	}
 	ondelete := daemonSet(t, render(t, "overlays/ondelete"))
 	if ondelete.Spec.UpdateStrategy.Type != appsv1.OnDeleteDaemonSetStrategyType {

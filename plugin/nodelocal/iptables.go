@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -172,7 +174,7 @@ func DetectBackend(list func(b Backend, table string) (string, error)) (Backend,
 			if errors.Is(err, errPermission) {
 				legacyHint := ""
 				if b == BackendLegacy {
-					legacyHint = ": the missing NET_RAW capability; add NET_RAW to the container's securityContext.capabilities"
+					legacyHint = ": the missing NET_RAW capability; " + addNetRaw
 				}
 				return "", fmt.Errorf("cannot read the iptables-%s rules to find the node's backend (%v)%s", b, err, legacyHint)
 			}
@@ -201,8 +203,20 @@ func DetectBackend(list func(b Backend, table string) (string, error)) (Backend,
 	return BackendNFT, nil
 }
 
-// listWithBinary is DetectBackend's listing on a real node.
+// legacyTablesFile lists the iptables-legacy tables of this network
+// namespace; the kernel makes one only when something first uses it.
+const legacyTablesFile = "/proc/net/ip_tables_names"
+
+// listWithBinary is DetectBackend's listing on a real node. A legacy table
+// the kernel never made holds no rules: it is not listed, so a node whose
+// rules are all in nf_tables needs no NET_RAW (which reading iptables-legacy
+// takes), and no legacy table is made here.
 func listWithBinary(b Backend, table string) (string, error) {
+	if b == BackendLegacy {
+		if names, err := os.ReadFile(legacyTablesFile); errors.Is(err, fs.ErrNotExist) || err == nil && !slices.Contains(strings.Fields(string(names)), table) {
+			return "\n", nil
+		}
+	}
 	cmd := exec.Command(binaryName(b, IPv4), "-w", fmt.Sprint(lockWaitSeconds), "-t", table, "-S")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr

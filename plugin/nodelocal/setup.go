@@ -334,10 +334,15 @@ var preflight = func(cfg *Config) error {
 		}
 	}
 	if cfg.Backend == BackendLegacy && caps&(1<<capNetRaw) == 0 {
-		return fmt.Errorf("missing NET_RAW capability, needed by iptables-legacy: add NET_RAW to the container's securityContext.capabilities")
+		return fmt.Errorf("missing NET_RAW capability, needed by iptables-legacy: %s", addNetRaw)
 	}
 	return nil
 }
+
+// addNetRaw says how to give node-cache NET_RAW on a node whose rules are in
+// iptables-legacy.
+const addNetRaw = "add NET_RAW to the container's securityContext.capabilities " +
+	"(the manifests' overlays/iptables-legacy, or the chart's iptablesLegacy value)"
 
 const (
 	capNetAdmin = 12

@@ -136,6 +136,7 @@ func TestChartEqualsKustomize(t *testing.T) {
 		{"manifests/base", nil},
 		{"manifests/overlays/ipvs", map[string]any{"interception": "ipvs"}},
 		{"manifests/overlays/ondelete", map[string]any{"updateStrategy": map[string]any{"type": "OnDelete"}}},
+		{"manifests/overlays/iptables-legacy", map[string]any{"iptablesLegacy": true}},
 		{"manifests/overlays/monitoring", map[string]any{
 			"serviceMonitor": map[string]any{"enabled": true},
 			"prometheusRule": map[string]any{"enabled": true},

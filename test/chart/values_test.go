@@ -1,9 +1,12 @@
 package chart
 
 import (
+	"cmp"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -28,7 +31,7 @@ func typed(t *testing.T, obj map[string]any, into any) {
 
 // renderedCorefile runs node-cache -render on the chart's Corefile template
 // with the chart's args, as the pod would start: it must render and parse.
-func renderedCorefile(t *testing.T, objs map[string]map[string]any) (string, *appsv1.DaemonSet) {
+func renderedCorefile(t *testing.T, objs map[string]map[string]any, hostIP string) (string, *appsv1.DaemonSet) {
 	t.Helper()
 	var ds appsv1.DaemonSet
 	var cm corev1.ConfigMap
@@ -45,7 +48,7 @@ func renderedCorefile(t *testing.T, objs map[string]map[string]any) (string, *ap
 	os.WriteFile(resolv, []byte("nameserver 198.18.9.1\n"), 0o644)
 	var args []string
 	for _, a := range ds.Spec.Template.Spec.Containers[0].Args {
-		args = append(args, strings.ReplaceAll(a, "$(HOST_IP)", "198.18.5.1")) // kubelet expands it from status.hostIP
+		args = append(args, strings.ReplaceAll(a, "$(HOST_IP)", hostIP)) // kubelet expands it from status.hostIP
 	}
 	args = append(args, "-basecorefile", base, "-resolvconf", resolv, "-kubednscm", filepath.Join(dir, "none"), "-render")
 	cmd := exec.Command(bin, args...)
@@ -63,6 +66,7 @@ func TestChartValues(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		values   map[string]any
+		hostIP   string                         // the node's, default 198.18.5.1
 		corefile []string                       // in the rendered Corefile
 		check    func(*appsv1.DaemonSet) string // what is wrong, or ""
 	}{
@@ -93,6 +97,15 @@ func TestChartValues(t *testing.T) {
 			corefile: []string{".:53 {\n    bind 169.254.20.10\n"}},
 		{name: "ServiceMonitor: metrics on the node's IP", values: map[string]any{"serviceMonitor": map[string]any{"enabled": true}},
 			corefile: []string{"prometheus 198.18.5.1:9253"}},
+		{name: "ServiceMonitor on an IPv6 node", values: map[string]any{"serviceMonitor": map[string]any{"enabled": true}}, hostIP: "2001:2::5",
+			corefile: []string{"prometheus [2001:2::5]:9253"}},
+		{name: "iptables-legacy nodes: NET_RAW", values: map[string]any{"iptablesLegacy": true},
+			check: func(ds *appsv1.DaemonSet) string {
+				if caps := ds.Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add; !slices.Contains(caps, "NET_RAW") {
+					return fmt.Sprintf("capabilities %v lack NET_RAW", caps)
+				}
+				return ""
+			}},
 		{name: "scheduling", values: map[string]any{
 			"priorityClassName": "my-critical", "tolerations": []any{map[string]any{"key": "dedicated", "operator": "Exists"}},
 			"nodeSelector": map[string]any{"kubernetes.io/os": "linux"},
@@ -111,7 +124,7 @@ func TestChartValues(t *testing.T) {
 			}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			corefile, ds := renderedCorefile(t, mustRenderChart(t, tc.values))
+			corefile, ds := renderedCorefile(t, mustRenderChart(t, tc.values), cmp.Or(tc.hostIP, "198.18.5.1"))
 			for _, want := range tc.corefile {
 				if !strings.Contains(corefile, want) {
 					t.Errorf("the rendered Corefile lacks %q:\n%s", want, corefile)

@@ -3,8 +3,11 @@ package cluster_test
 import (
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -115,6 +118,7 @@ func TestOnARealNode(t *testing.T) {
 			if _, err := c.KubectlOutput("-n", "kube-system", "rollout", "status", "ds/node-local-dns", "--timeout=90s"); err != nil {
 				t.Fatal(err)
 			}
+			assertConfined(t, c)
 			const metrics = "http://169.254.20.10:9253/metrics"
 			kubeDNSMetrics := "http://" + podIP(t, c, "kube-system", "k8s-app=kube-dns") + ":9153/metrics"
 			before, err := c.Metric(metrics, "coredns_dns_requests_total")
@@ -180,6 +184,47 @@ func TestOnARealNode(t *testing.T) {
 			lookups(t, c, "client", stillResolves)
 		})
 	}
+}
+
+// assertConfined checks node-cache as kubelet and containerd run the base
+// DaemonSet: under the runtime's default seccomp filter, without NET_RAW
+// (an nf_tables node), and with no service account token in its filesystem.
+func assertConfined(t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	var nodeNet syscall.Stat_t
+	if err := syscall.Stat("/run/netns/"+c.NodeNetns, &nodeNet); err != nil {
+		t.Fatal(err)
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, proc := range procs {
+		comm, _ := os.ReadFile(proc + "/comm")
+		var net syscall.Stat_t
+		if strings.TrimSpace(string(comm)) != "node-cache" || syscall.Stat(proc+"/ns/net", &net) != nil || net.Ino != nodeNet.Ino {
+			continue
+		}
+		status, err := os.ReadFile(proc + "/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fields := map[string]string{}
+		for _, line := range strings.Split(string(status), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok {
+				fields[k] = strings.TrimSpace(v)
+			}
+		}
+		if fields["Seccomp"] != "2" {
+			t.Errorf("node-cache's seccomp mode %q, want 2 (the runtime's default filter)", fields["Seccomp"])
+		}
+		capEff, err := strconv.ParseUint(fields["CapEff"], 16, 64)
+		if err != nil || capEff != 1<<12|1<<10 {
+			t.Errorf("node-cache's effective capabilities %s, want NET_ADMIN and NET_BIND_SERVICE only", fields["CapEff"])
+		}
+		if _, err := os.Stat(proc + "/root/var/run/secrets/kubernetes.io/serviceaccount/token"); err == nil {
+			t.Error("a service account token is mounted in node-cache's container")
+		}
+		return
+	}
+	t.Fatal("no node-cache process in the node's network namespace")
 }
 
 // waitInterception waits until node-cache's rules are in (upstream's

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -9,31 +8,38 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	"sigs.k8s.io/yaml"
 
+	"github.com/nodelocal/nodelocal/manifests"
 	"github.com/nodelocal/nodelocal/test/harness"
 )
 
-// manifestCapabilities are the capabilities the DaemonSet adds (it drops all others).
-func manifestCapabilities(t *testing.T) []string {
+// manifestCapabilities are the capabilities the DaemonSet of a kustomize
+// directory under manifests/ adds (it drops all others).
+func manifestCapabilities(t *testing.T, dir string) []string {
 	t.Helper()
 	root, err := harness.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(root, "manifests/base/daemonset.yaml"))
+	out, err := manifests.Render(filepath.Join(root, "manifests", dir))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ds appsv1.DaemonSet
-	if err := yaml.Unmarshal(b, &ds); err != nil {
+	objs, err := manifests.Decode(out)
+	if err != nil {
 		t.Fatal(err)
 	}
-	var caps []string
-	for _, c := range ds.Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add {
-		caps = append(caps, strings.ToLower(string(c)))
+	for _, o := range objs {
+		if ds, ok := o.(*appsv1.DaemonSet); ok {
+			var caps []string
+			for _, c := range ds.Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add {
+				caps = append(caps, strings.ToLower(string(c)))
+			}
+			return caps
+		}
 	}
-	return caps
+	t.Fatalf("manifests/%s has no DaemonSet", dir)
+	return nil
 }
 
 // withCapabilities runs node-cache as root with only caps (as the container
@@ -46,16 +52,22 @@ func withCapabilities(caps []string) []string {
 	return []string{"setpriv", "--bounding-set", set, "--inh-caps", "-all"}
 }
 
-// TestManifestCapabilities proves the DaemonSet's capability set: with
-// exactly those node-cache works on either backend, and without any one of
-// them it fails with a clear message.
+// TestManifestCapabilities proves the DaemonSet's capability sets: with
+// exactly the base's node-cache works on an nf_tables node, with exactly the
+// iptables-legacy overlay's on a legacy node, and without any one of them it
+// fails with a clear message.
 func TestManifestCapabilities(t *testing.T) {
-	caps := manifestCapabilities(t)
-	if !slices.Equal(caps, []string{"net_admin", "net_bind_service", "net_raw"}) {
-		t.Fatalf("manifest capabilities %v changed: prove the new set here", caps)
+	manifestFor := map[harness.Backend]string{harness.BackendNFT: "base", harness.BackendLegacy: "overlays/iptables-legacy"}
+	want := map[harness.Backend][]string{
+		harness.BackendNFT:    {"net_admin", "net_bind_service"},
+		harness.BackendLegacy: {"net_admin", "net_bind_service", "net_raw"},
 	}
 	for _, backend := range harness.Backends {
 		t.Run(string(backend), func(t *testing.T) {
+			caps := manifestCapabilities(t, manifestFor[backend])
+			if !slices.Equal(caps, want[backend]) {
+				t.Fatalf("manifests/%s capabilities %v changed: prove the new set here", manifestFor[backend], caps)
+			}
 			node := harness.NewNode(t, harness.Options{Backend: backend})
 			tmpl := mustTemplate(t, node, "")
 			p, err := node.StartNodeCacheProcess("exact-caps", tmpl, withCapabilities(caps))
@@ -76,11 +88,8 @@ func TestManifestCapabilities(t *testing.T) {
 				wantMsg := map[string]string{
 					"net_admin":        "missing NET_ADMIN capability",
 					"net_bind_service": "permission denied",
-					"net_raw":          "missing NET_RAW capability",
+					"net_raw":          "add NET_RAW to the container's securityContext.capabilities (the manifests' overlays/iptables-legacy",
 				}[missing]
-				if missing == "net_raw" && backend == harness.BackendNFT {
-					continue // iptables-nft needs no raw socket: NET_RAW is for legacy nodes
-				}
 				rest := slices.DeleteFunc(slices.Clone(caps), func(c string) bool { return c == missing })
 				p, err := node.StartNodeCacheProcess("without-"+missing, tmpl, withCapabilities(rest))
 				if err != nil {

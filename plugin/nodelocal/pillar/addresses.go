@@ -99,8 +99,15 @@ func (e Endpoint) String() string {
 	return netip.AddrPortFrom(e.Addr, e.Port).String()
 }
 
-// parseEndpoint takes IP:port ([IPv6]:port) or :port.
+// parseEndpoint takes IP:port ([IPv6]:port) or :port. An IPv4 address in
+// brackets is taken too, so that manifests can write [$(HOST_IP)]:9253 for
+// nodes of either family.
 func parseEndpoint(s string) (Endpoint, error) {
+	if bracketed, port, ok := strings.Cut(strings.TrimPrefix(s, "["), "]:"); ok && strings.HasPrefix(s, "[") {
+		if ip, err := netip.ParseAddr(bracketed); err == nil && ip.Is4() {
+			s = bracketed + ":" + port
+		}
+	}
 	if port, ok := strings.CutPrefix(s, ":"); ok {
 		if p, err := strconv.ParseUint(port, 10, 16); err == nil && p > 0 && strconv.FormatUint(p, 10) == port {
 			return Endpoint{Port: uint16(p)}, nil

@@ -86,6 +86,17 @@ func TestValuesRenderFromTheirParsedForm(t *testing.T) {
 	}
 }
 
+// TestMetricsAddressOfEitherFamily: the manifests' [$(HOST_IP)]:9253 works on
+// IPv4 and IPv6 nodes.
+func TestMetricsAddressOfEitherFamily(t *testing.T) {
+	for hostIP, want := range map[string]string{"198.18.5.1": "prometheus 198.18.5.1:9253\n", "2001:2::5": "prometheus [2001:2::5]:9253\n"} {
+		out, err := render(t, fakeEnv{vars: kubeSystemEnv, files: resolv, flags: []string{"-prometheus-listen-address", "[" + hostIP + "]:9253"}})
+		if err != nil || !strings.Contains(out, want) {
+			t.Fatalf("host IP %s: %v, want %q in\n%s", hostIP, err, want, out)
+		}
+	}
+}
+
 // TestShapeCatchesWhatTheParsersMiss: the last check, given spellings that
 // no parser made, refuses every added block, directive, option or argument.
 func TestShapeCatchesWhatTheParsersMiss(t *testing.T) {
