@@ -185,7 +185,8 @@ func TestDaemonSetInvariants(t *testing.T) {
 	for _, m := range c.VolumeMounts {
 		mounts[m.Name] = m.MountPath
 	}
-	if mounts["xtables-lock"] != "/run/xtables.lock" || mounts["config"] != "/etc/coredns" || mounts["kube-dns-config"] != "/etc/kube-dns" {
+	if mounts["xtables-lock"] != "/run/xtables.lock" || mounts["config"] != "/etc/coredns" || mounts["kube-dns-config"] != "/etc/kube-dns" ||
+		mounts["instances"] != "/run/node-local-dns" {
 		t.Errorf("volume mounts %v", mounts)
 	}
 	for _, v := range spec.Volumes {

@@ -76,6 +76,7 @@ func (m *manager) check(withRules bool) {
 		m.rulesOK = m.ensureRules(true)
 		m.sweepPins()
 		m.refreshPins(true)
+		m.countForeignSockets()
 	}
 	// A link event checks the interface only; the rules' state is the last check's.
 	inPlace := ifaceOK && m.rulesOK && m.phase.listenersUp() && m.phase != phaseTakingOver
@@ -87,6 +88,26 @@ func (m *manager) check(withRules bool) {
 	}
 	if inPlace && !m.answering.Load() {
 		m.answering.Store(m.probeAll())
+	}
+}
+
+// countForeignSockets exports, and logs when it changes, how many sockets on
+// the cache's addresses belong to no node-cache instance: a program that
+// joined the SO_REUSEPORT group gets a share of the queries. They never count
+// as a peer's, so a stop does not leave the interception to them.
+func (m *manager) countForeignSockets() {
+	n, err := m.peers.Foreign(m.cfg.Listen)
+	if err != nil {
+		return
+	}
+	foreignSockets.Set(float64(n))
+	if n != m.foreignSockets {
+		if n > 0 {
+			log.Warningf("%d sockets on %v belong to no node-cache instance: another program shares the cache's addresses and gets some of its queries", n, m.cfg.Listen)
+		} else {
+			log.Infof("No socket on %v belongs to another program any more", m.cfg.Listen)
+		}
+		m.foreignSockets = n
 	}
 }
 

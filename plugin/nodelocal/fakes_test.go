@@ -187,15 +187,28 @@ type fakePeers struct {
 	// starting: a peer holds the lock until its listeners are up, which
 	// adds its sockets to others.
 	starting int
+	// published counts Publish calls; foreign is what Foreign returns.
+	published, foreign int
+	// What was asked of the peers, in order, and each Lock's timeout.
+	events       []string
+	lockTimeouts []time.Duration
 }
 
-func (p *fakePeers) Lock(time.Duration) (func(), error) {
+func (p *fakePeers) Lock(timeout time.Duration) (func(), error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.locks++
+	p.lockTimeouts = append(p.lockTimeouts, timeout)
 	p.others += p.starting
 	p.starting = 0
-	return func() {}, nil
+	p.events = append(p.events, "lock")
+	return func() { p.record("unlock") }, nil
+}
+
+func (p *fakePeers) record(event string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.events = append(p.events, event)
 }
 
 func (p *fakePeers) Others([]netip.AddrPort) (int, error) {
@@ -214,6 +227,20 @@ func (p *fakePeers) ServingTCP(listen []netip.AddrPort) (int, error) {
 }
 
 func (p *fakePeers) Remaining(listen []netip.AddrPort) (int, error) { return p.Others(listen) }
+
+func (p *fakePeers) Publish([]netip.AddrPort) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.published++
+	p.events = append(p.events, "publish")
+	return nil
+}
+
+func (p *fakePeers) Foreign([]netip.AddrPort) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.foreign, nil
+}
 
 // fakeSockets is Sockets recording the addresses each call was given.
 type fakeSockets struct {

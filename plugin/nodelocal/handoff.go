@@ -14,8 +14,14 @@ import (
 // a lifecycle transition (lifecycle.go); the rules each phase wants are in
 // reconcile.go.
 
-// How long an instance waits for a peer that is starting or stopping.
+// How long a starting instance waits for a peer that is tearing down.
 const peerLockTimeout = 30 * time.Second
+
+// The stop's own waits (for a replacement, for a starting peer, for the lock
+// before the teardown) end within this much of its start, whatever another
+// process holds: kubelet's grace period is 30 s, and the servers' stop and
+// the exit come after.
+const stopBudget = 20 * time.Second
 
 // How long a stopping instance waits for one that is starting to have its
 // listeners up: a few seconds at most, within the lameduck's share of the
@@ -55,6 +61,11 @@ func (m *manager) ListenersUp() {
 	if m.phase == phaseNew {
 		m.mu.Unlock()
 		return
+	}
+	// Published before the start lock goes: a stopping peer waits for that
+	// lock, then counts only sockets a peer published.
+	if err := m.peers.Publish(m.cfg.Listen); err != nil {
+		log.Warningf("A stopping peer may not recognise this instance's sockets, and tear down under it: %v", err)
 	}
 	if m.startUnlock != nil {
 		m.startUnlock()
@@ -151,7 +162,7 @@ func (m *manager) ResumeAccepting() {
 // Otherwise the Service IPs' interception is removed so kube-proxy sends new
 // queries to kube-dns, and the link-local IP is served through lameduck.
 func (m *manager) HandOff() {
-	m.stopping.Store(true)
+	m.beginStop()
 	m.pinUpstreams()
 	m.awaitReplacement()
 	m.awaitStartingPeer()
@@ -177,6 +188,19 @@ func (m *manager) HandOff() {
 	default:
 		m.enter(phaseStopping)
 	}
+}
+
+// beginStop marks the stop, before the lock: readiness drops at once, and
+// the stop's waits count from here.
+func (m *manager) beginStop() {
+	if !m.stopping.Swap(true) {
+		m.stopBegan.Store(time.Now().UnixNano())
+	}
+}
+
+// stopDeadline is when the stop's own waits must have ended.
+func (m *manager) stopDeadline() time.Time {
+	return time.Unix(0, m.stopBegan.Load()).Add(stopBudget)
 }
 
 // awaitReplacement waits, up to replacementWait, for another instance to
@@ -328,7 +352,7 @@ func (m *manager) moveFlows(tcp, udp []netip.AddrPort) {
 // process exits (after its sockets close), so of two instances stopping at
 // once, the second sees the first gone and cleans up: exactly once.
 func (m *manager) Shutdown() {
-	m.stopping.Store(true)
+	m.beginStop()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.stop != nil {
@@ -348,8 +372,8 @@ func (m *manager) Shutdown() {
 		log.Infof("Teardown skipped: the interface and rules stay in place")
 		return
 	}
-	if _, err := m.peers.Lock(peerLockTimeout); err != nil {
-		log.Warningf("Tearing down without the instance lock: %v", err)
+	if _, err := m.peers.Lock(max(time.Until(m.stopDeadline()), 0)); err != nil {
+		log.Warningf("Tearing down without the instance lock, which another instance still held at the end of the stop's %v: %v", stopBudget, err)
 	}
 	if others, err := m.peers.Remaining(m.cfg.Listen); err != nil || others > 0 {
 		log.Infof("Teardown skipped: another instance serves here (%d sockets, %v)", others, err)

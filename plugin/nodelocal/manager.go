@@ -81,7 +81,12 @@ type manager struct {
 
 	inPlace   atomic.Bool
 	answering atomic.Bool
-	stopping  atomic.Bool // the stop began: set before the lock, read by readiness
+	stopping  atomic.Bool  // the stop began: set before the lock, read by readiness
+	stopBegan atomic.Int64 // when, in Unix nanoseconds
+
+	// foreignSockets: sockets on the cache's addresses that are neither this
+	// instance's nor a peer's, as the last check counted them.
+	foreignSockets int
 }
 
 func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), generation RulesetGeneration, detect func() (Backend, error), probe func(netip.AddrPort) error, conntrack Conntrack, peers Peers, sockets Sockets) *manager {
@@ -99,7 +104,7 @@ var theManager = newManager(netlinkLinks{},
 	func() (Backend, error) { return DetectBackend(listWithBinary) },
 	probeDNS,
 	kernelConntrack{},
-	netnsPeers{name: "instance"},
+	newNetnsPeers("instance"),
 	ownSockets{})
 
 // Apply makes cfg the desired state and puts the interface in place at once,

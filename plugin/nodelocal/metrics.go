@@ -39,6 +39,13 @@ var (
 		Help:      "Counter of interception state found missing or duplicated and put right, by kind (interface, address, rule).",
 	}, []string{"kind"})
 
+	foreignSockets = promauto.NewGauge(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "nodelocal",
+		Name:      "foreign_sockets",
+		Help:      "Sockets on the cache's listen addresses that belong to no node-cache instance, as the last check counted them.",
+	})
+
 	interceptionActive = promauto.NewGauge(prometheus.GaugeOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: "nodelocal",

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -119,6 +120,9 @@ func New(opts Options) (n *Node, err error) {
 		return nil, err
 	}
 	n = &Node{Opts: opts, Dir: dir}
+	if err := os.Mkdir(n.StateDir(), 0o755); err != nil {
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -360,9 +364,15 @@ func (n *Node) AddServerIPs(ips ...string) error {
 	return nil
 }
 
-// Start runs a program inside ns; Close stops it.
+// StateDir is the node's instance directory, which the DaemonSet mounts
+// from the node at /run/node-local-dns: node-cache instances of this node
+// recognise each other through it.
+func (n *Node) StateDir() string { return filepath.Join(n.Dir, "node-local-dns") }
+
+// Start runs a program inside ns, with the node's instance directory; Close
+// stops it.
 func (n *Node) Start(ns *Netns, name string, argv []string, env ...string) (*Process, error) {
-	p, err := StartProcess(ns, n.Dir, name, argv, env...)
+	p, err := StartProcess(ns, n.Dir, name, argv, append([]string{"NODELOCAL_STATE_DIR=" + n.StateDir()}, env...)...)
 	if err != nil {
 		return nil, err
 	}

@@ -192,6 +192,11 @@ func volumeMount(pod *corev1.PodSpec, vm corev1.VolumeMount, rt PodRuntime) (spe
 			}
 			f.Close()
 		}
+		if vol.HostPath.Type != nil && *vol.HostPath.Type == corev1.HostPathDirectoryOrCreate {
+			if err := os.MkdirAll(vol.HostPath.Path, 0o755); err != nil {
+				return specs.Mount{}, fmt.Errorf("hostPath %s: %w", vol.HostPath.Path, err)
+			}
+		}
 		return bind(vol.HostPath.Path, vm.MountPath, vm.ReadOnly), nil
 	case vol.ConfigMap != nil:
 		dir := filepath.Join(rt.VolumeDir, vm.Name)
