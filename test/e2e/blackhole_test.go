@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,6 +31,7 @@ func TestSilentUpstreamBoundsMemory(t *testing.T) {
 	if err := node.SilenceKubeDNS(true); err != nil {
 		t.Fatal(err)
 	}
+	logBefore := errorLines(p.Log())
 	res, err := dnsload.Run(context.Background(), dnsload.Config{Target: harness.LocalIP + ":53",
 		Queries:  []dnsload.Query{{Name: dnsload.UniqueToken + ".example.org.", Type: dns.TypeA}},
 		Duration: 10 * time.Second, Workers: 1000, Timeout: 2 * time.Second, Dial: node.Pods[0].DialContext})
@@ -50,6 +52,13 @@ func TestSilentUpstreamBoundsMemory(t *testing.T) {
 	if peak >= limitMiB<<10 {
 		t.Errorf("peak RSS %.1f MiB, over the %d MiB limit", float64(peak)/1024, limitMiB)
 	}
+	// Each kind of error is logged once per 30 s and block, then counted:
+	// 4 blocks, 3 kinds, a first line and a count each.
+	if lines := errorLines(p.Log()) - logBefore; lines > 4*3*2 {
+		t.Errorf("%d error lines for %d failed lookups in 10 s: the log floods exactly when the node is in trouble", lines, fast+res.Outcomes[dnsload.Timeout])
+	} else {
+		t.Logf("%d error lines logged for them", lines)
+	}
 	if err := node.SilenceKubeDNS(false); err != nil {
 		t.Fatal(err)
 	}
@@ -66,3 +75,6 @@ func TestSilentUpstreamBoundsMemory(t *testing.T) {
 	}
 	t.Logf("new names resolve %v after kube-dns returned", time.Since(back).Round(time.Millisecond))
 }
+
+// errorLines counts the errors plugin's lines in a node-cache log.
+func errorLines(log string) int { return strings.Count(log, "plugin/errors: ") }

@@ -141,7 +141,7 @@ func TestRender(t *testing.T) {
 				"/cm/upstreamNameservers": `["198.18.8.1", "198.18.8.2"]`,
 			}), flags: []string{"-upstreamsvc", "kube-dns-upstream", "-kubednscm", "/cm"}},
 			want: []string{"forward . 198.18.8.1 198.18.8.2 {\n",
-				"a.corp:53 {\n    errors\n    cache 30\n    bind 169.254.20.10 198.18.0.10\n    forward . 198.18.7.1:5353 198.18.7.3\n}\n\nz.corp:53 {"},
+				"a.corp:53 {\n" + stubErrors + "    cache 30\n    bind 169.254.20.10 198.18.0.10\n    forward . 198.18.7.1:5353 198.18.7.3\n}\n\nz.corp:53 {"},
 			wantNot: []string{"198.18.9.1"},
 		},
 		{

@@ -102,6 +102,15 @@ func Render(tmpl []byte, path string, v *Values, kubeDNS *KubeDNSConfig) ([]byte
 	return rendered, nil
 }
 
+// stubErrors is the errors directive of a stub domain's block: each kind of
+// error logged once per 30 s, then counted, as in the shipped template.
+const stubErrors = `    errors {
+        consolidate 30s "i/o timeout$" warning show_first
+        consolidate 30s "^concurrent queries exceeded maximum" warning show_first
+        consolidate 30s ".*" error show_first
+    }
+`
+
 // spelling is every value as the Corefile spells it, made from its parsed
 // form; a list is its elements separated by spaces.
 type spelling struct {
@@ -172,7 +181,7 @@ func (s spelling) fill(tmpl []byte, v *Values) ([]byte, error) {
 	b.WriteString(out)
 	listen := strings.TrimSpace(s.local + " " + s.dnsServer)
 	for _, stub := range s.stubs {
-		fmt.Fprintf(&b, "\n%s:%d {\n    errors\n    cache 30\n    bind %s\n    forward . %s\n}\n", stub.domain, v.Port, listen, stub.servers)
+		fmt.Fprintf(&b, "\n%s:%d {\n%s    cache 30\n    bind %s\n    forward . %s\n}\n", stub.domain, v.Port, stubErrors, listen, stub.servers)
 	}
 	rendered := b.Bytes()
 	if v.NodeLocal != "" && !hasDirective(b.String(), "nodelocal") {
