@@ -36,11 +36,26 @@ type Held interface {
 // it, as a server closes an idle connection.
 const carriedIdleTimeout = 10 * time.Second
 
+// Bounds of the relay, whatever the clients do: at most this many
+// connections carried over at once (the rest close with their servers, as
+// without the relay), each relayed for at most this long (its client then
+// connects again, to the servers directly). A client that stops reading
+// holds its relay until then, not forever.
+const (
+	maxCarriedConnections = 1024
+	carriedLifetime       = 30 * time.Second
+)
+
 // heldConns are duplicated descriptors of connections, by socket inode.
 type heldConns map[string]*os.File
 
 func (ownSockets) HoldConnections(listen []netip.AddrPort) (Held, error) {
-	held := heldConns{}
+	return holdConnections(listen, maxCarriedConnections-theRelay.count())
+}
+
+// holdConnections holds at most max of the connections on listen.
+func holdConnections(listen []netip.AddrPort, max int) (Held, error) {
+	held, skipped := heldConns{}, 0
 	for _, state := range []string{tcpEstablished, tcpCloseWait} {
 		conns, err := ownSocketsOn(tcpTables, state, listen)
 		if err != nil {
@@ -49,6 +64,10 @@ func (ownSockets) HoldConnections(listen []netip.AddrPort) (Held, error) {
 		}
 		for _, c := range conns {
 			if _, dup := held[c.inode]; dup || theRelay.relays(c.inode) {
+				continue
+			}
+			if len(held) >= max {
+				skipped++
 				continue
 			}
 			f, err := dupSocket(c)
@@ -60,6 +79,9 @@ func (ownSockets) HoldConnections(listen []netip.AddrPort) (Held, error) {
 				held[c.inode] = f
 			}
 		}
+	}
+	if skipped > 0 {
+		log.Warningf("Reload: %d open TCP connections close with the old servers: at most %d are carried over at once", skipped, maxCarriedConnections)
 	}
 	return held, nil
 }
@@ -103,6 +125,13 @@ type relay struct {
 	serving map[string]bool // socket inodes: held again by a later reload, a connection would have two readers
 }
 
+// count is how many connections the relay serves.
+func (r *relay) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.serving)
+}
+
 func (r *relay) relays(inode string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -127,7 +156,7 @@ func (r *relay) take(inode string, f *os.File) {
 			delete(r.serving, inode)
 			r.mu.Unlock()
 		}()
-		if err := relayConn(conn); err != nil {
+		if err := relayConn(conn, carriedLifetime); err != nil {
 			log.Warningf("Reload: a TCP connection carried over from %s lost its query: %v", conn.RemoteAddr(), err)
 		}
 	}()
@@ -135,10 +164,11 @@ func (r *relay) take(inode string, f *os.File) {
 
 // relayConn waits for the client to send something, then connects to the
 // servers on the address the client reached and copies bytes both ways until
-// one side closes: the servers read the DNS messages and apply their own
-// timeouts. A client that sends nothing, or closes, is not passed on; a query
-// whose length the old servers read gets it back (framing.go).
-func relayConn(client net.Conn) error {
+// one side closes, or lifetime is over: the servers read the DNS messages and
+// apply their own timeouts. A client that sends nothing, or closes, is not
+// passed on; a query whose length the old servers read gets it back
+// (framing.go).
+func relayConn(client net.Conn, lifetime time.Duration) error {
 	first := make([]byte, 512)
 	client.SetReadDeadline(time.Now().Add(carriedIdleTimeout))
 	n, _ := client.Read(first)
@@ -151,6 +181,9 @@ func relayConn(client net.Conn) error {
 		return fmt.Errorf("connect to the new servers: %w", err)
 	}
 	defer server.Close()
+	end := time.Now().Add(lifetime)
+	client.SetDeadline(end)
+	server.SetDeadline(end)
 	query, restored := restoreFraming(first[:n])
 	if restored {
 		log.Infof("Reload: the old servers had read only the length of a query from %s as they stopped; passed on with its length", client.RemoteAddr())

@@ -105,3 +105,54 @@ func TestDupSocketSkipsClosedDescriptors(t *testing.T) {
 		t.Fatalf("dupSocket of a closed descriptor: %v, %v; want skipped", f, err)
 	}
 }
+
+// TestCarryOverIsBounded: at most the relay's capacity is held, and a
+// relayed client that stops reading while its server writes holds the relay
+// for its lifetime only.
+func TestCarryOverIsBounded(t *testing.T) {
+	ap, l := listenTCP(t)
+	for range 3 {
+		connect(t, ap, l)
+	}
+	held, err := holdConnections([]netip.AddrPort{ap}, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(held.(heldConns)); n != 2 {
+		t.Errorf("held %d connections, want the bound 2", n)
+	}
+	held.Release()
+
+	client, relayed := connect(t, ap, l)
+	client.Write([]byte("q")) // then never reads
+	// The servers after the reload answer with more than the client will ever read.
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.Read(make([]byte, 1))
+				c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+				for {
+					if _, err := c.Write(make([]byte, 64<<10)); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- relayConn(relayed, 300*time.Millisecond) }()
+	select {
+	case <-done:
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("the relay ended %v after the start, its lifetime is 300ms", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the relay of a client that does not read outlived its lifetime")
+	}
+}

@@ -2,6 +2,7 @@ package nodelocal
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -37,17 +38,21 @@ const (
 	ctaFilterProtoDst  = 1 << 5 // CTA_FILTER_F_CTA_PROTO_DST_PORT
 )
 
+// Bounds of what one read of conntrack keeps. The clients on the node choose
+// how many flows to a Service there are (a flood of UDP queries from random
+// ports makes one entry each): every check reads them all, streamed, but keeps
+// only this many.
+const (
+	maxEndpoints   = 64   // distinct endpoints of one Service (kube-dns runs a handful)
+	maxOpenClients = 1024 // open connections to one Service: 4 x what a takeover leaves to kube-dns
+)
+
 func (kernelConntrack) Endpoints(service netip.AddrPort) ([]netip.AddrPort, error) {
 	var endpoints []netip.AddrPort
 	for _, proto := range []uint8{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
-		flows, err := translatedFlows(service, proto)
+		err := eachTranslatedFlow(dumpConntrack(service, proto), service, endpointsOf(&endpoints))
 		if err != nil {
 			return nil, err
-		}
-		for _, f := range flows {
-			if !slices.Contains(endpoints, f.replySrc) {
-				endpoints = append(endpoints, f.replySrc)
-			}
 		}
 	}
 	slices.SortFunc(endpoints, func(a, b netip.AddrPort) int { return a.Compare(b) })
@@ -55,40 +60,59 @@ func (kernelConntrack) Endpoints(service netip.AddrPort) ([]netip.AddrPort, erro
 }
 
 func (kernelConntrack) OpenClients(service netip.AddrPort) ([]netip.AddrPort, error) {
-	flows, err := translatedFlows(service, unix.IPPROTO_TCP)
-	if err != nil {
-		return nil, err
-	}
 	var clients []netip.AddrPort
-	for _, f := range flows {
-		if f.open() {
-			clients = append(clients, f.origSrc)
-		}
+	if err := eachTranslatedFlow(dumpConntrack(service, unix.IPPROTO_TCP), service, openClientsOf(&clients)); err != nil {
+		return nil, err
 	}
 	slices.SortFunc(clients, func(a, b netip.AddrPort) int { return a.Compare(b) })
 	return clients, nil
 }
 
-// translatedFlows reads the conntrack entries of the flows to service over
-// proto that something (kube-proxy) translated.
-func translatedFlows(service netip.AddrPort, proto uint8) ([]flow, error) {
-	msgs, err := dumpConntrack(service, proto)
-	if err != nil {
-		return nil, fmt.Errorf("read the conntrack entries of %s: %w", service, wrapPermission(err))
-	}
-	var flows []flow
-	for _, msg := range msgs {
-		f, ok := parseFlow(msg)
-		if !ok || f.origDst != service || f.replySrc.Addr() == service.Addr() {
-			continue // another flow (a kernel without the filter), or one not translated
+// endpointsOf adds each flow's distinct endpoint to endpoints, up to maxEndpoints.
+func endpointsOf(endpoints *[]netip.AddrPort) func(flow) bool {
+	return func(f flow) bool {
+		if !slices.Contains(*endpoints, f.replySrc) {
+			*endpoints = append(*endpoints, f.replySrc)
 		}
-		flows = append(flows, f)
+		return len(*endpoints) < maxEndpoints
 	}
-	return flows, nil
 }
 
-// dumpConntrack asks for the entries whose original destination is dst over proto.
-func dumpConntrack(dst netip.AddrPort, proto uint8) ([][]byte, error) {
+// openClientsOf adds the client of each open TCP flow to clients, up to maxOpenClients.
+func openClientsOf(clients *[]netip.AddrPort) func(flow) bool {
+	return func(f flow) bool {
+		if f.open() {
+			*clients = append(*clients, f.origSrc)
+		}
+		return len(*clients) < maxOpenClients
+	}
+}
+
+// eachTranslatedFlow calls keep with each flow to service that something
+// (kube-proxy) translated, as dump streams them, until keep returns false;
+// the rest of the dump is read and dropped.
+func eachTranslatedFlow(dump func(func([]byte) bool) error, service netip.AddrPort, keep func(flow) bool) error {
+	more := true
+	err := dump(func(msg []byte) bool {
+		f, ok := parseFlow(msg)
+		if !ok || f.origDst != service || f.replySrc.Addr() == service.Addr() {
+			return true // another flow (a kernel without the filter), or one not translated
+		}
+		more = more && keep(f)
+		return more
+	})
+	if errors.Is(err, nl.ErrDumpInterrupted) {
+		err = nil // the table changed during the dump: what was read is as good as the next check's
+	}
+	if err != nil {
+		return fmt.Errorf("read the conntrack entries of %s: %w", service, wrapPermission(err))
+	}
+	return nil
+}
+
+// dumpConntrack is the dump of the entries whose original destination is dst
+// over proto, each message given to a callback as it arrives.
+func dumpConntrack(dst netip.AddrPort, proto uint8) func(func([]byte) bool) error {
 	family, ipAttr := uint8(unix.AF_INET), nl.CTA_IP_V4_DST
 	if dst.Addr().Is6() {
 		family, ipAttr = unix.AF_INET6, nl.CTA_IP_V6_DST
@@ -104,7 +128,7 @@ func dumpConntrack(dst netip.AddrPort, proto uint8) ([][]byte, error) {
 	filter := nl.NewRtAttr(ctaFilter|unix.NLA_F_NESTED, nil)
 	filter.AddRtAttr(ctaFilterOrigFlags, nl.Uint32Attr(ctaFilterIPDst|ctaFilterProtoNum|ctaFilterProtoDst))
 	req.AddData(filter)
-	return req.Execute(unix.NETLINK_NETFILTER, 0)
+	return func(each func([]byte) bool) error { return req.ExecuteIter(unix.NETLINK_NETFILTER, 0, each) }
 }
 
 // flow is what a conntrack entry says about a connection.

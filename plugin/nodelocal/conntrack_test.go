@@ -91,9 +91,10 @@ func TestHelperConntrack(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	// The kernel filters the dump: only the service's UDP flow comes back.
-	msgs, err := dumpConntrack(service, unix.IPPROTO_UDP)
-	if err != nil || len(msgs) != 1 {
-		t.Fatalf("filtered dump: %d entries (%v), want 1", len(msgs), err)
+	var msgs int
+	err = dumpConntrack(service, unix.IPPROTO_UDP)(func([]byte) bool { msgs++; return true })
+	if err != nil || msgs != 1 {
+		t.Fatalf("filtered dump: %d entries (%v), want 1", msgs, err)
 	}
 }
 
@@ -146,4 +147,34 @@ func FuzzParseFlow(f *testing.F) {
 			t.Fatalf("ok with an invalid tuple end: %+v", f)
 		}
 	})
+}
+
+// TestConntrackReadsAreBounded: a dump of 100,000 flows to a Service (a
+// flood's) is read through, and what is kept stays within the bounds.
+func TestConntrackReadsAreBounded(t *testing.T) {
+	service := netip.MustParseAddrPort("198.18.0.20:53")
+	const flows = 100_000
+	flood := func(each func([]byte) bool) error {
+		for i := range flows {
+			client := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)}), uint16(1024+i%60000))
+			endpoint := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 19, 100, byte(i % 200)}), 53)
+			if !each(flowMessage(client, service, endpoint, client, 3)) {
+				return nil // ExecuteIter drops the rest
+			}
+		}
+		return nil
+	}
+	var endpoints, clients []netip.AddrPort
+	if err := eachTranslatedFlow(flood, service, endpointsOf(&endpoints)); err != nil {
+		t.Fatal(err)
+	}
+	if len(endpoints) != maxEndpoints {
+		t.Errorf("%d endpoints kept of 200, want the bound %d", len(endpoints), maxEndpoints)
+	}
+	if err := eachTranslatedFlow(flood, service, openClientsOf(&clients)); err != nil {
+		t.Fatal(err)
+	}
+	if len(clients) != maxOpenClients {
+		t.Errorf("%d open clients kept of %d, want the bound %d", len(clients), flows, maxOpenClients)
+	}
 }
