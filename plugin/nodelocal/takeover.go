@@ -156,7 +156,16 @@ func (m *manager) kubeDNSConnectionsNow() ([]kubeDNSConnection, error) {
 // adoptKubeDNSConnections makes the connections an earlier instance left to
 // kube-dns (a surge peer, or one killed since) this one's too: their rules
 // stay until conntrack shows them closed, whichever instance checks first.
+// At most maxKubeDNSConnections, as a takeover leaves: rules beyond those
+// (which no instance writes) are removed as extra by the next sync.
 func (m *manager) adoptKubeDNSConnections() {
+	defer func() {
+		if n := len(m.kubeDNSConnections); n > maxKubeDNSConnections {
+			log.Warningf("%d rules leave connections to kube-dns, more than an instance writes: the %d beyond the first %d are removed",
+				n, n-maxKubeDNSConnections, maxKubeDNSConnections)
+			m.kubeDNSConnections = m.kubeDNSConnections[:maxKubeDNSConnections]
+		}
+	}()
 	for _, t := range m.tables {
 		out, err := t.ListChain("raw", "PREROUTING")
 		if err != nil {

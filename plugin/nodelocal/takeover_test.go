@@ -279,3 +279,27 @@ func TestStartAdoptsTheConnectionsLeftToKubeDNS(t *testing.T) {
 		t.Fatal("the rule of a closed connection stayed")
 	}
 }
+
+// TestAdoptionIsBounded: rules leaving more connections to kube-dns than a
+// takeover writes (someone else's) are adopted up to the bound; the rest go.
+func TestAdoptionIsBounded(t *testing.T) {
+	n := newFakeNode(t)
+	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
+	n.tables[IPv4].rules = DesiredRules(cfg.Listen, cfg.HealthPort, true)[IPv4]
+	var clients []netip.AddrPort
+	for i := range maxKubeDNSConnections + 50 {
+		c := kubeDNSConnection{client: netip.AddrPortFrom(netip.MustParseAddr("198.19.0.3"), uint16(20000+i)), service: cfg.Listen[1]}
+		n.tables[IPv4].rules = append([]Rule{kubeDNSConnectionRule(c)}, n.tables[IPv4].rules...)
+		clients = append(clients, c.client)
+	}
+	n.conntrack.setClients(cfg.Listen[1], clients...)
+	n.peers.others = 2
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	n.listenersUp()
+	n.mgr.check(true)
+	if got := countKubeDNSConnections(n.tables[IPv4].rules); got != maxKubeDNSConnections {
+		t.Fatalf("%d connection rules after the start, want the bound %d", got, maxKubeDNSConnections)
+	}
+}
