@@ -85,10 +85,10 @@ bench-cluster: deps cluster-build image ## the lifecycle scenarios on a real nod
 pgo: bench-deps build ## profile node-cache under the bench's load into build/default.pgo, which go build optimises with (root)
 	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -profile build/default.pgo
 
-image: ## write the image as an OCI archive, bin/node-cache-image.tar (ARCH=arm64: -arm64.tar); no container engine, Debian's apt-get and dpkg-deb
+image: ## write the image as an OCI archive, bin/node-cache-image.tar (ARCH=arm64: -arm64.tar); no container engine, Debian's apt-get and dpkg-deb; every package checked against its pinned sha256 (UNPINNED=1, for tests: take what Debian serves when a pinned version is gone)
 	GOARCH=$(ARCH) $(GOBUILD) -o bin/node-cache-linux-$(ARCH) ./build
 	$(GO) run ./build/imagebuild -arch $(ARCH) -binary bin/node-cache-linux-$(ARCH) -image '$(IMAGE)' \
-		-version '$(VERSION)' -revision '$(COMMIT)' -created '$(CREATED)' -out $(IMAGE_ARCHIVE)
+		-version '$(VERSION)' -revision '$(COMMIT)' -created '$(CREATED)' -out $(IMAGE_ARCHIVE) $(if $(UNPINNED),-unpinned)
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -30,6 +30,9 @@ type Options struct {
 	Arch     string    // Go architecture: amd64 (arm64 if its packages can be had)
 	Packages []Package
 	CacheDir string // where downloaded .debs are kept
+	// Unpinned lets a pinned version that Debian no longer serves be
+	// replaced by the current one (tests); a release build fails instead.
+	Unpinned bool
 	Logf     func(string, ...any)
 }
 
@@ -40,7 +43,7 @@ func Build(opts Options) (v1.Image, error) {
 		return nil, fmt.Errorf("architecture %q: want amd64 or arm64", opts.Arch)
 	}
 	created := opts.Created.UTC().Truncate(time.Second)
-	root, err := Unpack(opts.Packages, opts.Arch, opts.CacheDir, opts.Logf)
+	root, err := Unpack(opts.Packages, opts.Arch, opts.CacheDir, FetchOptions{Unpinned: opts.Unpinned, Logf: opts.Logf})
 	if err != nil {
 		return nil, err
 	}

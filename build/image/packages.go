@@ -3,21 +3,25 @@ package image
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 )
 
-// Package is one pinned Debian package.
+// Package is one pinned Debian package: its version, and the sha256 of its
+// .deb for each architecture it is pinned for.
 type Package struct {
 	Name, Version string
+	SHA256        map[string]string // by Go architecture (amd64, arm64)
 }
 
-// ParsePackages reads the pin list: one "name version" per line, # comments.
+// ParsePackages reads the pin list: one "name version ARCH:SHA256..." per
+// line, # comments.
 func ParsePackages(list []byte) ([]Package, error) {
 	var pkgs []Package
 	sc := bufio.NewScanner(bytes.NewReader(list))
@@ -27,10 +31,18 @@ func ParsePackages(list []byte) ([]Package, error) {
 			continue
 		}
 		fields := strings.Fields(text)
-		if len(fields) != 2 {
-			return nil, fmt.Errorf("packages line %d: %q: want \"name version\"", line, text)
+		if len(fields) < 3 {
+			return nil, fmt.Errorf("packages line %d: %q: want \"name version arch:sha256 ...\", a sha256 for each architecture", line, text)
 		}
-		pkgs = append(pkgs, Package{Name: fields[0], Version: fields[1]})
+		p := Package{Name: fields[0], Version: fields[1], SHA256: map[string]string{}}
+		for _, pin := range fields[2:] {
+			arch, sum, ok := strings.Cut(pin, ":")
+			if b, err := hex.DecodeString(sum); !ok || err != nil || len(b) != sha256.Size {
+				return nil, fmt.Errorf("packages line %d: %q: want arch:sha256 (64 hex digits)", line, pin)
+			}
+			p.SHA256[arch] = strings.ToLower(sum)
+		}
+		pkgs = append(pkgs, p)
 	}
 	return pkgs, sc.Err()
 }
@@ -41,102 +53,75 @@ func debFile(p Package, arch string) string {
 	return fmt.Sprintf("%s_%s_%s.deb", p.Name, strings.ReplaceAll(p.Version, ":", "%3a"), arch)
 }
 
-// fetchPackages makes sure every package's .deb for arch is in cacheDir and
-// returns their paths. A pinned version the archive no longer serves is
-// replaced by the one it serves, with a warning through logf: the image then
-// differs from the pinned one.
-func fetchPackages(pkgs []Package, arch, cacheDir string, logf func(string, ...any)) ([]string, error) {
-	apt := &aptArch{arch: arch, dir: filepath.Join(cacheDir, "apt-"+arch), debs: filepath.Join(cacheDir, "debs")}
+// FetchOptions say how strictly the pins hold.
+type FetchOptions struct {
+	// Unpinned lets a build go on with the version Debian serves now when
+	// a pinned version is gone from its archive (with a warning): for tests,
+	// which must not fail the day Debian publishes an update. A release
+	// build fails instead. A file that differs from its pin fails both.
+	Unpinned bool
+	Logf     func(string, ...any)
+}
+
+// fetchPackages makes sure every package's .deb for arch is in cacheDir,
+// each the very file its pin names (cached ones too), and returns their paths.
+func fetchPackages(pkgs []Package, arch, cacheDir string, opts FetchOptions) ([]string, error) {
 	unlock, err := LockDir(cacheDir)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	apt := &aptArch{arch: arch, dir: filepath.Join(cacheDir, "apt-"+arch), debs: filepath.Join(cacheDir, "debs")}
 	var paths []string
 	for _, p := range pkgs {
-		path := filepath.Join(apt.debs, debFile(p, arch))
-		if _, err := os.Stat(path); err == nil {
-			paths = append(paths, path)
-			continue
-		}
-		if err := apt.download(p.Name + ":" + arch + "=" + p.Version); err != nil {
-			logf("WARNING: %s %s cannot be downloaded (%v); using the version Debian serves now. "+
-				"The image will not match the pinned build: update build/image/packages.txt.", p.Name, p.Version, err)
-			if path, err = apt.downloadCandidate(p.Name); err != nil {
-				return nil, err
-			}
+		path, err := fetchPackage(apt, p, arch, opts)
+		if err != nil {
+			return nil, err
 		}
 		paths = append(paths, path)
 	}
 	return paths, nil
 }
 
-// aptArch downloads Debian packages of one architecture with apt-get and a
-// package list of its own (under the cache), from the machine's sources: the
-// machine's own apt state and architectures are left alone.
-type aptArch struct {
-	arch, dir, debs string
-	updated         bool
-}
-
-func (a *aptArch) options() []string {
-	return []string{"-q", "-o", "APT::Architecture=" + a.arch, "-o", "APT::Architectures::=" + a.arch,
-		"-o", "Dir::State::Lists=" + filepath.Join(a.dir, "lists"), "-o", "Dir::Cache=" + filepath.Join(a.dir, "cache"),
-		"-o", "Dir::State::status=/dev/null",
-		// As root, apt drops to the _apt user, which may not write the cache.
-		"-o", "APT::Sandbox::User=root"}
-}
-
-func (a *aptArch) run(dir string, args ...string) error {
-	cmd := exec.Command("apt-get", append(a.options(), args...)...)
-	cmd.Dir = dir
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("apt-get %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+func fetchPackage(apt downloader, p Package, arch string, opts FetchOptions) (string, error) {
+	want, pinned := p.SHA256[arch]
+	if !pinned {
+		return "", fmt.Errorf("%s %s has no sha256 pinned for %s: add %s:SHA256 to its line in build/image/packages.txt", p.Name, p.Version, arch, arch)
 	}
-	return nil
-}
-
-// download fetches spec into the .deb cache, reading the package lists first
-// once per build.
-func (a *aptArch) download(spec string) error {
-	if !a.updated {
-		for _, d := range []string{a.debs, filepath.Join(a.dir, "lists", "partial"), filepath.Join(a.dir, "cache", "archives", "partial")} {
-			if err := os.MkdirAll(d, 0o755); err != nil {
-				return err
+	path := filepath.Join(apt.debDir(), debFile(p, arch))
+	if _, err := os.Stat(path); err != nil {
+		if err := apt.download(p.Name + ":" + arch + "=" + p.Version); err != nil {
+			if !opts.Unpinned {
+				return "", fmt.Errorf("%s %s (%s) cannot be downloaded: %w. Debian's archive keeps only current versions: "+
+					"pin the one it serves now (version and sha256) in build/image/packages.txt", p.Name, p.Version, arch, err)
 			}
+			opts.Logf("WARNING: %s %s cannot be downloaded (%v); using the version Debian serves now, which no pin vouches for. "+
+				"The image will not match the pinned build: update build/image/packages.txt.", p.Name, p.Version, err)
+			return apt.downloadCandidate(p.Name)
 		}
-		if err := a.run(a.dir, "update"); err != nil {
-			return fmt.Errorf("%w (is this a Debian machine that reaches its package archive?)", err)
-		}
-		a.updated = true
 	}
-	return a.run(a.debs, "download", spec)
+	got, err := fileSHA256(path)
+	if err != nil {
+		return "", err
+	}
+	if got != want {
+		return "", fmt.Errorf("%s is not the pinned %s %s: its sha256 is %s, the pin says %s. "+
+			"Delete it to download it again; if the archive serves that file, find out why before pinning it", path, p.Name, p.Version, got, want)
+	}
+	return path, nil
 }
 
-// downloadCandidate fetches the version the archive serves now and returns its path.
-func (a *aptArch) downloadCandidate(name string) (string, error) {
-	pattern := filepath.Join(a.debs, name+"_*_"+a.arch+".deb")
-	before, _ := filepath.Glob(pattern)
-	if err := a.download(name + ":" + a.arch); err != nil {
-		return "", fmt.Errorf("download Debian package %s: %w", name, err)
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
 	}
-	after, _ := filepath.Glob(pattern)
-	for _, m := range after {
-		if !slices.Contains(before, m) {
-			return m, nil
-		}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
 	}
-	return "", fmt.Errorf("apt-get download %s wrote no new .deb into %s", name, a.debs)
-}
-
-// extractPackages unpacks the .debs into dir, as dpkg would install them.
-func extractPackages(debs []string, dir string) error {
-	for _, deb := range debs {
-		if out, err := exec.Command("dpkg-deb", "-x", deb, dir).CombinedOutput(); err != nil {
-			return fmt.Errorf("dpkg-deb -x %s: %v: %s", deb, err, out)
-		}
-	}
-	return nil
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // LockDir serialises builds that share a cache directory (apt, for one,
@@ -156,10 +141,10 @@ func LockDir(dir string) (func(), error) {
 	return func() { f.Close() }, nil
 }
 
-// Unpack downloads pkgs (cached in cacheDir) and unpacks them into a new
-// temporary directory, which the caller removes.
-func Unpack(pkgs []Package, arch, cacheDir string, logf func(string, ...any)) (string, error) {
-	debs, err := fetchPackages(pkgs, arch, cacheDir, logf)
+// Unpack downloads pkgs (cached in cacheDir, each checked against its pin)
+// and unpacks them into a new temporary directory, which the caller removes.
+func Unpack(pkgs []Package, arch, cacheDir string, opts FetchOptions) (string, error) {
+	debs, err := fetchPackages(pkgs, arch, cacheDir, opts)
 	if err != nil {
 		return "", err
 	}
@@ -172,4 +157,9 @@ func Unpack(pkgs []Package, arch, cacheDir string, logf func(string, ...any)) (s
 		return "", err
 	}
 	return dir, nil
+}
+
+func sha256Hex(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }

@@ -25,14 +25,15 @@ func main() {
 	created := flag.String("created", "0", "the image's creation time in Unix seconds (the commit's, for reproducible builds)")
 	arch := flag.String("arch", "amd64", "the image's architecture")
 	pins := flag.String("packages", "build/image/packages.txt", "the pinned Debian packages of the base layer")
+	unpinned := flag.Bool("unpinned", false, "when Debian no longer serves a pinned version, take the one it serves (for tests); without it the build fails")
 	flag.Parse()
-	if err := run(*binary, *ref, *out, *version, *revision, *created, *arch, *pins); err != nil {
+	if err := run(*binary, *ref, *out, *version, *revision, *created, *arch, *pins, *unpinned); err != nil {
 		fmt.Fprintf(os.Stderr, "imagebuild: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(binary, ref, out, version, revision, created, arch, pins string) error {
+func run(binary, ref, out, version, revision, created, arch, pins string, unpinned bool) error {
 	if ref == "" {
 		return fmt.Errorf("-image is required (for example ghcr.io/nodelocal/node-cache:0.1.0)")
 	}
@@ -55,7 +56,7 @@ func run(binary, ref, out, version, revision, created, arch, pins string) error 
 	mtime := time.Unix(secs, 0).UTC()
 	img, err := image.Build(image.Options{
 		Binary: binary, Ref: ref, Version: version, Revision: revision, Source: "https://github.com/nodelocal/nodelocal",
-		Created: mtime, Arch: arch, Packages: pkgs, CacheDir: filepath.Join(cache, "nodelocal", "debs"),
+		Created: mtime, Arch: arch, Packages: pkgs, CacheDir: filepath.Join(cache, "nodelocal", "debs"), Unpinned: unpinned,
 		Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
 	})
 	if err != nil {

@@ -11,7 +11,8 @@ import (
 )
 
 // busyboxStatic is the client image's shell and nslookup, from Debian.
-var busyboxStatic = image.Package{Name: "busybox-static", Version: "1:1.35.0-4+deb12u1+b1"}
+var busyboxStatic = image.Package{Name: "busybox-static", Version: "1:1.35.0-4+deb12u1+b1",
+	SHA256: map[string]string{"amd64": "3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744"}}
 
 // importImages builds the pause, kube-dns and client images, and imports
 // them with the shipping node-cache archive (`make image`), tagged as
@@ -29,7 +30,7 @@ func (c *Cluster) importImages() error {
 	if err != nil {
 		return err
 	}
-	debs, err := image.Unpack([]image.Package{busyboxStatic}, "amd64", filepath.Join(cache, "nodelocal"), c.Opts.Logf)
+	debs, err := image.Unpack([]image.Package{busyboxStatic}, "amd64", filepath.Join(cache, "nodelocal"), image.FetchOptions{Unpinned: true, Logf: c.Opts.Logf})
 	if err != nil {
 		return err
 	}

@@ -38,7 +38,9 @@ func ImageArchive() (string, error) {
 			imageErr = err
 			return
 		}
-		cmd := exec.Command("make", "-s", "image")
+		// Tests must not fail the day Debian replaces a pinned version;
+		// the pins still hold for every file that is the pinned one.
+		cmd := exec.Command("make", "-s", "image", "UNPINNED=1")
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			imageErr = fmt.Errorf("make image: %v\n%s", err, out)
