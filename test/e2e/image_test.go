@@ -18,14 +18,14 @@ import (
 	"github.com/nodelocal/nodelocal/test/harness"
 )
 
-// baseManifests are the objects `kubectl apply -k manifests/base` creates.
-func baseManifests(t *testing.T) (*appsv1.DaemonSet, map[string]map[string]string) {
+// manifestsOf are the objects `kubectl apply -k manifests/DIR` creates.
+func manifestsOf(t *testing.T, dir string) (*appsv1.DaemonSet, map[string]map[string]string) {
 	t.Helper()
 	root, err := harness.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := manifests.Render(filepath.Join(root, "manifests/base"))
+	out, err := manifests.Render(filepath.Join(root, "manifests", dir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,7 @@ func baseManifests(t *testing.T) (*appsv1.DaemonSet, map[string]map[string]strin
 		}
 	}
 	if ds == nil {
-		t.Fatal("manifests/base has no DaemonSet")
+		t.Fatalf("manifests/%s has no DaemonSet", dir)
 	}
 	return ds, configMaps
 }
@@ -64,8 +64,9 @@ func probeURL(p *corev1.Probe) string {
 // with runc the way kubelet runs the DaemonSet's container: in the node's
 // network namespace, with exactly the manifest's capabilities, a read-only
 // root, no privilege escalation, its args and environment, the ConfigMap at
-// /etc/coredns and the node's xtables lock. It must serve both IPs, pass its
-// probes, and leave the node as it was on SIGTERM, on either iptables backend.
+// /etc/coredns, the node's xtables lock and instance directory (the base on
+// an nf_tables node, the iptables-legacy overlay on a legacy one). It must
+// serve both IPs, pass its probes, and leave the node as it was on SIGTERM.
 // A missing library, a wrong path or a write to the root fails it.
 func TestImageRunsAsTheDaemonSetRunsIt(t *testing.T) {
 	harness.RequirePrivileges(t)
@@ -73,11 +74,12 @@ func TestImageRunsAsTheDaemonSetRunsIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ds, configMaps := baseManifests(t)
-	pod := &ds.Spec.Template.Spec
-	container := &pod.Containers[0]
 	for _, backend := range harness.Backends {
 		t.Run(string(backend), func(t *testing.T) {
+			// Legacy nodes take the overlay that adds NET_RAW.
+			ds, configMaps := manifestsOf(t, map[harness.Backend]string{harness.BackendNFT: "base", harness.BackendLegacy: "overlays/iptables-legacy"}[backend])
+			pod := &ds.Spec.Template.Spec
+			container := &pod.Containers[0]
 			node := harness.NewNode(t, harness.Options{Backend: backend})
 			img, err := harness.UnpackImage(archive, filepath.Join(node.Dir, "image"))
 			if err != nil {
@@ -154,7 +156,7 @@ func TestImageArchiveReadByOtherTools(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ds, _ := baseManifests(t)
+	ds, _ := manifestsOf(t, "base")
 	ref := ds.Spec.Template.Spec.Containers[0].Image
 	for _, transport := range []string{"oci-archive:" + archive + ":" + ref, "docker-archive:" + archive + ":" + ref} {
 		out, err := exec.Command("skopeo", "inspect", "--config", transport).CombinedOutput()
