@@ -89,13 +89,54 @@ func (f *fakeLinks) Watch(stop <-chan struct{}, notify func()) error {
 	return nil
 }
 
-// fakeTables is RuleTables in memory; List prints like `iptables -S`.
+// fakeTables is RuleTables in memory; List prints like `iptables -S`. As
+// iptables, it refuses a rule in, or a jump to, a chain that does not exist,
+// and the removal of a chain that a rule jumps to.
 type fakeTables struct {
 	mu       sync.Mutex
 	rules    []Rule
+	chains   map[string]bool // user-defined, by "table chain"
 	lists    int
 	inserts  int
 	inserted []Rule // in the order they went in
+}
+
+var builtinChains = []string{"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
+
+// chainOK: r's chain, and the chain it jumps to if it is not a target, exist.
+func (f *fakeTables) chainOK(r Rule) error {
+	for _, chain := range []string{r.Chain, r.arg("-j")} {
+		if strings.HasPrefix(chain, "NODELOCAL-") && !f.chains[r.Table+" "+chain] {
+			return fmt.Errorf("no chain/target/match by that name: %s", chain)
+		}
+	}
+	return nil
+}
+
+func (f *fakeTables) NewChain(table, chain string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.chains == nil {
+		f.chains = map[string]bool{}
+	}
+	if f.chains[table+" "+chain] {
+		return fmt.Errorf("chain %s already exists", chain)
+	}
+	f.chains[table+" "+chain] = true
+	return nil
+}
+
+func (f *fakeTables) DeleteChain(table, chain string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, r := range f.rules {
+		if r.Table == table && r.arg("-j") == chain {
+			return fmt.Errorf("chain %s: too many links", chain)
+		}
+	}
+	f.rules = slices.DeleteFunc(f.rules, func(r Rule) bool { return r.Table == table && r.Chain == chain })
+	delete(f.chains, table+" "+chain)
+	return nil
 }
 
 func (f *fakeTables) List(table string) (string, error) { return f.ListChain(table, "") }
@@ -105,6 +146,11 @@ func (f *fakeTables) ListChain(table, chain string) (string, error) {
 	defer f.mu.Unlock()
 	f.lists++
 	var b strings.Builder
+	for key := range f.chains {
+		if t, c, _ := strings.Cut(key, " "); t == table && (chain == "" || chain == c) {
+			b.WriteString("-N " + c + "\n")
+		}
+	}
 	for _, r := range f.rules {
 		if r.Table == table && (chain == "" || r.Chain == chain) {
 			b.WriteString(strings.TrimPrefix(r.String(), "-t "+table+" ") + "\n")
@@ -116,6 +162,9 @@ func (f *fakeTables) ListChain(table, chain string) (string, error) {
 func (f *fakeTables) Insert(r Rule, position int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.chainOK(r); err != nil {
+		return err
+	}
 	f.inserted = append(f.inserted, r)
 	at, seen := len(f.rules), 0
 	for i, x := range f.rules {

@@ -36,6 +36,9 @@ type RuleTables interface {
 	// them, in one process (iptables-restore) for all.
 	InsertAll(rules []Rule) error
 	DeleteAll(rules []Rule) error
+	// NewChain makes an empty chain; DeleteChain removes one, with its rules.
+	NewChain(table, chain string) error
+	DeleteChain(table, chain string) error
 }
 
 // lockWaitSeconds bounds how long one iptables call waits for the xtables lock.
@@ -102,6 +105,11 @@ func (c *iptablesCmd) Insert(r Rule, position int) error {
 }
 func (c *iptablesCmd) Append(r Rule) error { return c.ipt.Append(r.Table, r.Chain, r.Args...) }
 func (c *iptablesCmd) Delete(r Rule) error { return c.ipt.Delete(r.Table, r.Chain, r.Args...) }
+
+func (c *iptablesCmd) NewChain(table, chain string) error { return c.ipt.NewChain(table, chain) }
+func (c *iptablesCmd) DeleteChain(table, chain string) error {
+	return c.ipt.ClearAndDeleteChain(table, chain)
+}
 
 func (c *iptablesCmd) InsertAll(rules []Rule) error { return c.restore("-I", rules) }
 func (c *iptablesCmd) DeleteAll(rules []Rule) error { return c.restore("-D", rules) }

@@ -128,9 +128,14 @@ func (m *manager) desiredRules() map[Family][]Rule {
 		}
 		rules[f] = kept
 	}
+	var jumped []netip.AddrPort
 	for _, c := range m.kubeDNSConnections {
 		f := familyOf(c.service.Addr())
 		rules[f] = append(rules[f], kubeDNSConnectionRule(c))
+		if !slices.Contains(jumped, c.service) {
+			jumped = append(jumped, c.service)
+			rules[f] = append(rules[f], kubeDNSJumpRule(c.service))
+		}
 	}
 	return rules
 }
@@ -234,17 +239,32 @@ var ruleTables = []string{"raw", "filter"}
 // every call succeeded and whether it changed anything.
 func (m *manager) syncRules(f Family, t RuleTables, desired []Rule, repair bool) (ok, changed bool) {
 	var listed []Rule
+	chainListed := false
 	for _, table := range ruleTables {
 		out, err := t.List(table)
 		if err == nil {
 			var rs []Rule
 			rs, err = ParseListing(table, out)
 			listed = append(listed, rs...)
+			chainListed = chainListed || table == "raw" && hasChain(out, kubeDNSChain)
 		}
 		if err != nil {
 			m.iptablesError("list", err)
 			return false, false
 		}
+	}
+	// The chain of the connections left to kube-dns is there before its
+	// rules and the jumps to it go in.
+	ensureChain := func() bool {
+		if chainListed {
+			return true
+		}
+		if err := t.NewChain("raw", kubeDNSChain); err != nil {
+			m.iptablesError("create chain "+kubeDNSChain, err)
+			return false
+		}
+		chainListed = true
+		return true
 	}
 	changes := DiffRules(desired, listed)
 	ok, changed = true, len(changes.Add)+len(changes.Delete) > 0
@@ -252,20 +272,20 @@ func (m *manager) syncRules(f Family, t RuleTables, desired []Rule, repair bool)
 	// replies must already skip conntrack, or a reply whose reverse tuple
 	// matches the flow's earlier DNAT entry (to kube-dns) is dropped as a
 	// conntrack clash. Only the connections left to kube-dns come before it,
-	// and above it, so it never holds one of them.
+	// and the jumps to them above it, so it never holds one of them.
 	slices.SortStableFunc(changes.Add, func(a, b Rule) int { return addOrder(a) - addOrder(b) })
-	exceptions := countKubeDNSConnections(listed)
+	jumps := countRules(listed, Rule.isKubeDNSJump)
 	// Adds before deletes: replacing a rule (upstream's unconditional one by
 	// ours) never leaves a moment without interception.
 	for adds := changes.Add; len(adds) > 0; {
 		// The connections left to kube-dns go in together, in one process:
 		// there may be hundreds, and new connections wait for them.
-		if n := countKubeDNSConnections(adds); n > 0 && adds[0].isKubeDNSConnection() {
-			if err := t.InsertAll(adds[:n]); err != nil {
+		if n := countRules(adds, Rule.isKubeDNSConnection); n > 0 && adds[0].isKubeDNSConnection() {
+			if !ensureChain() {
+				ok = false
+			} else if err := t.InsertAll(adds[:n]); err != nil {
 				m.iptablesError(fmt.Sprintf("insert the rules of %d connections left to kube-dns", n), err)
 				ok = false
-			} else {
-				exceptions += n
 			}
 			adds = adds[n:]
 			continue
@@ -274,7 +294,11 @@ func (m *manager) syncRules(f Family, t RuleTables, desired []Rule, repair bool)
 		adds = adds[1:]
 		position := 1
 		if r.isInterception() {
-			position += exceptions // below the connections left to kube-dns
+			position += jumps // below the jumps to the connections left to kube-dns
+		}
+		if r.isKubeDNSJump() && !ensureChain() {
+			ok = false
+			continue
 		}
 		if err := t.Insert(r, position); err != nil {
 			if slices.Contains(r.Args, "socket") && !m.noSocketMatch {
@@ -286,6 +310,9 @@ func (m *manager) syncRules(f Family, t RuleTables, desired []Rule, repair bool)
 			m.iptablesError("insert "+r.String(), err)
 			ok = false
 			continue
+		}
+		if r.isKubeDNSJump() {
+			jumps++
 		}
 		if repair && m.rulesMade[f] {
 			log.Warningf("Rule was missing; added it again: %s", r)
@@ -309,9 +336,18 @@ func (m *manager) syncRules(f Family, t RuleTables, desired []Rule, repair bool)
 			ok = false
 			continue
 		}
+		if r.isKubeDNSJump() && !slices.ContainsFunc(desired, Rule.isKubeDNSJump) {
+			continue // the last connection left to kube-dns closed
+		}
 		log.Infof("Removed extra or stale rule: %s", r)
 		if repair {
 			repairs.WithLabelValues(repairRule).Inc()
+		}
+	}
+	if chainListed && !slices.ContainsFunc(desired, Rule.isKubeDNSConnection) {
+		if err := t.DeleteChain("raw", kubeDNSChain); err != nil {
+			m.iptablesError("delete chain "+kubeDNSChain, err)
+			ok = false
 		}
 	}
 	if ok && len(desired) > 0 && !m.rulesMade[f] {
@@ -362,18 +398,25 @@ func addOrder(r Rule) int {
 	switch {
 	case r.isKubeDNSConnection():
 		return 1
-	case r.isInterception():
+	case r.isKubeDNSJump():
 		return 2
+	case r.isInterception():
+		return 3
 	}
 	return 0
 }
 
-func countKubeDNSConnections(rules []Rule) int {
+func countRules(rules []Rule, is func(Rule) bool) int {
 	n := 0
 	for _, r := range rules {
-		if r.isKubeDNSConnection() {
+		if is(r) {
 			n++
 		}
 	}
 	return n
+}
+
+// hasChain reports whether an `iptables -S` listing declares chain.
+func hasChain(listing, chain string) bool {
+	return slices.Contains(strings.Split(listing, "\n"), "-N "+chain)
 }

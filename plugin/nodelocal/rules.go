@@ -17,8 +17,17 @@ const (
 )
 
 // commentKubeDNSConnection marks our rules that leave kube-dns a connection it
-// serves (takeover.go): upstream has none.
-const commentKubeDNSConnection = "NodeLocal DNS Cache: leave kube-dns its open connection"
+// serves (takeover.go), and commentKubeDNSJump the rule that sends a Service
+// IP's TCP segments to them: upstream has neither.
+const (
+	commentKubeDNSConnection = "NodeLocal DNS Cache: leave kube-dns its open connection"
+	commentKubeDNSJump       = "NodeLocal DNS Cache: connections left to kube-dns"
+)
+
+// kubeDNSChain holds the rules of the connections left to kube-dns, in the
+// raw table, behind one jump per Service IP: every other packet crossing raw
+// PREROUTING meets one rule, not one per connection.
+const kubeDNSChain = "NODELOCAL-KUBE-DNS-CONNS"
 
 // Family is an IP family; each has its own iptables binary.
 type Family int
@@ -62,10 +71,12 @@ func (r Rule) spec() string {
 
 // isOurs: an interception rule (raw and filter tables), or an exception to it.
 func (r Rule) isOurs() bool {
-	return r.hasComment(commentSkipConntrack) || r.hasComment(commentAllowTraffic) || r.isKubeDNSConnection()
+	return r.hasComment(commentSkipConntrack) || r.hasComment(commentAllowTraffic) || r.isKubeDNSConnection() || r.isKubeDNSJump()
 }
 
 func (r Rule) isKubeDNSConnection() bool { return r.hasComment(commentKubeDNSConnection) }
+
+func (r Rule) isKubeDNSJump() bool { return r.hasComment(commentKubeDNSJump) }
 
 func (r Rule) hasComment(comment string) bool { return r.arg("--comment") == comment }
 
@@ -135,11 +146,18 @@ func DesiredRules(listen []netip.AddrPort, healthPort int, failOpen bool) map[Fa
 // makes the NOTRACK of the interception below a no-op, so kube-proxy's DNAT
 // still sends them to kube-dns. Unlike a RETURN, it skips no one else's rule.
 func kubeDNSConnectionRule(c kubeDNSConnection) Rule {
-	host := func(ap netip.AddrPort) string { return netip.PrefixFrom(ap.Addr(), ap.Addr().BitLen()).String() }
-	return Rule{Table: "raw", Chain: "PREROUTING", Args: []string{"-s", host(c.client), "-d", host(c.service),
+	return Rule{Table: "raw", Chain: kubeDNSChain, Args: []string{"-s", hostPrefix(c.client.Addr()), "-d", hostPrefix(c.service.Addr()),
 		"-p", "tcp", "-m", "tcp", "--sport", strconv.Itoa(int(c.client.Port())), "--dport", strconv.Itoa(int(c.service.Port())),
 		"-m", "comment", "--comment", commentKubeDNSConnection, "-j", "CT"}}
 }
+
+// kubeDNSJumpRule sends the TCP segments to service through the connections
+// left to kube-dns; at the chain's end they come back to the interception.
+func kubeDNSJumpRule(service netip.AddrPort) Rule {
+	return rule("raw", "PREROUTING", "-d", service.Addr(), "tcp", "--dport", int(service.Port()), kubeDNSChain, commentKubeDNSJump)
+}
+
+func hostPrefix(ip netip.Addr) string { return netip.PrefixFrom(ip, ip.BitLen()).String() }
 
 // kubeDNSConnection reads back the connection a rule of
 // kubeDNSConnectionRule leaves to kube-dns.
@@ -173,7 +191,7 @@ func (r Rule) synOnly() Rule {
 // isInterception reports whether r is what steers pods' queries to the cache
 // (raw PREROUTING NOTRACK); removing it hands the address back to kube-proxy.
 func (r Rule) isInterception() bool {
-	return r.Table == "raw" && r.Chain == "PREROUTING" && !r.isKubeDNSConnection()
+	return r.Table == "raw" && r.Chain == "PREROUTING" && !r.isKubeDNSConnection() && !r.isKubeDNSJump()
 }
 
 // ParseListing reads the output of `iptables -t TABLE -S` into rules.

@@ -167,7 +167,9 @@ func (m *manager) adoptKubeDNSConnections() {
 		}
 	}()
 	for _, t := range m.tables {
-		out, err := t.ListChain("raw", "PREROUTING")
+		// The whole raw table: the rules are in their chain, or in raw
+		// PREROUTING where an earlier version put them.
+		out, err := t.List("raw")
 		if err != nil {
 			m.iptablesError("list", err)
 			continue

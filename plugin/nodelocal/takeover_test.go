@@ -183,9 +183,10 @@ func TestNoTakeoverWithoutRules(t *testing.T) {
 }
 
 // TestTakeoverLeavesKubeDNSItsOpenConnections: a connection kube-dns still
-// serves as the takeover ends gets a rule above the ClusterIP's TCP
-// interception (also when a repair puts that back), which goes once the
-// connection closes, with no repair counted.
+// serves as the takeover ends gets a rule in the chain of such connections,
+// whose jump is above the ClusterIP's TCP interception (also when a repair
+// puts that back); rule, jump and chain go once the connection closes, with
+// no repair counted.
 func TestTakeoverLeavesKubeDNSItsOpenConnections(t *testing.T) {
 	n := newFakeNode(t)
 	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
@@ -196,18 +197,22 @@ func TestTakeoverLeavesKubeDNSItsOpenConnections(t *testing.T) {
 	}
 	n.listenersUp()
 	exception := kubeDNSConnectionRule(kubeDNSConnection{client: client, service: service})
+	jump := kubeDNSJumpRule(service)
 	interception := DesiredRules(cfg.Listen, cfg.HealthPort, true)[IPv4]
 	interception = slices.DeleteFunc(interception, func(r Rule) bool { return !isServiceTCPInterception(r) })
 	exceptionFirst := func(when string) {
 		t.Helper()
 		var order []string
 		for _, r := range n.tables[IPv4].rules {
-			if r.key() == exception.key() || r.key() == interception[0].key() {
+			if r.Chain == "PREROUTING" && (r.isKubeDNSJump() || r.key() == interception[0].key()) {
 				order = append(order, r.String())
 			}
 		}
-		if len(order) != 2 || order[0] != exception.String() {
-			t.Fatalf("%s: raw PREROUTING has %v, want the connection's rule, then the interception", when, order)
+		if len(order) != 2 || order[0] != jump.String() {
+			t.Fatalf("%s: raw PREROUTING has %v, want the jump to the connections left to kube-dns, then the interception", when, order)
+		}
+		if !slices.ContainsFunc(n.tables[IPv4].rules, func(r Rule) bool { return r.key() == exception.key() }) {
+			t.Fatalf("%s: no rule for the connection in %s", when, kubeDNSChain)
 		}
 	}
 	exceptionFirst("after the takeover")
@@ -219,13 +224,16 @@ func TestTakeoverLeavesKubeDNSItsOpenConnections(t *testing.T) {
 
 	repaired := testutil.ToFloat64(repairs.WithLabelValues(repairRule))
 	n.mgr.check(true) // still open
-	if n.tables[IPv4].count() != 25 {
-		t.Fatalf("%d rules while the connection is open, want 24 and its own", n.tables[IPv4].count())
+	if n.tables[IPv4].count() != 26 {
+		t.Fatalf("%d rules while the connection is open, want 24, the jump and its own", n.tables[IPv4].count())
 	}
 	n.conntrack.setClients(service)
 	n.mgr.check(true)
 	if n.tables[IPv4].count() != 24 || slices.ContainsFunc(n.tables[IPv4].rules, Rule.isKubeDNSConnection) {
 		t.Fatalf("%d rules once the connection closed, want the usual 24", n.tables[IPv4].count())
+	}
+	if len(n.tables[IPv4].chains) != 0 {
+		t.Fatalf("chains %v left once the connection closed", n.tables[IPv4].chains)
 	}
 	if got := testutil.ToFloat64(repairs.WithLabelValues(repairRule)) - repaired; got != 0 {
 		t.Fatalf("%v repairs counted for a closed connection's rule", got)
@@ -249,6 +257,40 @@ func TestTakeoverLeavesKubeDNSAtMostSomeConnections(t *testing.T) {
 	n.listenersUp()
 	if got := len(slices.DeleteFunc(slices.Clone(n.tables[IPv4].rules), func(r Rule) bool { return !r.isKubeDNSConnection() })); got != maxKubeDNSConnections {
 		t.Fatalf("%d connections left to kube-dns, want %d", got, maxKubeDNSConnections)
+	}
+	// Every other packet crossing raw PREROUTING meets one jump, not a rule
+	// per connection.
+	prerouting := slices.DeleteFunc(slices.Clone(n.tables[IPv4].rules), func(r Rule) bool { return r.Table != "raw" || r.Chain != "PREROUTING" })
+	if got := countRules(prerouting, Rule.isKubeDNSJump); got != 1 || countRules(prerouting, Rule.isKubeDNSConnection) != 0 {
+		t.Fatalf("raw PREROUTING holds %d jumps and %d connection rules, want 1 and 0", got, countRules(prerouting, Rule.isKubeDNSConnection))
+	}
+}
+
+// TestConnectionRulesOfAnEarlierVersionMoveToTheChain: an instance of the
+// version that kept them in raw PREROUTING left such rules; a start adopts
+// them into the chain, and removes the old ones once the new are in.
+func TestConnectionRulesOfAnEarlierVersionMoveToTheChain(t *testing.T) {
+	n := newFakeNode(t)
+	cfg := testConfig("169.254.20.10:53", "198.18.0.10:53")
+	left := kubeDNSConnection{client: netip.MustParseAddrPort("198.19.0.3:41234"), service: cfg.Listen[1]}
+	old := kubeDNSConnectionRule(left)
+	old.Chain = "PREROUTING"
+	n.tables[IPv4].rules = append([]Rule{old}, DesiredRules(cfg.Listen, cfg.HealthPort, true)[IPv4]...)
+	n.conntrack.setClients(left.service, left.client)
+	n.peers.others = 2
+	if err := n.mgr.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	n.listenersUp()
+	n.mgr.check(true)
+	var where []string
+	for _, r := range n.tables[IPv4].rules {
+		if r.isKubeDNSConnection() {
+			where = append(where, r.Chain)
+		}
+	}
+	if !slices.Equal(where, []string{kubeDNSChain}) {
+		t.Fatalf("the connection's rule is in %v, want in %s only", where, kubeDNSChain)
 	}
 }
 
@@ -299,7 +341,7 @@ func TestAdoptionIsBounded(t *testing.T) {
 	}
 	n.listenersUp()
 	n.mgr.check(true)
-	if got := countKubeDNSConnections(n.tables[IPv4].rules); got != maxKubeDNSConnections {
+	if got := countRules(n.tables[IPv4].rules, Rule.isKubeDNSConnection); got != maxKubeDNSConnections {
 		t.Fatalf("%d connection rules after the start, want the bound %d", got, maxKubeDNSConnections)
 	}
 }

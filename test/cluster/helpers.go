@@ -80,7 +80,7 @@ func (c *Cluster) Metric(url, name string) (float64, error) {
 }
 
 // NodeLocalState is what node-cache leaves on the node: its interface (if
-// any) and its rules.
+// any), its rules and its chains.
 func (c *Cluster) NodeLocalState() (iface string, rules []string, err error) {
 	if out, err := c.InNode("ip", "-o", "link", "show", "nodelocaldns"); err == nil {
 		iface = strings.TrimSpace(out)
@@ -91,7 +91,7 @@ func (c *Cluster) NodeLocalState() (iface string, rules []string, err error) {
 			return iface, nil, err
 		}
 		for _, l := range strings.Split(out, "\n") {
-			if strings.Contains(l, "NodeLocal DNS Cache") {
+			if strings.Contains(l, "NodeLocal DNS Cache") || strings.HasPrefix(l, ":NODELOCAL-") {
 				rules = append(rules, l)
 			}
 		}

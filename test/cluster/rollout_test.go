@@ -93,7 +93,10 @@ func rulesOnceKubeDNSConnectionsClosed(t *testing.T, c *cluster.Cluster) []strin
 		if err != nil {
 			t.Fatal(err)
 		}
-		left := slices.ContainsFunc(rules, func(r string) bool { return strings.Contains(r, "leave kube-dns its open connection") })
+		// The connections' rules, the jumps to them and their chain.
+		left := slices.ContainsFunc(rules, func(r string) bool {
+			return strings.Contains(r, "leave kube-dns its open connection") || strings.Contains(r, "NODELOCAL-KUBE-DNS-CONNS")
+		})
 		if !left {
 			return rules
 		}

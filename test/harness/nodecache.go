@@ -119,7 +119,8 @@ func (n *Node) NodeCacheMetric(name string) (float64, error) {
 }
 
 // NodeLocalRules lists the rules carrying node-cache's comments in the node
-// netns, for the backend of the node, as `iptables -S` prints them.
+// netns, for the backend of the node, as `iptables -S` prints them, and the
+// declarations of node-cache's chains (-N NODELOCAL-...).
 func (n *Node) NodeLocalRules() ([]string, error) {
 	var rules []string
 	for _, table := range []string{"raw", "filter"} {
@@ -128,7 +129,7 @@ func (n *Node) NodeLocalRules() ([]string, error) {
 			return nil, err
 		}
 		for _, line := range strings.Split(out, "\n") {
-			if strings.Contains(line, "NodeLocal DNS Cache") {
+			if strings.Contains(line, "NodeLocal DNS Cache") || strings.HasPrefix(line, "-N NODELOCAL-") {
 				rules = append(rules, "-t "+table+" "+line)
 			}
 		}
