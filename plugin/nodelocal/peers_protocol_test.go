@@ -62,18 +62,13 @@ func TestForeignSocketsAreExported(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.listenersUp()
-	n.peers.mu.Lock()
-	n.peers.foreign = 2
-	n.peers.mu.Unlock()
-	n.mgr.check(true)
-	if got := testutil.ToFloat64(foreignSockets); got != 2 {
-		t.Fatalf("foreign_sockets %v, want 2", got)
-	}
-	n.peers.mu.Lock()
-	n.peers.foreign = 0
-	n.peers.mu.Unlock()
-	n.mgr.check(true)
-	if got := testutil.ToFloat64(foreignSockets); got != 0 {
-		t.Fatalf("foreign_sockets %v after they closed, want 0", got)
+	for _, foreign := range []int{2, 0} { // they open, then close
+		n.peers.mu.Lock()
+		n.peers.foreign = foreign
+		n.peers.mu.Unlock()
+		n.mgr.check(true)
+		if got := testutil.ToFloat64(foreignSockets); got != float64(foreign) {
+			t.Fatalf("foreign_sockets %v, want %d", got, foreign)
+		}
 	}
 }

@@ -3,8 +3,6 @@ package nodelocal
 import (
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
 	"testing"
 	"time"
 )
@@ -16,7 +14,8 @@ func TestProcNetAddr(t *testing.T) {
 }
 
 // TestOthersSeesOnlyOtherProcesses binds real loopback sockets: ours do not
-// count, another process's do.
+// count, another process's do (without a registry, every other socket is a
+// peer's).
 func TestOthersSeesOnlyOtherProcesses(t *testing.T) {
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -28,59 +27,33 @@ func TestOthersSeesOnlyOtherProcesses(t *testing.T) {
 	if n, err := peers.Others([]netip.AddrPort{ap}); err != nil || n != 0 {
 		t.Fatalf("own socket counted as another's: %d %v", n, err)
 	}
-	// Another process listening on a TCP port of the same address.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tcpAP := netip.MustParseAddrPort(l.Addr().String())
-	l.Close()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperListener$")
-	cmd.Env = append(os.Environ(), "NODELOCAL_HELPER_LISTEN="+tcpAP.String())
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		n, err := peers.Others([]netip.AddrPort{tcpAP})
-		if err == nil && n == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the other process's listener not seen: %d %v", n, err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	tcpAP, _ := startHelper(t, "")
+	if n, err := peers.Others([]netip.AddrPort{tcpAP}); err != nil || n != 1 {
+		t.Fatalf("the other process's listener not seen: %d %v", n, err)
 	}
 }
 
+// TestLockIsExclusive: either lock, the registry's file lock or the abstract
+// socket where there is no registry, is taken once at a time.
 func TestLockIsExclusive(t *testing.T) {
-	peers := netnsPeers{name: "lock-test"}
-	unlock, err := peers.Lock(time.Second)
-	if err != nil {
-		t.Fatal(err)
+	for name, peers := range map[string]netnsPeers{
+		"registry":        {name: "lock-test", registry: &instanceRegistry{dir: t.TempDir()}},
+		"abstract socket": {name: "lock-test"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			unlock, err := peers.Lock(time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := peers.Lock(100 * time.Millisecond); err == nil {
+				t.Fatal("lock taken twice")
+			}
+			unlock()
+			unlock2, err := peers.Lock(time.Second)
+			if err != nil {
+				t.Fatalf("lock not free after unlock: %v", err)
+			}
+			unlock2()
+		})
 	}
-	if _, err := peers.Lock(100 * time.Millisecond); err == nil {
-		t.Fatal("lock taken twice")
-	}
-	unlock()
-	unlock2, err := peers.Lock(time.Second)
-	if err != nil {
-		t.Fatalf("lock not free after unlock: %v", err)
-	}
-	unlock2()
-}
-
-// TestHelperListener is the other process of TestOthersSeesOnlyOtherProcesses.
-func TestHelperListener(t *testing.T) {
-	addr := os.Getenv("NODELOCAL_HELPER_LISTEN")
-	if addr == "" {
-		t.Skip("helper process only")
-	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	time.Sleep(10 * time.Second)
 }
