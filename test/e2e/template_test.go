@@ -138,7 +138,7 @@ func TestTemplateEditsUnderLoad(t *testing.T) {
 		}
 	}
 
-	edit("    errors\n", "    errors\n    bogus__PILLAR__THING__\n") // does not render
+	edit("    loop\n", "    loop\n    bogus__PILLAR__THING__\n") // does not render
 	waitForConfigErrors(1)
 	edit("    bogus__PILLAR__THING__\n", "    cache notanumber\n") // renders; CoreDNS rejects it
 	waitForLog(t, p, "previous configuration keeps serving", 1, 10*time.Second)
