@@ -165,8 +165,13 @@ func buildSourcesList(sources []string, keyring []string) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
+// archivePaths are how Debian's archives' addresses end, for a machine of
+// another Debian release whose sources name other suites.
+var archivePaths = map[string]string{"main": "/debian", "security": "/debian-security"}
+
 // debianURIs finds, in the machine's apt sources (one-line .list files and
-// deb822 .sources files), the address serving each archive's first suite.
+// deb822 .sources files), the address serving each archive's first suite,
+// else one whose path is the archive's.
 func debianURIs(sources []string) (map[string]string, error) {
 	var files []string
 	for _, s := range sources {
@@ -178,7 +183,7 @@ func debianURIs(sources []string) (map[string]string, error) {
 			files = append(files, s)
 		}
 	}
-	uris := map[string]string{}
+	uris, byPath := map[string]string{}, map[string]string{}
 	for _, file := range files {
 		b, err := os.ReadFile(file)
 		if err != nil {
@@ -189,11 +194,22 @@ func debianURIs(sources []string) (map[string]string, error) {
 			entries = deb822Entries(b)
 		}
 		for _, e := range entries {
+			if !slices.Contains(e.types, "deb") {
+				continue
+			}
 			for archive, suites := range debianSuites {
-				if _, found := uris[archive]; !found && slices.Contains(e.suites, suites[0]) && slices.Contains(e.types, "deb") {
+				if _, found := uris[archive]; !found && slices.Contains(e.suites, suites[0]) {
 					uris[archive] = e.uri
 				}
+				if _, found := byPath[archive]; !found && strings.HasSuffix(strings.TrimSuffix(e.uri, "/"), archivePaths[archive]) {
+					byPath[archive] = e.uri
+				}
 			}
+		}
+	}
+	for archive, uri := range byPath {
+		if _, found := uris[archive]; !found {
+			uris[archive] = uri
 		}
 	}
 	return uris, nil

@@ -162,6 +162,14 @@ func TestBuildsOwnSourcesList(t *testing.T) {
 	if list, err := buildSourcesList([]string{filepath.Join(oneLine, "sources.list")}, []string{"/k.gpg"}); err != nil || !strings.Contains(string(list), "deb [signed-by=/k.gpg] http://mirror.test/debian-security bookworm-security main\n") {
 		t.Fatalf("one-line sources: %v\n%s", err, list)
 	}
+	// A machine of a later Debian release: its archives' addresses, bookworm's suites.
+	later := t.TempDir()
+	os.WriteFile(filepath.Join(later, "debian.sources"), []byte("Types: deb\nURIs: http://mirror.test/debian/\nSuites: trixie\nComponents: main\n\n"+
+		"Types: deb\nURIs: http://mirror.test/debian-security\nSuites: trixie-security\nComponents: main\n"), 0o644)
+	if list, err := buildSourcesList([]string{later}, []string{"/k.gpg"}); err != nil || !strings.Contains(string(list), "http://mirror.test/debian/ bookworm main\n") ||
+		!strings.Contains(string(list), "http://mirror.test/debian-security bookworm-security main\n") {
+		t.Fatalf("a later release's sources: %v\n%s", err, list)
+	}
 	if _, err := buildSourcesList([]string{filepath.Join(dir, "other.list")}, nil); err == nil || !strings.Contains(err.Error(), "no source of Debian's main archive for bookworm") {
 		t.Fatalf("a machine without Debian's archive: %v", err)
 	}
