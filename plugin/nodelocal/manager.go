@@ -13,10 +13,12 @@ import (
 // point is idempotent and the state lives here, not in plugin instances.
 //
 // Its work is in these files: reconcile.go brings the kernel to the desired
-// interface, addresses and rules; checks.go runs that on events and on a
-// timer, and tells readiness; handoff.go is the protocol between instances at
-// a start, a reload and a stop, and takeover.go the start's takeover from
-// kube-dns, whose phases lifecycle.go lists; upstreams.go pins the upstreams.
+// interface, addresses and rules (syncrules.go applies a family's rules);
+// checks.go runs that on events and on a timer, and tells readiness;
+// handoff.go is the protocol between instances at a start, a reload and a
+// stop (peers.go and instances.go say who they are), and takeover.go the
+// start's takeover from kube-dns, whose phases lifecycle.go lists;
+// upstreams.go pins the upstreams.
 type manager struct {
 	links      Links
 	newTables  func(Backend, Family) (RuleTables, error)
