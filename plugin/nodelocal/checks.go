@@ -91,11 +91,20 @@ func (m *manager) check(withRules bool) {
 	}
 }
 
+// How often the checks count foreign sockets: it reads the node's whole
+// socket tables (/proc/net), which a busy node makes large.
+const foreignSocketsInterval = time.Minute
+
 // countForeignSockets exports, and logs when it changes, how many sockets on
 // the cache's addresses belong to no node-cache instance: a program that
 // joined the SO_REUSEPORT group gets a share of the queries. They never count
-// as a peer's, so a stop does not leave the interception to them.
+// as a peer's, so a stop does not leave the interception to them. The first
+// check counts, then one a minute.
 func (m *manager) countForeignSockets() {
+	if time.Since(m.foreignCountedAt) < m.foreignInterval {
+		return
+	}
+	m.foreignCountedAt = time.Now()
 	n, err := m.peers.Foreign(m.cfg.Listen)
 	if err != nil {
 		return

@@ -87,15 +87,18 @@ type manager struct {
 	stopBegan atomic.Int64 // when, in Unix nanoseconds
 
 	// foreignSockets: sockets on the cache's addresses that are neither this
-	// instance's nor a peer's, as the last check counted them.
-	foreignSockets int
+	// instance's nor a peer's, as the last count found them, when, and how
+	// often they are counted.
+	foreignSockets   int
+	foreignCountedAt time.Time
+	foreignInterval  time.Duration
 }
 
 func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), generation RulesetGeneration, detect func() (Backend, error), probe func(netip.AddrPort) error, conntrack Conntrack, peers Peers, sockets Sockets) *manager {
 	return &manager{
 		links: links, newTables: newTables, generation: generation, detect: detect, probe: probe, conntrack: conntrack, peers: peers, sockets: sockets,
 		ownIPs: map[netip.Addr]bool{}, foreignIPs: map[netip.Addr]string{}, rulesMade: map[Family]bool{}, pins: map[netip.AddrPort][]Rule{}, pinsWhileServing: map[Family]bool{}, pinModeCheckedAt: map[Family]time.Time{}, pinModeGeneration: map[Family]uint32{},
-		wake: make(chan struct{}, 1), takeoverDrain: takeoverDrain, replacementWait: replacementWait,
+		wake: make(chan struct{}, 1), takeoverDrain: takeoverDrain, replacementWait: replacementWait, foreignInterval: foreignSocketsInterval,
 	}
 }
 

@@ -55,9 +55,11 @@ func TestStopWaitsEndWithinTheBudget(t *testing.T) {
 }
 
 // TestForeignSocketsAreExported: the check exports the sockets on the cache's
-// addresses that belong to no instance.
+// addresses that belong to no instance, counted at the first check and then
+// once an interval.
 func TestForeignSocketsAreExported(t *testing.T) {
 	n := newFakeNode(t)
+	n.mgr.foreignInterval = 0
 	if err := n.mgr.Apply(testConfig("169.254.20.10:53")); err != nil {
 		t.Fatal(err)
 	}
@@ -70,5 +72,28 @@ func TestForeignSocketsAreExported(t *testing.T) {
 		if got := testutil.ToFloat64(foreignSockets); got != float64(foreign) {
 			t.Fatalf("foreign_sockets %v, want %d", got, foreign)
 		}
+	}
+}
+
+// TestForeignSocketsAreCountedOnceAnInterval: a check within the interval
+// reads no socket table.
+func TestForeignSocketsAreCountedOnceAnInterval(t *testing.T) {
+	n := newFakeNode(t)
+	if err := n.mgr.Apply(testConfig("169.254.20.10:53")); err != nil {
+		t.Fatal(err)
+	}
+	n.listenersUp()
+	n.mgr.check(true)
+	n.peers.mu.Lock()
+	n.peers.foreign = 3
+	n.peers.mu.Unlock()
+	n.mgr.check(true)
+	if n.mgr.foreignSockets != 0 {
+		t.Fatalf("counted %d foreign sockets within the interval, want the first count kept", n.mgr.foreignSockets)
+	}
+	n.mgr.foreignCountedAt = time.Now().Add(-foreignSocketsInterval)
+	n.mgr.check(true)
+	if n.mgr.foreignSockets != 3 {
+		t.Fatalf("counted %d foreign sockets after the interval, want 3", n.mgr.foreignSockets)
 	}
 }
