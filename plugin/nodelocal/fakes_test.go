@@ -13,6 +13,63 @@ import (
 
 var errNotFound = errors.New("not found")
 
+// eventLog is what the fakes of one node were asked to do, in order, shared
+// by all of them: the protocol's order is tested on it (order_test.go).
+type eventLog struct {
+	mu     sync.Mutex
+	events []string
+	// onEvent, if set, runs as each event is recorded, outside the lock.
+	onEvent func(event string)
+}
+
+func (l *eventLog) add(format string, args ...any) {
+	if l == nil {
+		return
+	}
+	event := fmt.Sprintf(format, args...)
+	l.mu.Lock()
+	l.events = append(l.events, event)
+	on := l.onEvent
+	l.mu.Unlock()
+	if on != nil {
+		on(event)
+	}
+}
+
+// all returns the events so far.
+func (l *eventLog) all() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.events)
+}
+
+// reset forgets the events so far.
+func (l *eventLog) reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.events = nil
+}
+
+// ruleEvent names a rule by what it does: the protocol's order is about kinds
+// of rules, not their every argument.
+func ruleEvent(r Rule) string {
+	switch {
+	case r.isKubeDNSConnection():
+		return "conn " + r.arg("-s")
+	case r.isKubeDNSJump():
+		return "jump " + strings.TrimSuffix(r.arg("-d"), "/32")
+	case r.isUpstreamPin():
+		return "pin " + strings.TrimSuffix(r.arg("-d"), "/32")
+	case r.isInterception():
+		kind := "intercept"
+		if slices.Contains(r.Args, "--tcp-flags") {
+			kind = "intercept-syn"
+		}
+		return kind + " " + r.proto() + " " + strings.TrimSuffix(r.arg("-d"), "/32")
+	}
+	return "exception"
+}
+
 // fakeLinks is Links in memory.
 type fakeLinks struct {
 	mu      sync.Mutex
@@ -20,6 +77,7 @@ type fakeLinks struct {
 	addrs   map[netip.Addr]string
 	notify  func()
 	failAdd int // AddLink fails this many more times
+	log     *eventLog
 }
 
 func newFakeLinks() *fakeLinks {
@@ -50,6 +108,7 @@ func (f *fakeLinks) AddLink(name string) (string, error) {
 		return "", errNotFound
 	}
 	f.links[name] = true
+	f.log.add("add link %s", name)
 	return "bridge", nil
 }
 
@@ -57,6 +116,7 @@ func (f *fakeLinks) DeleteLink(name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.links, name)
+	f.log.add("delete link %s", name)
 	for ip, l := range f.addrs {
 		if l == name {
 			delete(f.addrs, ip)
@@ -72,6 +132,7 @@ func (f *fakeLinks) AddAddress(link string, ip netip.Addr) error {
 		return errNotFound
 	}
 	f.addrs[ip] = link
+	f.log.add("add address %s", ip)
 	return nil
 }
 
@@ -80,6 +141,7 @@ func (f *fakeLinks) DeleteAddress(link string, ip netip.Addr) error {
 	defer f.mu.Unlock()
 	if f.addrs[ip] == link {
 		delete(f.addrs, ip)
+		f.log.add("delete address %s", ip)
 	}
 	return nil
 }
@@ -99,6 +161,7 @@ type fakeTables struct {
 	lists    int
 	inserts  int
 	inserted []Rule // in the order they went in
+	log      *eventLog
 }
 
 var builtinChains = []string{"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
@@ -123,6 +186,7 @@ func (f *fakeTables) NewChain(table, chain string) error {
 		return fmt.Errorf("chain %s already exists", chain)
 	}
 	f.chains[table+" "+chain] = true
+	f.log.add("new chain %s", chain)
 	return nil
 }
 
@@ -136,6 +200,7 @@ func (f *fakeTables) DeleteChain(table, chain string) error {
 	}
 	f.rules = slices.DeleteFunc(f.rules, func(r Rule) bool { return r.Table == table && r.Chain == chain })
 	delete(f.chains, table+" "+chain)
+	f.log.add("delete chain %s", chain)
 	return nil
 }
 
@@ -145,6 +210,7 @@ func (f *fakeTables) ListChain(table, chain string) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.lists++
+	f.log.add("%s", strings.TrimSpace("list "+table+" "+chain))
 	var b strings.Builder
 	for key := range f.chains {
 		if t, c, _ := strings.Cut(key, " "); t == table && (chain == "" || chain == c) {
@@ -179,6 +245,7 @@ func (f *fakeTables) Insert(r Rule, position int) error {
 		return fmt.Errorf("index of insertion too big: %d in a chain of %d", position, seen)
 	}
 	f.rules = slices.Insert(f.rules, at, r)
+	f.log.add("insert %s", ruleEvent(r))
 	return nil
 }
 
@@ -204,6 +271,7 @@ func (f *fakeTables) Append(r Rule) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.rules = append(f.rules, r)
+	f.log.add("append %s", ruleEvent(r))
 	return nil
 }
 
@@ -213,6 +281,7 @@ func (f *fakeTables) Delete(r Rule) error {
 	for i, x := range f.rules {
 		if x.key() == r.key() {
 			f.rules = append(f.rules[:i], f.rules[i+1:]...)
+			f.log.add("delete %s", ruleEvent(r))
 			return nil
 		}
 	}
@@ -238,9 +307,9 @@ type fakePeers struct {
 	starting int
 	// published counts Publish calls; foreign is what Foreign returns.
 	published, foreign int
-	// What was asked of the peers, in order, and each Lock's timeout.
-	events       []string
+	// Each Lock's timeout.
 	lockTimeouts []time.Duration
+	log          *eventLog
 }
 
 func (p *fakePeers) Lock(timeout time.Duration) (func(), error) {
@@ -250,17 +319,12 @@ func (p *fakePeers) Lock(timeout time.Duration) (func(), error) {
 	p.lockTimeouts = append(p.lockTimeouts, timeout)
 	p.others += p.starting
 	p.starting = 0
-	p.events = append(p.events, "lock")
-	return func() { p.record("unlock") }, nil
-}
-
-func (p *fakePeers) record(event string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.events = append(p.events, event)
+	p.log.add("lock")
+	return func() { p.log.add("unlock") }, nil
 }
 
 func (p *fakePeers) Others([]netip.AddrPort) (int, error) {
+	p.log.add("count peers")
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.others, nil
@@ -281,11 +345,12 @@ func (p *fakePeers) Publish([]netip.AddrPort) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.published++
-	p.events = append(p.events, "publish")
+	p.log.add("publish")
 	return nil
 }
 
 func (p *fakePeers) Foreign([]netip.AddrPort) (int, error) {
+	p.log.add("count foreign sockets")
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.foreign, nil
@@ -298,41 +363,51 @@ type fakeSockets struct {
 	waitedAnswered, closedAnswered    [][]netip.AddrPort
 	onResume                          func() // if set, runs as the listeners resume
 	held                              []*fakeHeld
+	log                               *eventLog
 }
 
 // fakeHeld records what became of held connections.
-type fakeHeld struct{ carried, released int }
+type fakeHeld struct {
+	carried, released int
+	log               *eventLog
+}
 
-func (h *fakeHeld) CarryOver() int { h.carried++; return 0 }
-func (h *fakeHeld) Release()       { h.released++ }
+func (h *fakeHeld) CarryOver() int { h.carried++; h.log.add("carry over"); return 0 }
+func (h *fakeHeld) Release()       { h.released++; h.log.add("release") }
 
-func (s *fakeSockets) WaitAnswered(l []netip.AddrPort) error  { return s.record(&s.waitedAnswered, l) }
-func (s *fakeSockets) CloseAnswered(l []netip.AddrPort) error { return s.record(&s.closedAnswered, l) }
+func (s *fakeSockets) WaitAnswered(l []netip.AddrPort) error {
+	return s.record(&s.waitedAnswered, "wait answered", l)
+}
+func (s *fakeSockets) CloseAnswered(l []netip.AddrPort) error {
+	return s.record(&s.closedAnswered, "close answered", l)
+}
 
 func (s *fakeSockets) HoldConnections([]netip.AddrPort) (Held, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	h := &fakeHeld{}
+	h := &fakeHeld{log: s.log}
 	s.held = append(s.held, h)
+	s.log.add("hold")
 	return h, nil
 }
 
-func (s *fakeSockets) record(calls *[][]netip.AddrPort, listen []netip.AddrPort) error {
+func (s *fakeSockets) record(calls *[][]netip.AddrPort, event string, listen []netip.AddrPort) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	*calls = append(*calls, listen)
+	s.log.add("%s %v", event, listen)
 	return nil
 }
 
-func (s *fakeSockets) PauseAccepting(l []netip.AddrPort) error { return s.record(&s.paused, l) }
+func (s *fakeSockets) PauseAccepting(l []netip.AddrPort) error { return s.record(&s.paused, "pause", l) }
 func (s *fakeSockets) ResumeAccepting(l []netip.AddrPort) error {
 	if s.onResume != nil {
 		s.onResume()
 	}
-	return s.record(&s.resumed, l)
+	return s.record(&s.resumed, "resume", l)
 }
-func (s *fakeSockets) StopAccepting(l []netip.AddrPort) error { return s.record(&s.stopped, l) }
-func (s *fakeSockets) LeaveUDP(l []netip.AddrPort) error      { return s.record(&s.udpLeft, l) }
+func (s *fakeSockets) StopAccepting(l []netip.AddrPort) error { return s.record(&s.stopped, "stop", l) }
+func (s *fakeSockets) LeaveUDP(l []netip.AddrPort) error      { return s.record(&s.udpLeft, "leave udp", l) }
 
 // counts returns how often each call was made, in the order above.
 func (s *fakeSockets) counts() [4]int {
@@ -347,15 +422,18 @@ type fakeConntrack struct {
 	mu        sync.Mutex
 	endpoints map[netip.AddrPort][]netip.AddrPort
 	clients   map[netip.AddrPort][]netip.AddrPort
+	log       *eventLog
 }
 
 func (c *fakeConntrack) Endpoints(service netip.AddrPort) ([]netip.AddrPort, error) {
+	c.log.add("conntrack endpoints %s", service)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.endpoints[service], nil
 }
 
 func (c *fakeConntrack) OpenClients(service netip.AddrPort) ([]netip.AddrPort, error) {
+	c.log.add("conntrack clients %s", service)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.clients[service], nil
@@ -380,12 +458,18 @@ type fakeNode struct {
 	sockets   *fakeSockets
 	nftGen    *uint32 // the ruleset generation, if the fake node keeps one
 	conntrack *fakeConntrack
-	mgr       *manager
+	log       *eventLog
+	// probe, if set, is how the cache answers readiness probes.
+	probe func(netip.AddrPort) error
+	mgr   *manager
 }
 
 func newFakeNode(t *testing.T) *fakeNode {
-	n := &fakeNode{links: newFakeLinks(), tables: map[Family]*fakeTables{IPv4: {}, IPv6: {}}, peers: &fakePeers{}, sockets: &fakeSockets{},
-		conntrack: &fakeConntrack{endpoints: map[netip.AddrPort][]netip.AddrPort{}, clients: map[netip.AddrPort][]netip.AddrPort{}}}
+	log := &eventLog{}
+	n := &fakeNode{links: newFakeLinks(), tables: map[Family]*fakeTables{IPv4: {log: log}, IPv6: {log: log}}, peers: &fakePeers{log: log},
+		sockets: &fakeSockets{log: log}, log: log,
+		conntrack: &fakeConntrack{endpoints: map[netip.AddrPort][]netip.AddrPort{}, clients: map[netip.AddrPort][]netip.AddrPort{}, log: log}}
+	n.links.log = log
 	n.mgr = newManager(n.links,
 		func(b Backend, f Family) (RuleTables, error) { return n.tables[f], nil },
 		func(Backend) (uint32, bool, error) {
@@ -395,7 +479,13 @@ func newFakeNode(t *testing.T) *fakeNode {
 			return *n.nftGen, true, nil
 		},
 		func() (Backend, error) { return BackendNFT, nil },
-		func(netip.AddrPort) error { return nil },
+		func(ap netip.AddrPort) error {
+			log.add("probe %s", ap)
+			if n.probe != nil {
+				return n.probe(ap)
+			}
+			return nil
+		},
 		n.conntrack, n.peers, n.sockets)
 	n.mgr.takeoverDrain = time.Hour // tests end the takeover themselves
 	n.mgr.replacementWait = 0       // tests of the wait set it

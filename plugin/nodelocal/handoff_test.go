@@ -205,13 +205,13 @@ func TestReloadPausesAcceptingUntilTheOldServersStop(t *testing.T) {
 	if got := n.sockets.counts(); got != [4]int{1, 1, 0, 0} {
 		t.Fatalf("pause, resume, stop, leave: %v, want one pause and one resume", got)
 	}
-	if h := n.sockets.held; len(h) != 1 || *h[0] != (fakeHeld{carried: 1}) {
+	if h := n.sockets.held; len(h) != 1 || h[0].carried != 1 || h[0].released != 0 {
 		t.Fatalf("held connections %v, want one hold carried over once", h)
 	}
 
 	n.mgr.PauseForReload()
 	n.mgr.ReloadFailed()
-	if h := n.sockets.held; len(h) != 2 || *h[1] != (fakeHeld{released: 1}) {
+	if h := n.sockets.held; len(h) != 2 || h[1].carried != 0 || h[1].released != 1 {
 		t.Fatalf("a failed reload's held connections %v, want released once", h[1:])
 	}
 
@@ -225,7 +225,7 @@ func TestReloadPausesAcceptingUntilTheOldServersStop(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	n.mgr.OldServersStopped()
-	if h := n.sockets.held; *h[2] != (fakeHeld{carried: 1}) {
+	if h := n.sockets.held; h[2].carried != 1 || h[2].released != 0 {
 		t.Fatalf("held connections %v after a late stop, want carried over once", h[2])
 	}
 }

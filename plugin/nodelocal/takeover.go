@@ -48,7 +48,7 @@ func (m *manager) withholdTCP() {
 	}
 	m.enter(phaseWithholding)
 	for _, t := range m.tables {
-		for _, r := range m.removeListed(t, "raw", "", func(r Rule) bool { return r.isOurs() && isServiceTCPInterception(r) }) {
+		for _, r := range m.removeListed(t, "raw", "PREROUTING", func(r Rule) bool { return r.isOurs() && isServiceTCPInterception(r) }) {
 			log.Infof("Removed the TCP interception an earlier instance left, until kube-dns's open connections finish: %s", r)
 		}
 	}
