@@ -399,7 +399,9 @@ func (s *fakeSockets) record(calls *[][]netip.AddrPort, event string, listen []n
 	return nil
 }
 
-func (s *fakeSockets) PauseAccepting(l []netip.AddrPort) error { return s.record(&s.paused, "pause", l) }
+func (s *fakeSockets) PauseAccepting(l []netip.AddrPort) error {
+	return s.record(&s.paused, "pause", l)
+}
 func (s *fakeSockets) ResumeAccepting(l []netip.AddrPort) error {
 	if s.onResume != nil {
 		s.onResume()

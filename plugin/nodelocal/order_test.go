@@ -89,8 +89,8 @@ func TestOrderOfTheFirstStart(t *testing.T) {
 	n.mgr.ListenersUp()
 	firstInOrder(t, n.log.all(),
 		"lock", "add link", "add address 169.254.20.10",
-		"delete pin", // the sweep
-		"list raw",   // the adoption (the whole table: earlier versions put the rules elsewhere)
+		"delete pin",                                              // the sweep
+		"list raw",                                                // the adoption (the whole table: earlier versions put the rules elsewhere)
 		"list raw PREROUTING", "delete intercept tcp 198.18.0.10", // TCP withheld
 		"publish", "unlock", "insert")
 }
