@@ -489,16 +489,9 @@ func newFakeNode(t *testing.T) *fakeNode {
 			return nil
 		},
 		n.conntrack, n.peers, n.sockets)
-	n.mgr.takeoverDrain = time.Hour // tests end the takeover themselves
-	n.mgr.replacementWait = 0       // tests of the wait set it
-	t.Cleanup(func() {
-		n.mgr.mu.Lock()
-		if n.mgr.stop != nil {
-			close(n.mgr.stop)
-			n.mgr.stop = nil
-		}
-		n.mgr.mu.Unlock()
-	})
+	n.mgr.waits.takeoverDrain = time.Hour // tests end the takeover themselves
+	n.mgr.waits.replacementWait = 0       // tests of the wait set it
+	t.Cleanup(n.mgr.loop.halt)
 	return n
 }
 

@@ -5,8 +5,8 @@ import "slices"
 // phase is where this process is in its life as the node's cache: taking the
 // Service IPs over from kube-dns, serving, pausing for a reload, handing its
 // flows off when it stops, and shut down. It decides which rules are desired
-// (reconcile.go) and what each step of the handoff protocol does
-// (handoff.go). Every change of phase goes through enter, under the manager's
+// (ruleMode) and what each step of the protocol does (start.go, reload.go,
+// stop.go). Every change of phase goes through enter, under the manager's
 // lock, and follows this table:
 //
 //	phase        what holds                                        next, on
@@ -37,7 +37,7 @@ import "slices"
 //
 // A stop that begins before the listeners are up (starting, withholding)
 // changes no phase: the rules never go in, and Shutdown tears down.
-// The stop itself is also kept in manager.stopping, set before the lock is
+// The stop itself is also kept in readiness, marked before the lock is
 // taken, so readiness drops at once even while a check holds the lock.
 type phase int
 
@@ -106,3 +106,17 @@ func (p phase) ownsRules() bool { return p >= phaseTakingOver && p <= phaseReloa
 
 // handedToKubeProxy: the Service IPs' interception is being given back.
 func (p phase) handedToKubeProxy() bool { return p == phaseHandedOff || p == phaseDraining }
+
+// ruleMode is how much of the Service IPs' interception the phase wants
+// (desired.go).
+func (p phase) ruleMode() ruleMode {
+	switch p {
+	case phaseTakingOver:
+		return modeSYNOnly
+	case phaseHandedOff:
+		return modeHandedBack
+	case phaseDraining:
+		return modeDraining
+	}
+	return modeFull
+}

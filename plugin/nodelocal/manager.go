@@ -2,103 +2,67 @@ package nodelocal
 
 import (
 	"net/netip"
-	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
-// manager owns the node's interception state for the whole process. CoreDNS
-// runs setup once per server block and again on every reload, so every entry
-// point is idempotent and the state lives here, not in plugin instances.
+// manager is the composition root of the node's interception state for the
+// whole process, and the one place where the protocol is written: the start
+// (start.go), the check (this file), the reload (reload.go) and the stop
+// (stop.go), each in order, over owners that each hold one piece of state:
 //
-// Its work is in these files: reconcile.go brings the kernel to the desired
-// interface, addresses and rules (syncrules.go applies a family's rules);
-// checks.go runs that on events and on a timer, and tells readiness;
-// handoff.go is the protocol between instances at a start, a reload and a
-// stop (peers.go and instances.go say who they are), and takeover.go the
-// start's takeover from kube-dns, whose phases lifecycle.go lists;
-// upstreams.go pins the upstreams.
+//	iface        the interface and its addresses             iface.go
+//	ruleset      the raw and filter rules, applied as a plan  ruleset.go, syncrules.go, desired.go
+//	upstreamPins the upstream pins in nat OUTPUT             upstreams.go
+//	kubeDNSConns the connections left to kube-dns            kubedns.go
+//	reloadPause  a reload's paused listeners and held conns   reload.go
+//	readiness    what the ready plugin is told                readiness.go
+//	foreignCount the sockets of other programs               foreign.go
+//	checkLoop    when checks run                             checkloop.go
+//
+// No owner calls the manager or takes its lock. CoreDNS runs setup once per
+// server block and again on every reload, so every entry point is
+// idempotent.
 type manager struct {
-	links      Links
-	newTables  func(Backend, Family) (RuleTables, error)
-	generation RulesetGeneration
-	detect     func() (Backend, error)
-	probe      func(netip.AddrPort) error
-	conntrack  Conntrack
-	peers      Peers
-	sockets    Sockets
+	// Set at construction; each guards itself.
+	links   Links
+	peers   Peers
+	sockets Sockets
+	ready   *readiness
+	foreign *foreignCount
+	loop    *checkLoop
+	waits   waits
 
-	mu      sync.Mutex
-	cfg     *Config
-	backend Backend // cfg.Backend with auto resolved
-	tables  map[Family]RuleTables
+	mu     sync.Mutex // guards what follows, owners included
+	cfg    *Config
+	phase  phase // lifecycle.go
+	iface  *iface
+	rules  *ruleset
+	pins   *upstreamPins
+	conns  *kubeDNSConns
+	pause  *reloadPause
+	starts startState // start.go
+}
 
-	// What reconciling found and did.
-	ownIPs        map[netip.Addr]bool   // addresses this process put on the interface
-	foreignIPs    map[netip.Addr]string // listen addresses held by another link: left alone
-	linkMade      bool                  // the interface was in place once: a new one is a repair
-	rulesMade     map[Family]bool       // the rules were in place once: a new one is a repair
-	rulesOK       bool                  // the last rule check found every rule in place
-	noSocketMatch bool                  // the kernel refused -m socket: unconditional interception
-	// verified is what the last check that listed the rules found complete,
-	// unchanged and as desired: the ruleset generation read before the listing
-	// and the desired rules. A check finding both the same lists nothing.
-	verified    *verifiedRules
-	genErrShown bool // a failed generation read is logged once
-	// The upstream pins (upstreams.go): this instance's, whether pins an
-	// earlier instance left may still be around, and whether pins may stay
-	// while serving (kube-proxy's rules come first), as last looked at.
-	pins             map[netip.AddrPort][]Rule
-	pinsToSweep      bool
-	pinsWhileServing map[Family]bool
-	pinModeCheckedAt map[Family]time.Time
-	// pinModeGeneration: the nft ruleset generation when it was last looked at.
-	pinModeGeneration map[Family]uint32
-	// kubeDNSConnections: the TCP connections kube-dns served when the
-	// takeover ended and still serves, each left to it by a rule until it
-	// closes (handoff.go).
-	kubeDNSConnections []kubeDNSConnection
-
-	// The check loop.
-	stop chan struct{} // closes the check loop; nil when not running
-	wake chan struct{}
-
-	// The lifecycle (lifecycle.go) and what its phases hold.
-	phase phase
-	// startUnlock releases the instance lock taken for the start, once the
-	// listeners are up: a stopping peer then sees them and leaves things be.
-	startUnlock   func()
-	takeoverDrain time.Duration // how long takingOver lasts
-	// replacementWait: how long a stop without a peer waits for one to start.
-	replacementWait time.Duration
-	// retransmitWait: how long withholding lasts after the listeners are up
-	// when a handed-off instance shares the node (0 otherwise).
-	retransmitWait time.Duration
-	takeoverTimer  *time.Timer
-	paused         []netip.AddrPort // reloadPause: the listeners refusing new connections
-	pausedAt       time.Time
-	held           Held // reloadPause: the old servers' connections, kept open past their stop
-	resumeTimer    *time.Timer
-
-	inPlace   atomic.Bool
-	answering atomic.Bool
-	stopping  atomic.Bool  // the stop began: set before the lock, read by readiness
-	stopBegan atomic.Int64 // when, in Unix nanoseconds
-
-	// foreignSockets: sockets on the cache's addresses that are neither this
-	// instance's nor a peer's, as the last count found them, when, and how
-	// often they are counted.
-	foreignSockets   int
-	foreignCountedAt time.Time
-	foreignInterval  time.Duration
+// waits are the protocol's waits, constant but for tests.
+type waits struct {
+	takeoverDrain   time.Duration // how long takingOver lasts
+	replacementWait time.Duration // how long a stop without a peer waits for one to start
 }
 
 func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), generation RulesetGeneration, detect func() (Backend, error), probe func(netip.AddrPort) error, conntrack Conntrack, peers Peers, sockets Sockets) *manager {
+	rules := newRuleset(newTables, generation, detect)
 	return &manager{
-		links: links, newTables: newTables, generation: generation, detect: detect, probe: probe, conntrack: conntrack, peers: peers, sockets: sockets,
-		ownIPs: map[netip.Addr]bool{}, foreignIPs: map[netip.Addr]string{}, rulesMade: map[Family]bool{}, pins: map[netip.AddrPort][]Rule{}, pinsWhileServing: map[Family]bool{}, pinModeCheckedAt: map[Family]time.Time{}, pinModeGeneration: map[Family]uint32{},
-		wake: make(chan struct{}, 1), takeoverDrain: takeoverDrain, replacementWait: replacementWait, foreignInterval: foreignSocketsInterval,
+		links: links, peers: peers, sockets: sockets,
+		ready:   &readiness{probe: probe},
+		foreign: &foreignCount{peers: peers, interval: foreignSocketsInterval},
+		loop:    newCheckLoop(),
+		waits:   waits{takeoverDrain: takeoverDrain, replacementWait: replacementWait},
+		iface:   newIface(links),
+		rules:   rules,
+		pins:    newUpstreamPins(conntrack, links, rules),
+		conns:   &kubeDNSConns{conntrack: conntrack},
+		pause:   &reloadPause{sockets: sockets},
 	}
 }
 
@@ -114,6 +78,7 @@ var theManager = newManager(netlinkLinks{},
 
 // Apply makes cfg the desired state and puts the interface in place at once,
 // so the listeners can bind its addresses. Rules follow once they listen.
+// The first Apply is the start's first half (start.go).
 func (m *manager) Apply(cfg *Config) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -126,71 +91,101 @@ func (m *manager) Apply(cfg *Config) error {
 			return err
 		}
 	}
-	if err := m.ensureInterface(); err != nil {
+	if err := m.iface.ensure(m.cfg); err != nil {
 		return err
 	}
 	if starting {
-		m.pinsToSweep = true
-		m.sweepPins()
-		m.adoptKubeDNSConnections()
-		m.withholdTCP()
+		m.prepareStart()
 	}
 	if m.phase.listenersUp() {
-		m.ensureRules(false)
+		m.applyRules(false)
 	}
-	m.startLoop()
+	m.loop.start(m.cfg.CheckInterval, m.interval, m.links.Watch, m.check)
 	return nil
 }
 
 func (m *manager) setConfig(cfg *Config) error {
-	if cfg.Backend != m.cfgBackend() || m.tables == nil {
-		backend := cfg.Backend
-		if backend == BackendAuto {
-			var err error
-			if backend, err = m.detect(); err != nil {
-				return err
-			}
-			log.Infof("iptables backend: %s (auto-detected from where the node's kube rules live)", backend)
-		}
-		tables := map[Family]RuleTables{}
-		if backend != BackendOff {
-			for _, f := range cfg.Families() {
-				t, err := m.newTables(backend, f)
-				if err != nil {
-					return err
-				}
-				tables[f] = t
-			}
-		}
-		m.backend, m.tables = backend, tables
-		clear(m.pinsWhileServing)
-		clear(m.pinModeCheckedAt)
-		clear(m.pinModeGeneration)
+	opened, err := m.rules.use(cfg.Backend, cfg.Families())
+	if err != nil {
+		return err
 	}
-	// Addresses of an earlier config that are no longer listened on.
-	if m.cfg != nil && m.cfg.ManageInterface {
-		for ip := range m.ownIPs {
-			if !slices.Contains(cfg.IPs(), ip) || cfg.Interface != m.cfg.Interface {
-				if err := m.links.DeleteAddress(m.cfg.Interface, ip); err != nil {
-					log.Warningf("Could not remove %s, no longer listened on: %v", ip, err)
-				}
-				delete(m.ownIPs, ip)
-			}
-		}
+	if opened {
+		m.pins.forgetMode()
 	}
+	m.iface.drop(m.cfg, cfg)
 	m.cfg = cfg
-	m.answering.Store(false)
+	m.ready.newConfig()
 	return nil
 }
 
-func (m *manager) cfgBackend() Backend {
-	if m.cfg == nil {
-		return ""
-	}
-	return m.cfg.Backend
+func (m *manager) interval() time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cfg.CheckInterval
 }
 
 // Ready reports whether interception is in place and the cache answers on it.
-func (m *manager) Ready() bool {
-	return m.inPlace.Load() && m.answering.Load() && !m.stopping.Load()
+func (m *manager) Ready() bool { return m.ready.ready() }
+
+// ruleSpec is what the rules depend on now.
+func (m *manager) ruleSpec() ruleSpec {
+	return ruleSpec{listen: m.intercepted(), healthPort: m.cfg.HealthPort, failOpen: m.cfg.FailOpen,
+		mode: m.phase.ruleMode(), kubeDNS: m.conns.all()}
+}
+
+// applyRules brings the rules to what the config and the phase want.
+func (m *manager) applyRules(repair bool) bool { return m.rules.apply(m.ruleSpec(), repair) }
+
+// intercepted are the listen addresses the rules are for.
+func (m *manager) intercepted() []netip.AddrPort { return m.iface.intercepted(m.cfg.Listen) }
+
+// services are the intercepted addresses that are Service IPs.
+func (m *manager) services() []netip.AddrPort { return serviceAddrs(m.intercepted()) }
+
+// noOthers reports whether no other instance serves on the listen addresses
+// (false when that cannot be told).
+func (m *manager) noOthers() bool {
+	others, err := m.peers.Others(m.cfg.Listen)
+	return err == nil && others == 0
+}
+
+// check puts everything right, in this order: the interface; with the rules
+// (the periodic check, while the phase owns them), the connections left to
+// kube-dns that closed, the rules (a listing, one iptables process per table,
+// when the ruleset may have changed), the pins an earlier instance left, and
+// this instance's. Then, outside the lock, the foreign sockets are counted and
+// readiness probes the cache: a slow probe delays no stop.
+func (m *manager) check(withRules bool) {
+	m.mu.Lock()
+	if m.cfg == nil || !m.loop.running() {
+		m.mu.Unlock()
+		return // never applied, or shut down
+	}
+	ifaceOK := true
+	if err := m.iface.ensure(m.cfg); err != nil {
+		log.Errorf("Interface check: %v", err)
+		ifaceOK = false
+	}
+	counting := withRules && m.phase.ownsRules()
+	if counting {
+		if m.conns.prune(m.services()) {
+			m.applyRules(false)
+		}
+		m.applyRules(true)
+		if m.pins.sweepPending() && m.noOthers() {
+			m.pins.sweep()
+		}
+		m.pins.refresh(m.cfg.Upstreams, true)
+	}
+	// A link event checks the interface only; the rules' state is the last check's.
+	m.ready.setInPlace(ifaceOK && m.rules.inPlace() && m.phase.listenersUp() && m.phase != phaseTakingOver)
+	listen, intercepted := m.cfg.Listen, m.intercepted()
+	m.mu.Unlock()
+
+	if counting {
+		m.foreign.countIfDue(listen)
+	}
+	if config, needed := m.ready.probeNeeded(); needed {
+		m.ready.probeAll(config, intercepted)
+	}
 }

@@ -120,7 +120,7 @@ func TestOrderOfTheTakeover(t *testing.T) {
 func TestOrderOfTheHandOff(t *testing.T) {
 	n := newFakeNode(t)
 	n.serveWithUpstream(t, orderUpstream, orderEndpoint)
-	n.mgr.replacementWait = 100 * time.Millisecond
+	n.mgr.waits.replacementWait = 100 * time.Millisecond
 	var readyAtPin atomic.Bool
 	readyAtPin.Store(true)
 	n.log.onEvent = func(e string) {
@@ -213,7 +213,7 @@ func TestOrderOfACheck(t *testing.T) {
 	n.conntrack.setClients(orderService, orderClient)
 	n.conntrack.setEndpoints(orderUpstream, orderEndpoint)
 	n.probe = func(netip.AddrPort) error { return errors.New("not answering yet") }
-	n.mgr.foreignInterval = 0
+	n.mgr.foreign.interval = 0
 	if err := n.mgr.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}

@@ -35,7 +35,7 @@ func TestStopWaitsEndWithinTheBudget(t *testing.T) {
 	n.listenersUp()
 	n.mgr.HandOff()
 	began := time.Now().Add(-stopBudget + 2*time.Second) // the stop's other waits took 18 s
-	n.mgr.stopBegan.Store(began.UnixNano())
+	n.mgr.ready.began.Store(began.UnixNano())
 	n.mgr.Shutdown()
 	last := n.peers.lockTimeouts[len(n.peers.lockTimeouts)-1]
 	if last > 2*time.Second {
@@ -48,7 +48,7 @@ func TestStopWaitsEndWithinTheBudget(t *testing.T) {
 	}
 	n2.listenersUp()
 	n2.mgr.HandOff()
-	n2.mgr.stopBegan.Store(time.Now().Add(-time.Minute).UnixNano())
+	n2.mgr.ready.began.Store(time.Now().Add(-time.Minute).UnixNano())
 	n2.mgr.Shutdown()
 	if last := n2.peers.lockTimeouts[len(n2.peers.lockTimeouts)-1]; last != 0 {
 		t.Fatalf("the teardown waits %v for the lock after the budget was spent", last)
@@ -60,7 +60,7 @@ func TestStopWaitsEndWithinTheBudget(t *testing.T) {
 // once an interval.
 func TestForeignSocketsAreExported(t *testing.T) {
 	n := newFakeNode(t)
-	n.mgr.foreignInterval = 0
+	n.mgr.foreign.interval = 0
 	if err := n.mgr.Apply(testConfig("169.254.20.10:53")); err != nil {
 		t.Fatal(err)
 	}
@@ -89,12 +89,12 @@ func TestForeignSocketsAreCountedOnceAnInterval(t *testing.T) {
 	n.peers.foreign = 3
 	n.peers.mu.Unlock()
 	n.mgr.check(true)
-	if n.mgr.foreignSockets != 0 {
-		t.Fatalf("counted %d foreign sockets within the interval, want the first count kept", n.mgr.foreignSockets)
+	if n.mgr.foreign.count != 0 {
+		t.Fatalf("counted %d foreign sockets within the interval, want the first count kept", n.mgr.foreign.count)
 	}
-	n.mgr.foreignCountedAt = time.Now().Add(-foreignSocketsInterval)
+	n.mgr.foreign.countedAt = time.Now().Add(-foreignSocketsInterval)
 	n.mgr.check(true)
-	if n.mgr.foreignSockets != 3 {
-		t.Fatalf("counted %d foreign sockets after the interval, want 3", n.mgr.foreignSockets)
+	if n.mgr.foreign.count != 3 {
+		t.Fatalf("counted %d foreign sockets after the interval, want 3", n.mgr.foreign.count)
 	}
 }

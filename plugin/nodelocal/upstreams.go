@@ -50,39 +50,55 @@ func pinRules(upstream netip.AddrPort, endpoints []netip.AddrPort) []Rule {
 
 func (r Rule) isUpstreamPin() bool { return r.hasComment(commentUpstreamPin) }
 
-// pinUpstreams runs as a stop begins, before the replacement wait. In a
-// surge the successor serves and the Service stays: nothing to pin.
-func (m *manager) pinUpstreams() {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.cfg == nil || len(m.cfg.Upstreams) == 0 || (m.phase != phaseServing && m.phase != phaseReloadPause) {
-		return
-	}
-	if others, err := m.peers.Others(m.cfg.Listen); err != nil || others > 0 {
-		return
-	}
-	m.refreshPins(false)
+// upstreamPins owns the pins: this instance's, whether pins an earlier
+// instance left may still be around, and, per family, whether pins may stay
+// while serving (kube-proxy's rules come first), when that was last looked
+// at and the ruleset generation then. It puts its rules in the ruleset's
+// tables. The manager's lock guards it.
+type upstreamPins struct {
+	conntrack Conntrack
+	links     Links
+	rules     *ruleset
+
+	pins           map[netip.AddrPort][]Rule
+	toSweep        bool
+	whileServing   map[Family]bool
+	modeCheckedAt  map[Family]time.Time
+	modeGeneration map[Family]uint32
+}
+
+func newUpstreamPins(conntrack Conntrack, links Links, rules *ruleset) *upstreamPins {
+	p := &upstreamPins{conntrack: conntrack, links: links, rules: rules, pins: map[netip.AddrPort][]Rule{}}
+	p.forgetMode()
+	return p
+}
+
+// forgetMode makes the next refresh look again at where pins may go: the
+// ruleset's tables are new.
+func (p *upstreamPins) forgetMode() {
+	p.whileServing, p.modeCheckedAt, p.modeGeneration = map[Family]bool{}, map[Family]time.Time{}, map[Family]uint32{}
 }
 
 // How long a node where pins cannot stay while serving goes before it is
 // looked at again (kube-proxy may have started since).
 const pinModeRecheck = time.Minute
 
-// refreshPins brings each upstream's pins to the endpoints its flows reach
-// now. whileServing: only where the pins come after kube-proxy's rules.
-func (m *manager) refreshPins(whileServing bool) {
-	for upstream := range m.pins {
-		if !slices.Contains(m.cfg.Upstreams, upstream) { // a reload dropped it
-			m.unpin(upstream)
+// refresh brings each upstream's pins to the endpoints its flows reach now;
+// pins of upstreams no longer forwarded to go. whileServing: only where the
+// pins come after kube-proxy's rules.
+func (p *upstreamPins) refresh(upstreams []netip.AddrPort, whileServing bool) {
+	for upstream := range p.pins {
+		if !slices.Contains(upstreams, upstream) { // a reload dropped it
+			p.unpin(upstream)
 		}
 	}
-	for _, upstream := range m.cfg.Upstreams {
+	for _, upstream := range upstreams {
 		f := familyOf(upstream.Addr())
-		t, ok := m.tables[f]
-		if !ok || (whileServing && !m.pinsAfterKubeProxy(f, t, upstream)) {
+		t, ok := p.rules.table(f)
+		if !ok || (whileServing && !p.afterKubeProxy(f, t, upstream)) {
 			continue
 		}
-		endpoints, err := m.conntrack.Endpoints(upstream)
+		endpoints, err := p.conntrack.Endpoints(upstream)
 		if err != nil {
 			log.Warningf("Cache misses forwarded to %s time out if its Service goes: %v", upstream, err)
 			continue
@@ -91,100 +107,93 @@ func (m *manager) refreshPins(whileServing bool) {
 			continue // not a Service, or no flow to it lately: the pins stay as they are
 		}
 		want := pinRules(upstream, endpoints)
-		if slices.EqualFunc(want, m.pins[upstream], func(a, b Rule) bool { return a.key() == b.key() }) {
+		if slices.EqualFunc(want, p.pins[upstream], func(a, b Rule) bool { return a.key() == b.key() }) {
 			continue
 		}
 		// The new pins first: there is no moment without one.
 		var added []Rule
 		for _, r := range want {
 			if err := t.Append(r); err != nil {
-				m.iptablesError("append "+r.String(), err)
+				iptablesError("append "+r.String(), err)
 				continue
 			}
 			added = append(added, r)
 		}
-		for _, r := range m.pins[upstream] {
+		for _, r := range p.pins[upstream] {
 			if err := t.Delete(r); err != nil {
-				m.iptablesError("delete "+r.String(), err)
+				iptablesError("delete "+r.String(), err)
 			}
 		}
-		m.pins[upstream] = added
+		p.pins[upstream] = added
 		log.Infof("Upstream pinned: new flows to %s go to %v once its Service's rules are gone (an uninstall deletes the Service with the DaemonSet)", upstream, endpoints)
 	}
 }
 
-// pinsAfterKubeProxy reports whether pins for upstream come after kube-proxy's
+// afterKubeProxy reports whether pins for upstream come after kube-proxy's
 // translation of it in table t: kube-proxy's iptables mode jumps to its
 // Services from nat OUTPUT, and upstream is not a local address (IPVS mode
 // puts Service IPs on kube-ipvs0 and jumps there too, for other reasons).
-func (m *manager) pinsAfterKubeProxy(f Family, t RuleTables, upstream netip.AddrPort) bool {
-	if m.pinsWhileServing[f] {
+func (p *upstreamPins) afterKubeProxy(f Family, t RuleTables, upstream netip.AddrPort) bool {
+	if p.whileServing[f] {
 		return true
 	}
-	if time.Since(m.pinModeCheckedAt[f]) < pinModeRecheck {
+	if time.Since(p.modeCheckedAt[f]) < pinModeRecheck {
 		return false
 	}
-	m.pinModeCheckedAt[f] = time.Now()
+	p.modeCheckedAt[f] = time.Now()
 	// With the nft backend, a ruleset that has not changed since is not listed again.
-	if gen, ok, err := m.generation(m.backend); err == nil && ok {
-		if seen, looked := m.pinModeGeneration[f]; looked && seen == gen {
+	if gen, ok := p.rules.currentGeneration(); ok {
+		if seen, looked := p.modeGeneration[f]; looked && seen == gen {
 			return false
 		}
-		m.pinModeGeneration[f] = gen
+		p.modeGeneration[f] = gen
 	}
-	if addrs, err := m.links.Addresses(); err != nil || addrs[upstream.Addr()] != "" {
+	if addrs, err := p.links.Addresses(); err != nil || addrs[upstream.Addr()] != "" {
 		return false
 	}
-	out, err := t.ListChain("nat", "OUTPUT")
-	if err != nil {
-		m.iptablesError("list", err)
-		return false
-	}
-	listed, err := ParseListing("nat", out)
-	if err != nil {
-		m.iptablesError("list", err)
-		return false
-	}
-	m.pinsWhileServing[f] = slices.ContainsFunc(listed, func(r Rule) bool {
+	p.whileServing[f] = slices.ContainsFunc(listRules(t, "nat", "OUTPUT"), func(r Rule) bool {
 		return len(r.Args) >= 2 && r.Args[len(r.Args)-2] == "-j" && r.Args[len(r.Args)-1] == kubeProxyServicesChain
 	})
-	return m.pinsWhileServing[f]
+	return p.whileServing[f]
 }
 
 // kubeProxyServicesChain is where kube-proxy's iptables mode translates Service IPs.
 const kubeProxyServicesChain = "KUBE-SERVICES"
 
-// unpinUpstreams removes this instance's pins, as it exits.
-func (m *manager) unpinUpstreams() {
-	for upstream := range m.pins {
-		m.unpin(upstream)
+// unpinAll removes this instance's pins, as it exits.
+func (p *upstreamPins) unpinAll() {
+	for upstream := range p.pins {
+		p.unpin(upstream)
 	}
 }
 
-func (m *manager) unpin(upstream netip.AddrPort) {
-	for _, r := range m.pins[upstream] {
-		if err := m.tables[familyOf(upstream.Addr())].Delete(r); err != nil {
-			m.iptablesError("delete "+r.String(), err)
+func (p *upstreamPins) unpin(upstream netip.AddrPort) {
+	t, _ := p.rules.table(familyOf(upstream.Addr()))
+	for _, r := range p.pins[upstream] {
+		if err := t.Delete(r); err != nil {
+			iptablesError("delete "+r.String(), err)
 		}
 	}
-	delete(m.pins, upstream)
+	delete(p.pins, upstream)
 }
 
-// sweepPins removes the pins an instance killed left, once no other instance
-// runs (a stopping one still needs its own). This one's go too, and are set
-// again by the refresh that follows.
-func (m *manager) sweepPins() {
-	if !m.pinsToSweep {
+// sweepAtStart marks the pins an instance killed before this start may have
+// left: sweep removes them once no other instance runs.
+func (p *upstreamPins) sweepAtStart() { p.toSweep = true }
+
+// sweepPending: the pins an earlier instance left may still be around.
+func (p *upstreamPins) sweepPending() bool { return p.toSweep }
+
+// sweep removes the pins an instance killed left; the caller knows that no
+// other instance runs (a stopping one still needs its own). This one's go
+// too, and are set again by the refresh that follows.
+func (p *upstreamPins) sweep() {
+	if !p.toSweep {
 		return
 	}
-	if others, err := m.peers.Others(m.cfg.Listen); err != nil || others > 0 {
-		return
+	p.toSweep = false
+	for _, r := range p.rules.removeMatching("nat", "OUTPUT", Rule.isUpstreamPin) {
+		log.Infof("Removed an upstream pin that an earlier instance left: %s", r)
 	}
-	m.pinsToSweep = false
-	for _, t := range m.tables {
-		for _, r := range m.removeListed(t, "nat", "OUTPUT", Rule.isUpstreamPin) {
-			log.Infof("Removed an upstream pin that an earlier instance left: %s", r)
-		}
-	}
-	clear(m.pins)
+	clear(p.pins)
 }

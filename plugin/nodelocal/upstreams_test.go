@@ -185,7 +185,7 @@ func TestPinModeLooksAgainOnlyWhenTheRulesetChanged(t *testing.T) {
 	_ = n.tables[IPv4].Append(Rule{Table: "nat", Chain: "OUTPUT", Args: []string{"-j", "KUBE-SERVICES"}})
 	aMinuteLater := func() {
 		n.mgr.mu.Lock()
-		n.mgr.pinModeCheckedAt[IPv4] = time.Now().Add(-pinModeRecheck)
+		n.mgr.pins.modeCheckedAt[IPv4] = time.Now().Add(-pinModeRecheck)
 		n.mgr.mu.Unlock()
 		n.mgr.check(true)
 	}

@@ -84,7 +84,7 @@ func TestStopDuringTakeover(t *testing.T) {
 		if strings.Contains(r.String(), "--tcp-flags") {
 			t.Fatalf("the takeover's SYN-only rule outlived the handoff: %v", r)
 		}
-		if isHandedOff(r) && r.proto() == "udp" {
+		if isHandedBack(r) && r.proto() == "udp" {
 			t.Fatalf("the ClusterIP's UDP interception outlived the handoff: %v", r)
 		}
 	}
@@ -133,11 +133,11 @@ func TestStartBesideAHandedOffInstance(t *testing.T) {
 	n.mgr.ListenersUp()
 	// The SYNs the old instance dropped as it shut its listeners come back
 	// after 1 s: they go to kube-dns, not to a takeover that drops them again.
-	if n.mgr.phase != phaseWithholding || n.mgr.retransmitWait != afterHandOffWait || n.tables[IPv4].count() != 22 {
+	if n.mgr.phase != phaseWithholding || n.mgr.starts.retransmitWait != afterHandOffWait || n.tables[IPv4].count() != 22 {
 		t.Fatalf("phase %s, wait %v, %d rules beside a handed-off instance; want withholding for %v, the old instance's 23 rules but its ClusterIP TCP interception",
-			n.mgr.phase, n.mgr.retransmitWait, n.tables[IPv4].count(), afterHandOffWait)
+			n.mgr.phase, n.mgr.starts.retransmitWait, n.tables[IPv4].count(), afterHandOffWait)
 	}
-	n.mgr.takeoverTimer.Stop()
+	n.mgr.starts.takeoverTimer.Stop()
 	n.mgr.startTakeover()
 	if n.mgr.phase != phaseTakingOver {
 		t.Fatalf("phase %s after the wait, want takingOver", n.mgr.phase)

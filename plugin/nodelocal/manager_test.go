@@ -241,7 +241,7 @@ func TestChecksListOnlyWhenTheRulesetChanged(t *testing.T) {
 	// Other rules wanted, the ruleset unchanged: the check lists and syncs.
 	n.mgr.mu.Lock()
 	n.mgr.phase = phaseTakingOver // the Service IPs' TCP interception matches SYNs only
-	want := n.mgr.desiredRules()[IPv4]
+	want := n.mgr.rules.desired(n.mgr.ruleSpec())[IPv4]
 	n.mgr.mu.Unlock()
 	n.mgr.check(true)
 	if ch := DiffRules(want, n.tables[IPv4].rules); len(ch.Add)+len(ch.Delete) != 0 {

@@ -1,0 +1,107 @@
+package nodelocal
+
+import (
+	"net/netip"
+	"slices"
+)
+
+// The interception rules the node should have, as a pure function of a small
+// spec: upstream's rule set for the intercepted addresses, cut to what the
+// lifecycle phase wants (lifecycle.go maps each phase to a mode), and the
+// connections left to kube-dns (kubedns.go) in front of it.
+
+// ruleMode is how much of the Service IPs' interception is wanted.
+type ruleMode int
+
+const (
+	// modeFull: every rule.
+	modeFull ruleMode = iota
+	// modeSYNOnly (takingOver): the Service IPs' TCP interception matches
+	// SYNs only, which our paused listeners drop, while kube-dns's open
+	// connections finish.
+	modeSYNOnly
+	// modeHandedBack (handedOff): the Service IPs' interception is gone, so
+	// kube-proxy sends new queries to kube-dns while this instance answers
+	// what it has and serves the link-local IP through lameduck.
+	modeHandedBack
+	// modeDraining: as modeHandedBack, but the Service IPs' TCP interception
+	// stays: our listeners there are shut, so its socket match holds only the
+	// connections already open, which finish here instead of being picked up
+	// mid-stream by conntrack, DNATed and reset.
+	modeDraining
+)
+
+// ruleSpec is everything the desired rules depend on.
+type ruleSpec struct {
+	listen     []netip.AddrPort // the intercepted addresses: no other link holds them
+	healthPort int              // 0: no conntrack exemption for health probes
+	failOpen   bool             // interception needs a live listener (the socket match)
+	mode       ruleMode
+	kubeDNS    []kubeDNSConnection // connections left to kube-dns until they close
+}
+
+// rules is the desired rule set, by family.
+func (s ruleSpec) rules() map[Family][]Rule {
+	rules := DesiredRules(s.listen, s.healthPort, s.failOpen)
+	for f, rs := range rules {
+		var kept []Rule
+		for _, r := range rs {
+			if r, keep := s.modeRule(r); keep {
+				kept = append(kept, r)
+			}
+		}
+		rules[f] = kept
+	}
+	var jumped []netip.AddrPort
+	for _, c := range s.kubeDNS {
+		f := familyOf(c.service.Addr())
+		rules[f] = append(rules[f], kubeDNSConnectionRule(c))
+		if !slices.Contains(jumped, c.service) {
+			jumped = append(jumped, c.service)
+			rules[f] = append(rules[f], kubeDNSJumpRule(c.service))
+		}
+	}
+	return rules
+}
+
+// modeRule is rule r as the mode wants it, if it wants it at all. The socket
+// match is what lets a shut listener's interception hold open connections
+// only, and a SYN-only rule hand SYNs to a paused one: without it, the rules
+// stay whole.
+func (s ruleSpec) modeRule(r Rule) (Rule, bool) {
+	switch {
+	case s.mode == modeSYNOnly && s.failOpen && isServiceTCPInterception(r):
+		return r.synOnly(), true
+	case s.mode == modeHandedBack && isHandedBack(r):
+		return r, false
+	case s.mode == modeDraining && isHandedBack(r):
+		return r, s.failOpen && r.proto() == "tcp"
+	}
+	return r, true
+}
+
+// isHandedBack: the interception of a Service IP (not a link-local one),
+// which a stop without a successor gives back to kube-proxy first.
+func isHandedBack(r Rule) bool {
+	if !r.isInterception() || len(r.Args) < 2 || r.Args[0] != "-d" {
+		return false
+	}
+	dst, err := netip.ParsePrefix(r.Args[1])
+	return err == nil && !dst.Addr().IsLinkLocalUnicast()
+}
+
+// isServiceTCPInterception: the TCP interception of a Service IP, which a
+// starting instance takes over from kube-dns in steps.
+func isServiceTCPInterception(r Rule) bool { return isHandedBack(r) && r.proto() == "tcp" }
+
+// serviceAddrs are the addresses in listen that are Service IPs: not
+// link-local ones.
+func serviceAddrs(listen []netip.AddrPort) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, ap := range listen {
+		if !ap.Addr().IsLinkLocalUnicast() {
+			out = append(out, ap)
+		}
+	}
+	return out
+}

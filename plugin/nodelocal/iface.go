@@ -1,0 +1,137 @@
+package nodelocal
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+)
+
+// iface owns the cache's interface and the listen addresses on it: the ones
+// this process put there, the ones another link holds (left alone and not
+// intercepted), and whether the interface was in place once (a new one is a
+// repair). The manager's lock guards it.
+type iface struct {
+	links   Links
+	own     map[netip.Addr]bool   // addresses this process put on the interface
+	foreign map[netip.Addr]string // listen addresses held by another link, by link
+	made    bool
+}
+
+func newIface(links Links) *iface {
+	return &iface{links: links, own: map[netip.Addr]bool{}, foreign: map[netip.Addr]string{}}
+}
+
+// ensure creates the interface and adds the listen addresses that are
+// missing. An address another link holds (kube-ipvs0 in IPVS mode) is
+// skipped.
+func (i *iface) ensure(cfg *Config) error {
+	if !cfg.ManageInterface {
+		return nil
+	}
+	exists, err := i.links.LinkExists(cfg.Interface)
+	if err != nil {
+		setupErrors.WithLabelValues(errInterfaceCheck).Inc()
+		return fmt.Errorf("check interface %s: %w", cfg.Interface, err)
+	}
+	if !exists {
+		kind, err := i.links.AddLink(cfg.Interface)
+		if err != nil {
+			setupErrors.WithLabelValues(errInterfaceAdd).Inc()
+			return err
+		}
+		if i.made {
+			repairs.WithLabelValues(repairInterface).Inc()
+			log.Warningf("Interface %s was removed; created it again", cfg.Interface)
+		} else if kind != "dummy" {
+			log.Infof("Created interface %s as a %s: this kernel has no dummy link type; local delivery is the same", cfg.Interface, kind)
+		} else {
+			log.Infof("Created interface %s", cfg.Interface)
+		}
+	}
+	i.made = true
+	addrs, err := i.links.Addresses()
+	if err != nil {
+		setupErrors.WithLabelValues(errInterfaceCheck).Inc()
+		return err
+	}
+	for _, ip := range cfg.IPs() {
+		owner := addrs[ip]
+		switch {
+		case owner == cfg.Interface:
+			i.own[ip] = true
+		case owner != "" && !i.own[ip]:
+			if i.foreign[ip] != owner {
+				log.Warningf("%s is already on interface %s (kube-proxy IPVS mode puts Service IPs on kube-ipvs0): "+
+					"not adding it to %s and not intercepting it", ip, owner, cfg.Interface)
+			}
+			i.foreign[ip] = owner
+		default:
+			if err := i.links.AddAddress(cfg.Interface, ip); err != nil {
+				setupErrors.WithLabelValues(errInterfaceAdd).Inc()
+				return err
+			}
+			if i.own[ip] {
+				repairs.WithLabelValues(repairAddress).Inc()
+				log.Warningf("Address %s was removed from %s; added it again", ip, cfg.Interface)
+			}
+			i.own[ip] = true
+			delete(i.foreign, ip)
+		}
+	}
+	return nil
+}
+
+// drop removes the addresses an earlier config put on the interface that
+// next no longer listens on there.
+func (i *iface) drop(earlier, next *Config) {
+	if earlier == nil || !earlier.ManageInterface {
+		return
+	}
+	for ip := range i.own {
+		if !slices.Contains(next.IPs(), ip) || next.Interface != earlier.Interface {
+			if err := i.links.DeleteAddress(earlier.Interface, ip); err != nil {
+				log.Warningf("Could not remove %s, no longer listened on: %v", ip, err)
+			}
+			delete(i.own, ip)
+		}
+	}
+}
+
+// remove removes our addresses, and the interface itself unless someone
+// else's addresses are on it.
+func (i *iface) remove(name string) {
+	for ip := range i.own {
+		if err := i.links.DeleteAddress(name, ip); err != nil {
+			log.Errorf("Teardown: %v", err)
+		}
+		delete(i.own, ip)
+	}
+	addrs, err := i.links.Addresses()
+	if err != nil {
+		log.Errorf("Teardown: %v", err)
+		return
+	}
+	for ip, owner := range addrs {
+		// IPv6 link-local addresses are the kernel's own, not someone else's.
+		if owner == name && !(ip.Is6() && ip.IsLinkLocalUnicast()) {
+			log.Infof("Teardown: leaving interface %s in place, it holds %s which is not ours", name, ip)
+			return
+		}
+	}
+	if err := i.links.DeleteLink(name); err != nil {
+		log.Errorf("Teardown: delete interface %s: %v", name, err)
+	}
+	i.made = false
+}
+
+// intercepted are the listen addresses that rules go for: every one but
+// those another link holds.
+func (i *iface) intercepted(listen []netip.AddrPort) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, ap := range listen {
+		if _, foreign := i.foreign[ap.Addr()]; !foreign {
+			out = append(out, ap)
+		}
+	}
+	return out
+}
