@@ -210,7 +210,11 @@ func (f *fakeTables) ListChain(table, chain string) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.lists++
-	f.log.add("%s", strings.TrimSpace("list "+table+" "+chain))
+	listed := chain
+	if chain == "" {
+		listed = "table" // the whole table
+	}
+	f.log.add("list %s %s", table, listed)
 	var b strings.Builder
 	for key := range f.chains {
 		if t, c, _ := strings.Cut(key, " "); t == table && (chain == "" || chain == c) {

@@ -90,7 +90,7 @@ func TestOrderOfTheFirstStart(t *testing.T) {
 	firstInOrder(t, n.log.all(),
 		"lock", "add link", "add address 169.254.20.10",
 		"delete pin",                                              // the sweep
-		"list raw",                                                // the adoption (the whole table: earlier versions put the rules elsewhere)
+		"list raw table",                                          // the adoption (the whole table: earlier versions put the rules elsewhere)
 		"list raw PREROUTING", "delete intercept tcp 198.18.0.10", // TCP withheld
 		"publish", "unlock", "insert")
 }
@@ -226,6 +226,6 @@ func TestOrderOfACheck(t *testing.T) {
 	_ = n.links.DeleteAddress("nodelocaldns", orderLinkLocal.Addr())
 	n.log.reset()
 	n.mgr.check(true)
-	firstInOrder(t, n.log.all(), "add address 169.254.20.10", "conntrack clients 198.18.0.10:53", "list raw", "delete conn",
+	firstInOrder(t, n.log.all(), "add address 169.254.20.10", "conntrack clients 198.18.0.10:53", "list raw table", "delete conn",
 		"count peers", "delete pin", "conntrack endpoints", "append pin", "count foreign sockets", "probe")
 }
