@@ -17,7 +17,7 @@ const (
 )
 
 // commentKubeDNSConnection marks our rules that leave kube-dns a connection it
-// serves (takeover.go), and commentKubeDNSJump the rule that sends a Service
+// serves (kubedns.go), and commentKubeDNSJump the rule that sends a Service
 // IP's TCP segments to them: upstream has neither.
 const (
 	commentKubeDNSConnection = "NodeLocal DNS Cache: leave kube-dns its open connection"
