@@ -60,7 +60,7 @@ demo-real-node: deps ## the same on a real node: kubelet runs the DaemonSet of m
 
 PROXY_MODE ?= iptables
 
-cluster-build: ## build the real node's programs (Kubernetes, containerd, etcd, CoreDNS) into the user cache, once per version
+cluster-build: ## build the real node's programs (Kubernetes, containerd, etcd, CoreDNS) and the image scanner (syft) into the user cache, once per version
 	$(GO) run ./test/cmd/cluster build
 
 cluster-up: deps ## boot the real node (PROXY_MODE=iptables|nftables) and leave it running; prints how to use it (root)
@@ -85,7 +85,7 @@ bench-cluster: deps cluster-build image ## the lifecycle scenarios on a real nod
 pgo: bench-deps build ## profile node-cache under the bench's load into build/default.pgo, which go build optimises with (root)
 	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -profile build/default.pgo
 
-image: ## write the image as an OCI archive, bin/node-cache-image.tar (ARCH=arm64: -arm64.tar); no container engine, Debian's apt-get and dpkg-deb; every package checked against its pinned sha256 (UNPINNED=1, for tests: take what Debian serves when a pinned version is gone)
+image: ## write the image as an OCI archive, bin/node-cache-image.tar (ARCH=arm64: -arm64.tar); no container engine, Debian's apt-get and dpkg-deb; every package checked against its pinned sha256; its SPDX SBOM beside it (UNPINNED=1, for tests: take what Debian serves when a pinned version is gone)
 	GOARCH=$(ARCH) $(GOBUILD) -o bin/node-cache-linux-$(ARCH) ./build
 	$(GO) run ./build/imagebuild -arch $(ARCH) -binary bin/node-cache-linux-$(ARCH) -image '$(IMAGE)' \
 		-version '$(VERSION)' -revision '$(COMMIT)' -created '$(CREATED)' -out $(IMAGE_ARCHIVE) $(if $(UNPINNED),-unpinned)

@@ -16,6 +16,7 @@ import (
 
 	nodelocal "github.com/nodelocal/nodelocal"
 	"github.com/nodelocal/nodelocal/build/internal/heapfloor"
+	nodelocalplugin "github.com/nodelocal/nodelocal/plugin/nodelocal"
 	"github.com/nodelocal/nodelocal/plugin/nodelocal/pillar"
 )
 
@@ -34,6 +35,11 @@ func init() {
 }
 
 func main() {
+	// `node-cache status`: ask this node's instances, as kubectl asks the
+	// cluster; it starts no server.
+	if len(os.Args) > 1 && os.Args[1] == "status" {
+		os.Exit(nodelocalplugin.StatusCommand(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	confPath, args := takeConf(os.Args[1:])
 	os.Args = append(os.Args[:1], args...)
 	flag.Parse() // coremain.Run parses again; the result is the same

@@ -36,40 +36,54 @@ type Options struct {
 	Logf     func(string, ...any)
 }
 
-// Build assembles the image.
-func Build(opts Options) (v1.Image, error) {
+// Build assembles the image; it returns its SBOM too (the image carries it
+// at SBOMPath), for a release to publish beside it.
+func Build(opts Options) (v1.Image, []byte, error) {
 	triplet, ok := triplets[opts.Arch]
 	if !ok {
-		return nil, fmt.Errorf("architecture %q: want amd64 or arm64", opts.Arch)
+		return nil, nil, fmt.Errorf("architecture %q: want amd64 or arm64", opts.Arch)
 	}
 	created := opts.Created.UTC().Truncate(time.Second)
-	root, err := Unpack(opts.Packages, opts.Arch, opts.CacheDir, FetchOptions{Unpinned: opts.Unpinned, Logf: opts.Logf})
+	root, debs, err := unpack(opts.Packages, opts.Arch, opts.CacheDir, FetchOptions{Unpinned: opts.Unpinned, Logf: opts.Logf})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer os.RemoveAll(root)
 	files, err := selectFiles(root, triplet)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	base, err := layerTar(root, files, nil, created)
+	shipped, err := packagesShipped(debs, files)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	for _, p := range shipped {
+		if p.copyright != "" {
+			files = append(files, p.copyright)
+		}
+	}
+	base, err := layerTar(root, files, statusFiles(shipped), created)
+	if err != nil {
+		return nil, nil, err
 	}
 	binary, err := os.ReadFile(opts.Binary)
 	if err != nil {
-		return nil, fmt.Errorf("node-cache binary: %w (run make build)", err)
+		return nil, nil, fmt.Errorf("node-cache binary: %w (run make build)", err)
 	}
-	top, err := layerTar("", nil, []layerFile{{path: "node-cache", mode: 0o755, data: binary}}, created)
+	sbom, err := makeSBOM(opts, shipped, debianRelease)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	top, err := layerTar("", nil, []layerFile{{path: "node-cache", mode: 0o755, data: binary}, {path: SBOMPath, mode: 0o644, data: sbom}}, created)
+	if err != nil {
+		return nil, nil, err
 	}
 
 	var pkgNames []string
 	for _, p := range opts.Packages {
 		pkgNames = append(pkgNames, p.Name+"="+p.Version)
 	}
-	return assemble([]Layer{
+	img, err := assemble([]Layer{
 		{base, "iptables (legacy, nft) and what it loads, from Debian: " + strings.Join(pkgNames, " ")},
 		{top, "node-cache " + opts.Version},
 	}, v1.Config{
@@ -85,7 +99,11 @@ func Build(opts Options) (v1.Image, error) {
 			"org.opencontainers.image.created":     created.Format(time.RFC3339),
 		},
 	}, opts.Arch, created)
+	return img, sbom, err
 }
+
+// debianRelease is the release the pinned packages are from (packages.txt).
+const debianRelease = "debian-12"
 
 // Layer is a layer's uncompressed tar and what made it (the history entry).
 type Layer struct {

@@ -202,14 +202,15 @@ func TestBuildIsReproducible(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	binary := filepath.Join(t.TempDir(), "node-cache")
-	if err := os.WriteFile(binary, []byte("not really node-cache"), 0o755); err != nil {
+	// A Go binary with build information, for the SBOM: this test's own.
+	binary, err := os.Executable()
+	if err != nil {
 		t.Fatal(err)
 	}
 	created := time.Unix(1_700_000_000, 0)
 	var archives [2][]byte
 	for i := range archives {
-		img, err := Build(Options{Binary: binary, Ref: "example.test/node-cache:1", Version: "v", Revision: "r", Created: created,
+		img, _, err := Build(Options{Binary: binary, Ref: "example.test/node-cache:1", Version: "v", Revision: "r", Created: created,
 			Arch: "amd64", Packages: pkgs, CacheDir: filepath.Join(cache, "nodelocal"), Logf: t.Logf})
 		if err != nil {
 			t.Fatal(err)
@@ -259,8 +260,19 @@ func assertFiles(t *testing.T, img v1.Image, created time.Time) {
 		t.Errorf("/node-cache: %+v, want an executable file", h)
 	}
 	for name := range seen {
-		if strings.HasPrefix(name, "bin/") || strings.HasSuffix(name, "/sh") || strings.Contains(name, "dpkg") || strings.Contains(name, "apt") {
+		if strings.HasPrefix(name, "bin/") || strings.HasSuffix(name, "/sh") || strings.HasSuffix(name, "bin/dpkg") || strings.Contains(name, "apt") {
 			t.Errorf("the image holds /%s: no shell, no package manager", name)
 		}
+	}
+	// The package records scanners read, for the packages whose files run.
+	for _, pkg := range []string{"iptables", "libc6", "libxtables12", "libip4tc2", "libnftnl11", "libmnl0"} {
+		for _, f := range []string{statusDir + "/" + pkg, statusDir + "/" + pkg + ".md5sums", "usr/share/doc/" + pkg + "/copyright"} {
+			if seen[f] == nil {
+				t.Errorf("the image lacks /%s", f)
+			}
+		}
+	}
+	if seen[SBOMPath] == nil {
+		t.Errorf("the image lacks its SBOM, /%s", SBOMPath)
 	}
 }

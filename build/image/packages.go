@@ -144,19 +144,25 @@ func LockDir(dir string) (func(), error) {
 // Unpack downloads pkgs (cached in cacheDir, each checked against its pin)
 // and unpacks them into a new temporary directory, which the caller removes.
 func Unpack(pkgs []Package, arch, cacheDir string, opts FetchOptions) (string, error) {
+	dir, _, err := unpack(pkgs, arch, cacheDir, opts)
+	return dir, err
+}
+
+// unpack is Unpack, also returning the .debs' paths.
+func unpack(pkgs []Package, arch, cacheDir string, opts FetchOptions) (string, []string, error) {
 	debs, err := fetchPackages(pkgs, arch, cacheDir, opts)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	dir, err := os.MkdirTemp("", "debs-")
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	if err := extractPackages(debs, dir); err != nil {
 		os.RemoveAll(dir)
-		return "", err
+		return "", nil, err
 	}
-	return dir, nil
+	return dir, debs, nil
 }
 
 func sha256Hex(b []byte) string {

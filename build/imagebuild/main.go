@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -54,7 +55,7 @@ func run(binary, ref, out, version, revision, created, arch, pins string, unpinn
 		return err
 	}
 	mtime := time.Unix(secs, 0).UTC()
-	img, err := image.Build(image.Options{
+	img, sbom, err := image.Build(image.Options{
 		Binary: binary, Ref: ref, Version: version, Revision: revision, Source: "https://github.com/nodelocal/nodelocal",
 		Created: mtime, Arch: arch, Packages: pkgs, CacheDir: filepath.Join(cache, "nodelocal", "debs"), Unpinned: unpinned,
 		Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) },
@@ -76,6 +77,11 @@ func run(binary, ref, out, version, revision, created, arch, pins string, unpinn
 		return err
 	}
 	if err := os.Rename(tmp, out); err != nil {
+		return err
+	}
+	// The SBOM the image carries, beside the archive too, for a release to
+	// publish or attest.
+	if err := os.WriteFile(strings.TrimSuffix(out, ".tar")+".spdx.json", sbom, 0o644); err != nil {
 		return err
 	}
 	return report(img, ref, out)
@@ -113,5 +119,6 @@ func report(img v1.Image, ref, out string) error {
 	fmt.Printf("wrote %s: layers %.1f MiB compressed, %.1f MiB uncompressed\n", out, float64(compressed)/mib, float64(uncompressed)/mib)
 	fmt.Printf("load it with one of:  docker load -i %[1]s;  podman load -i %[1]s;  ctr -n k8s.io images import %[1]s\n", out)
 	fmt.Printf("push it:  skopeo copy oci-archive:%s docker://REGISTRY/node-cache:TAG\n", out)
+	fmt.Printf("its SBOM (SPDX; in the image at /%s too): %s.spdx.json\n", image.SBOMPath, strings.TrimSuffix(out, ".tar"))
 	return nil
 }

@@ -47,3 +47,10 @@ func (c *foreignCount) countIfDue(listen []netip.AddrPort) {
 		c.count = n
 	}
 }
+
+// last is the count as last made.
+func (c *foreignCount) last() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.count
+}

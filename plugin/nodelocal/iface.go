@@ -12,13 +12,14 @@ import (
 // repair). The manager's lock guards it.
 type iface struct {
 	links   Links
+	repairs *repairLog
 	own     map[netip.Addr]bool   // addresses this process put on the interface
 	foreign map[netip.Addr]string // listen addresses held by another link, by link
 	made    bool
 }
 
-func newIface(links Links) *iface {
-	return &iface{links: links, own: map[netip.Addr]bool{}, foreign: map[netip.Addr]string{}}
+func newIface(links Links, repairs *repairLog) *iface {
+	return &iface{links: links, repairs: repairs, own: map[netip.Addr]bool{}, foreign: map[netip.Addr]string{}}
 }
 
 // ensure creates the interface and adds the listen addresses that are
@@ -40,7 +41,7 @@ func (i *iface) ensure(cfg *Config) error {
 			return err
 		}
 		if i.made {
-			repairs.WithLabelValues(repairInterface).Inc()
+			i.repairs.note(repairInterface, "interface "+cfg.Interface+" created again")
 			log.Warningf("Interface %s was removed; created it again", cfg.Interface)
 		} else if kind != "dummy" {
 			log.Infof("Created interface %s as a %s: this kernel has no dummy link type; local delivery is the same", cfg.Interface, kind)
@@ -71,7 +72,7 @@ func (i *iface) ensure(cfg *Config) error {
 				return err
 			}
 			if i.own[ip] {
-				repairs.WithLabelValues(repairAddress).Inc()
+				i.repairs.note(repairAddress, fmt.Sprintf("address %s added to %s again", ip, cfg.Interface))
 				log.Warningf("Address %s was removed from %s; added it again", ip, cfg.Interface)
 			}
 			i.own[ip] = true
@@ -134,4 +135,21 @@ func (i *iface) intercepted(listen []netip.AddrPort) []netip.AddrPort {
 		}
 	}
 	return out
+}
+
+// status is the interface, the addresses this instance put there and those
+// another link holds.
+func (i *iface) status(cfg *Config) InterfaceStatus {
+	st := InterfaceStatus{Name: cfg.Interface, Managed: cfg.ManageInterface}
+	for ip := range i.own {
+		st.Addresses = append(st.Addresses, ip.String())
+	}
+	slices.Sort(st.Addresses)
+	for ip, link := range i.foreign {
+		if st.Foreign == nil {
+			st.Foreign = map[string]string{}
+		}
+		st.Foreign[ip.String()] = link
+	}
+	return st
 }

@@ -19,6 +19,8 @@ import (
 //	readiness    what the ready plugin is told                readiness.go
 //	foreignCount the sockets of other programs               foreign.go
 //	checkLoop    when checks run                             checkloop.go
+//	repairLog    the repairs the checks made                 repairs.go
+//	statusServer what `node-cache status` asks                statusserver.go
 //
 // No owner calls the manager or takes its lock. CoreDNS runs setup once per
 // server block and again on every reload, so every entry point is
@@ -31,7 +33,12 @@ type manager struct {
 	ready   *readiness
 	foreign *foreignCount
 	loop    *checkLoop
+	repairs *repairLog
 	waits   waits
+	// statusDir is where the status endpoint goes ("": none); status is
+	// that endpoint, opened at the first start.
+	statusDir string
+	status    *statusServer
 
 	mu     sync.Mutex // guards what follows, owners included
 	cfg    *Config
@@ -51,14 +58,15 @@ type waits struct {
 }
 
 func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), generation RulesetGeneration, detect func() (Backend, error), probe func(netip.AddrPort) error, conntrack Conntrack, peers Peers, sockets Sockets) *manager {
-	rules := newRuleset(newTables, generation, detect)
+	repairs := &repairLog{}
+	rules := newRuleset(newTables, generation, detect, repairs)
 	return &manager{
-		links: links, peers: peers, sockets: sockets,
+		links: links, peers: peers, sockets: sockets, repairs: repairs,
 		ready:   &readiness{probe: probe},
 		foreign: &foreignCount{peers: peers, interval: foreignSocketsInterval},
 		loop:    newCheckLoop(),
 		waits:   waits{takeoverDrain: takeoverDrain, replacementWait: replacementWait},
-		iface:   newIface(links),
+		iface:   newIface(links, repairs),
 		rules:   rules,
 		pins:    newUpstreamPins(conntrack, links, rules),
 		conns:   &kubeDNSConns{conntrack: conntrack},
@@ -67,14 +75,18 @@ func newManager(links Links, newTables func(Backend, Family) (RuleTables, error)
 }
 
 // theManager is the process-wide manager of the real node.
-var theManager = newManager(netlinkLinks{},
-	func(b Backend, f Family) (RuleTables, error) { return newIPTablesCmd(b, f) },
-	nftGeneration,
-	func() (Backend, error) { return DetectBackend(listWithBinary) },
-	probeDNS,
-	kernelConntrack{},
-	newNetnsPeers("instance"),
-	ownSockets{})
+var theManager = func() *manager {
+	m := newManager(netlinkLinks{},
+		func(b Backend, f Family) (RuleTables, error) { return newIPTablesCmd(b, f) },
+		nftGeneration,
+		func() (Backend, error) { return DetectBackend(listWithBinary) },
+		probeDNS,
+		kernelConntrack{},
+		newNetnsPeers("instance"),
+		ownSockets{})
+	m.statusDir = stateDir()
+	return m
+}()
 
 // Apply makes cfg the desired state and puts the interface in place at once,
 // so the listeners can bind its addresses. Rules follow once they listen.
@@ -84,6 +96,7 @@ func (m *manager) Apply(cfg *Config) error {
 	defer m.mu.Unlock()
 	starting := m.phase == phaseNew
 	if starting {
+		m.openStatus()
 		m.lockStart()
 	}
 	if !cfg.equal(m.cfg) {
@@ -102,6 +115,20 @@ func (m *manager) Apply(cfg *Config) error {
 	}
 	m.loop.start(m.cfg.CheckInterval, m.interval, m.links.Watch, m.check)
 	return nil
+}
+
+// openStatus opens the status endpoint, where there is an instance
+// directory; without it, the instance still serves.
+func (m *manager) openStatus() {
+	if m.statusDir == "" || m.status != nil {
+		return
+	}
+	s, err := serveStatus(m.statusDir, m.Status)
+	if err != nil {
+		log.Warningf("`node-cache status` cannot ask this instance: %v", err)
+		return
+	}
+	m.status = s
 }
 
 func (m *manager) setConfig(cfg *Config) error {

@@ -36,6 +36,21 @@ func (r *readiness) ready() bool {
 	return r.inPlace.Load() && r.answering && !r.stopping()
 }
 
+// why says what keeps the instance from being ready; "" when it is.
+func (r *readiness) why() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case r.stopping():
+		return "stopping"
+	case !r.inPlace.Load():
+		return "the interface, its addresses or the rules are not in place, or the start's takeover is under way"
+	case !r.answering:
+		return "the cache has not answered a query on every intercepted address yet"
+	}
+	return ""
+}
+
 // beginStop marks the stop: readiness drops at once, and the stop's waits
 // count from here. It reports whether the stop began now.
 func (r *readiness) beginStop() bool {

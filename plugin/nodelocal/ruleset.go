@@ -16,6 +16,7 @@ type ruleset struct {
 	newTables  func(Backend, Family) (RuleTables, error)
 	generation RulesetGeneration
 	detect     func() (Backend, error)
+	repairs    *repairLog
 
 	asked    Backend  // the config's backend, auto unresolved
 	families []Family // the tables' families
@@ -33,8 +34,8 @@ type ruleset struct {
 	genErrShown bool // a failed generation read is logged once
 }
 
-func newRuleset(newTables func(Backend, Family) (RuleTables, error), generation RulesetGeneration, detect func() (Backend, error)) *ruleset {
-	return &ruleset{newTables: newTables, generation: generation, detect: detect, made: map[Family]bool{}}
+func newRuleset(newTables func(Backend, Family) (RuleTables, error), generation RulesetGeneration, detect func() (Backend, error), repairs *repairLog) *ruleset {
+	return &ruleset{newTables: newTables, generation: generation, detect: detect, repairs: repairs, made: map[Family]bool{}}
 }
 
 // use opens the tables of backend for families, unless they are open

@@ -184,6 +184,9 @@ func (m *manager) Shutdown() {
 	m.loop.halt()
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.status != nil {
+		defer m.status.close() // last: the teardown can be watched
+	}
 	m.ready.setInPlace(false)
 	if m.phase.handedToKubeProxy() {
 		m.leaveToSuccessor()

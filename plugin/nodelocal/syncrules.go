@@ -197,7 +197,7 @@ func (rs *ruleset) logDone(f Family, op ruleOp, desired []Rule, repair bool) {
 	case opInsert:
 		if repair && rs.made[f] {
 			log.Warningf("Rule was missing; added it again: %s", op.rules[0])
-			repairs.WithLabelValues(repairRule).Inc()
+			rs.repairs.note(repairRule, "added again: "+op.rules[0].String())
 		}
 	case opDelete:
 		if op.rules[0].isKubeDNSJump() && !slices.ContainsFunc(desired, Rule.isKubeDNSJump) {
@@ -205,7 +205,7 @@ func (rs *ruleset) logDone(f Family, op ruleOp, desired []Rule, repair bool) {
 		}
 		log.Infof("Removed extra or stale rule: %s", op.rules[0])
 		if repair {
-			repairs.WithLabelValues(repairRule).Inc()
+			rs.repairs.note(repairRule, "removed extra or stale: "+op.rules[0].String())
 		}
 	}
 }

@@ -197,3 +197,16 @@ func (p *upstreamPins) sweep() {
 	}
 	clear(p.pins)
 }
+
+// status maps each pinned upstream to the endpoints its pins send new flows to.
+func (p *upstreamPins) status() map[string][]string {
+	out := map[string][]string{}
+	for upstream, rules := range p.pins {
+		for _, r := range rules {
+			if ep := r.arg("--to-destination"); r.proto() == "udp" && ep != "" {
+				out[upstream.String()] = append(out[upstream.String()], ep)
+			}
+		}
+	}
+	return out
+}

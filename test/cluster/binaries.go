@@ -40,6 +40,8 @@ var toolModules = []toolModule{
 		"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2", "github.com/containerd/containerd/v2/cmd/ctr"}, tags: "no_btrfs"},
 	{dir: "etcd", packages: []string{"."}},
 	{dir: "coredns", packages: []string{"github.com/coredns/coredns"}},
+	// Not the node's: the scanner test/e2e reads the image with.
+	{dir: "syft", packages: []string{"github.com/anchore/syft/cmd/syft"}},
 }
 
 // Binaries builds what is missing and returns the directory that holds

@@ -119,6 +119,12 @@ func TestOnARealNode(t *testing.T) {
 				t.Fatal(err)
 			}
 			assertConfined(t, c)
+			// What an operator runs to ask the node's cache.
+			status, err := c.KubectlOutput("-n", "kube-system", "exec", "ds/node-local-dns", "--", "/node-cache", "status")
+			if err != nil || !strings.Contains(status, "phase:       serving") || !strings.Contains(status, "ready:       yes") {
+				t.Fatalf("kubectl exec ds/node-local-dns -- /node-cache status: %v\n%s", err, status)
+			}
+			t.Logf("kubectl -n kube-system exec ds/node-local-dns -- /node-cache status:\n%s", status)
 			const metrics = "http://169.254.20.10:9253/metrics"
 			kubeDNSMetrics := "http://" + podIP(t, c, "kube-system", "k8s-app=kube-dns") + ":9153/metrics"
 			before, err := c.Metric(metrics, "coredns_dns_requests_total")

@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -14,7 +15,9 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/nodelocal/nodelocal/build/image"
 	"github.com/nodelocal/nodelocal/manifests"
+	"github.com/nodelocal/nodelocal/test/cluster"
 	"github.com/nodelocal/nodelocal/test/harness"
 )
 
@@ -173,5 +176,83 @@ func TestImageArchiveReadByOtherTools(t *testing.T) {
 		if cfg.Architecture != "amd64" || !slices.Equal(cfg.Config.Entrypoint, []string{"/node-cache"}) {
 			t.Fatalf("skopeo inspect %s: architecture %q, entrypoint %q", transport, cfg.Architecture, cfg.Config.Entrypoint)
 		}
+	}
+}
+
+// TestImageScannedBySyft: a scanner finds every package of the image: syft
+// (pinned in test/cluster/tools/syft) reads the OCI archive and lists the
+// Debian packages of the base layer, through their dpkg records, and the Go
+// modules of node-cache, through its build information; each package of the
+// image's own SBOM is among them, at the same version.
+func TestImageScannedBySyft(t *testing.T) {
+	harness.RequirePrivileges(t)
+	archive, err := harness.ImageArchive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := cluster.Binaries(t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(bin, "syft"), "scan", "oci-archive:"+archive, "-o", "syft-json", "-q")
+	cmd.Env = append(cmd.Environ(), "SYFT_CHECK_FOR_APP_UPDATE=false")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("syft scan: %v", err)
+	}
+	var scan struct {
+		Artifacts []struct{ Name, Version, Type string }
+	}
+	if err := json.Unmarshal(out, &scan); err != nil {
+		t.Fatalf("syft's output: %v", err)
+	}
+	found := map[string]bool{}
+	var listing []string
+	for _, a := range scan.Artifacts {
+		found[a.Type+" "+a.Name+" "+strings.TrimPrefix(a.Version, "go")] = true
+		listing = append(listing, fmt.Sprintf("%-10s %-50s %s", a.Type, a.Name, a.Version))
+	}
+	slices.Sort(listing)
+	t.Logf("syft found %d packages:\n%s", len(listing), strings.Join(listing, "\n"))
+
+	img, err := harness.UnpackImage(archive, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sbom, err := os.ReadFile(filepath.Join(img.Rootfs, image.SBOMPath))
+	if err != nil {
+		t.Fatalf("the image's SBOM: %v", err)
+	}
+	var doc struct {
+		Packages []struct {
+			Name, VersionInfo string
+			ExternalRefs      []struct{ ReferenceLocator string }
+		}
+	}
+	if err := json.Unmarshal(sbom, &doc); err != nil {
+		t.Fatal(err)
+	}
+	debs, modules := 0, 0
+	for _, p := range doc.Packages {
+		if len(p.ExternalRefs) == 0 {
+			continue // the image itself
+		}
+		purl := p.ExternalRefs[0].ReferenceLocator
+		kind := "go-module"
+		switch {
+		case strings.HasPrefix(purl, "pkg:deb/"):
+			kind = "deb"
+			debs++
+		case strings.HasPrefix(purl, "pkg:golang/github.com/nodelocal/nodelocal@"):
+			continue // the main module: syft reads its version from the linker's flags, its own way
+		default:
+			modules++
+		}
+		if !found[kind+" "+p.Name+" "+p.VersionInfo] {
+			t.Errorf("syft did not find %s %s %s, which the image's SBOM lists", kind, p.Name, p.VersionInfo)
+		}
+	}
+	if debs < 6 || modules < 20 {
+		t.Fatalf("the SBOM lists %d Debian packages and %d Go modules: too few", debs, modules)
 	}
 }
