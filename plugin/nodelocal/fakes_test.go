@@ -74,24 +74,31 @@ func ruleEvent(r Rule) string {
 type fakeLinks struct {
 	mu      sync.Mutex
 	links   map[string]bool
-	addrs   map[netip.Addr]string
+	addrs   map[netip.Addr][]string // the links holding each address
 	notify  func()
 	failAdd int // AddLink fails this many more times
 	log     *eventLog
 }
 
 func newFakeLinks() *fakeLinks {
-	return &fakeLinks{links: map[string]bool{}, addrs: map[netip.Addr]string{}}
+	return &fakeLinks{links: map[string]bool{}, addrs: map[netip.Addr][]string{}}
 }
 
-func (f *fakeLinks) Addresses() (map[netip.Addr]string, error) {
+func (f *fakeLinks) Addresses() (map[netip.Addr][]string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := map[netip.Addr]string{}
+	out := map[netip.Addr][]string{}
 	for k, v := range f.addrs {
-		out[k] = v
+		out[k] = slices.Clone(v)
 	}
 	return out, nil
+}
+
+// on names the links holding ip, space-separated.
+func (f *fakeLinks) on(ip string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return strings.Join(f.addrs[netip.MustParseAddr(ip)], " ")
 }
 
 func (f *fakeLinks) LinkExists(name string) (bool, error) {
@@ -117,10 +124,8 @@ func (f *fakeLinks) DeleteLink(name string) error {
 	defer f.mu.Unlock()
 	delete(f.links, name)
 	f.log.add("delete link %s", name)
-	for ip, l := range f.addrs {
-		if l == name {
-			delete(f.addrs, ip)
-		}
+	for ip := range f.addrs {
+		f.removeAddress(name, ip)
 	}
 	return nil
 }
@@ -131,7 +136,9 @@ func (f *fakeLinks) AddAddress(link string, ip netip.Addr) error {
 	if !f.links[link] {
 		return errNotFound
 	}
-	f.addrs[ip] = link
+	if !slices.Contains(f.addrs[ip], link) {
+		f.addrs[ip] = append(f.addrs[ip], link)
+	}
 	f.log.add("add address %s", ip)
 	return nil
 }
@@ -139,11 +146,19 @@ func (f *fakeLinks) AddAddress(link string, ip netip.Addr) error {
 func (f *fakeLinks) DeleteAddress(link string, ip netip.Addr) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.addrs[ip] == link {
-		delete(f.addrs, ip)
+	if slices.Contains(f.addrs[ip], link) {
+		f.removeAddress(link, ip)
 		f.log.add("delete address %s", ip)
 	}
 	return nil
+}
+
+// removeAddress takes ip off link; the caller holds the lock.
+func (f *fakeLinks) removeAddress(link string, ip netip.Addr) {
+	f.addrs[ip] = slices.DeleteFunc(f.addrs[ip], func(l string) bool { return l == link })
+	if len(f.addrs[ip]) == 0 {
+		delete(f.addrs, ip)
+	}
 }
 
 func (f *fakeLinks) Watch(stop <-chan struct{}, notify func()) error {

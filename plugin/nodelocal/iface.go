@@ -24,21 +24,23 @@ func newIface(links Links, repairs *repairLog) *iface {
 
 // ensure creates the interface and adds the listen addresses that are
 // missing. An address another link holds (kube-ipvs0 in IPVS mode) is
-// skipped.
-func (i *iface) ensure(cfg *Config) error {
+// skipped, and given back when that link takes it after us (kube-proxy
+// started second); it reports whether it gave one back, so that the rules
+// follow at once.
+func (i *iface) ensure(cfg *Config) (gaveBack bool, err error) {
 	if !cfg.ManageInterface {
-		return nil
+		return false, nil
 	}
 	exists, err := i.links.LinkExists(cfg.Interface)
 	if err != nil {
 		setupErrors.WithLabelValues(errInterfaceCheck).Inc()
-		return fmt.Errorf("check interface %s: %w", cfg.Interface, err)
+		return false, fmt.Errorf("check interface %s: %w", cfg.Interface, err)
 	}
 	if !exists {
 		kind, err := i.links.AddLink(cfg.Interface)
 		if err != nil {
 			setupErrors.WithLabelValues(errInterfaceAdd).Inc()
-			return err
+			return false, err
 		}
 		if i.made {
 			i.repairs.note(repairInterface, "interface "+cfg.Interface+" created again")
@@ -53,23 +55,34 @@ func (i *iface) ensure(cfg *Config) error {
 	addrs, err := i.links.Addresses()
 	if err != nil {
 		setupErrors.WithLabelValues(errInterfaceCheck).Inc()
-		return err
+		return false, err
 	}
 	for _, ip := range cfg.IPs() {
-		owner := addrs[ip]
+		holders := addrs[ip]
+		other := slices.IndexFunc(holders, func(l string) bool { return l != cfg.Interface })
 		switch {
-		case owner == cfg.Interface:
-			i.own[ip] = true
-		case owner != "" && !i.own[ip]:
-			if i.foreign[ip] != owner {
+		case other >= 0:
+			owner := holders[other]
+			if slices.Contains(holders, cfg.Interface) && i.own[ip] {
+				if err := i.links.DeleteAddress(cfg.Interface, ip); err != nil {
+					return gaveBack, err
+				}
+				log.Warningf("%s is now on interface %s too (kube-proxy's IPVS mode started after node-cache): "+
+					"removed it from %s, and no longer intercepting it", ip, owner, cfg.Interface)
+				gaveBack = true
+			} else if i.foreign[ip] != owner {
 				log.Warningf("%s is already on interface %s (kube-proxy IPVS mode puts Service IPs on kube-ipvs0): "+
 					"not adding it to %s and not intercepting it", ip, owner, cfg.Interface)
 			}
+			delete(i.own, ip)
 			i.foreign[ip] = owner
+		case len(holders) > 0: // on ours alone
+			i.own[ip] = true
+			delete(i.foreign, ip)
 		default:
 			if err := i.links.AddAddress(cfg.Interface, ip); err != nil {
 				setupErrors.WithLabelValues(errInterfaceAdd).Inc()
-				return err
+				return gaveBack, err
 			}
 			if i.own[ip] {
 				i.repairs.note(repairAddress, fmt.Sprintf("address %s added to %s again", ip, cfg.Interface))
@@ -79,7 +92,7 @@ func (i *iface) ensure(cfg *Config) error {
 			delete(i.foreign, ip)
 		}
 	}
-	return nil
+	return gaveBack, nil
 }
 
 // drop removes the addresses an earlier config put on the interface that
@@ -112,9 +125,9 @@ func (i *iface) remove(name string) {
 		log.Errorf("Teardown: %v", err)
 		return
 	}
-	for ip, owner := range addrs {
+	for ip, holders := range addrs {
 		// IPv6 link-local addresses are the kernel's own, not someone else's.
-		if owner == name && !(ip.Is6() && ip.IsLinkLocalUnicast()) {
+		if slices.Contains(holders, name) && !(ip.Is6() && ip.IsLinkLocalUnicast()) {
 			log.Infof("Teardown: leaving interface %s in place, it holds %s which is not ours", name, ip)
 			return
 		}

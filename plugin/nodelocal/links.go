@@ -14,8 +14,9 @@ import (
 
 // Links reads and changes the node's interfaces and addresses.
 type Links interface {
-	// Addresses maps each address of the node to the link holding it.
-	Addresses() (map[netip.Addr]string, error)
+	// Addresses maps each address of the node to the links holding it
+	// (kube-proxy's IPVS mode may put one we hold on kube-ipvs0 too).
+	Addresses() (map[netip.Addr][]string, error)
 	LinkExists(name string) (bool, error)
 	// AddLink creates the interface and returns the link kind used.
 	AddLink(name string) (kind string, err error)
@@ -29,13 +30,13 @@ type Links interface {
 // netlinkLinks is Links on the kernel, through netlink.
 type netlinkLinks struct{}
 
-func (netlinkLinks) Addresses() (map[netip.Addr]string, error) {
+func (netlinkLinks) Addresses() (map[netip.Addr][]string, error) {
 	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("list addresses: %w", err)
 	}
 	names := map[int]string{}
-	out := make(map[netip.Addr]string, len(addrs))
+	out := make(map[netip.Addr][]string, len(addrs))
 	for _, a := range addrs {
 		ip, ok := netip.AddrFromSlice(a.IP)
 		if !ok {
@@ -48,7 +49,7 @@ func (netlinkLinks) Addresses() (map[netip.Addr]string, error) {
 			}
 			names[a.LinkIndex] = name
 		}
-		out[ip.Unmap()] = name
+		out[ip.Unmap()] = append(out[ip.Unmap()], name)
 	}
 	return out, nil
 }

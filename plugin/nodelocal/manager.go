@@ -104,7 +104,7 @@ func (m *manager) Apply(cfg *Config) error {
 			return err
 		}
 	}
-	if err := m.iface.ensure(m.cfg); err != nil {
+	if _, err := m.iface.ensure(m.cfg); err != nil {
 		return err
 	}
 	if starting {
@@ -176,7 +176,8 @@ func (m *manager) noOthers() bool {
 	return err == nil && others == 0
 }
 
-// check puts everything right, in this order: the interface; with the rules
+// check puts everything right, in this order: the interface (and the rules
+// of an address given back to another link); with the rules
 // (the periodic check, while the phase owns them), the connections left to
 // kube-dns that closed, the rules (a listing, one iptables process per table,
 // when the ruleset may have changed), the pins an earlier instance left, and
@@ -189,9 +190,13 @@ func (m *manager) check(withRules bool) {
 		return // never applied, or shut down
 	}
 	ifaceOK := true
-	if err := m.iface.ensure(m.cfg); err != nil {
+	gaveBack, err := m.iface.ensure(m.cfg)
+	if err != nil {
 		log.Errorf("Interface check: %v", err)
 		ifaceOK = false
+	}
+	if gaveBack && m.phase.ownsRules() {
+		m.applyRules(false) // its interception goes with it, without waiting for the periodic check
 	}
 	counting := withRules && m.phase.ownsRules()
 	if counting {

@@ -66,7 +66,7 @@ func TestManagerRepairs(t *testing.T) {
 
 	n.links.DeleteLink("nodelocaldns")
 	n.mgr.check(false) // what a link event triggers
-	if !n.links.links["nodelocaldns"] || n.links.addrs[netip.MustParseAddr("169.254.20.10")] != "nodelocaldns" {
+	if !n.links.links["nodelocaldns"] || n.links.on("169.254.20.10") != "nodelocaldns" {
 		t.Fatal("interface not restored")
 	}
 	if got := testutil.ToFloat64(repairs.WithLabelValues(repairInterface)) - before; got != 1 {
@@ -119,7 +119,7 @@ func TestManagerAdoptsAndDeduplicates(t *testing.T) {
 		t.Fatalf("adoption inserted %d rules", n.tables[IPv4].inserts)
 	}
 	n.mgr.Shutdown()
-	if !n.links.links["nodelocaldns"] || n.links.addrs[netip.MustParseAddr("169.254.99.1")] != "nodelocaldns" {
+	if !n.links.links["nodelocaldns"] || n.links.on("169.254.99.1") != "nodelocaldns" {
 		t.Fatal("teardown removed an interface that holds someone else's address")
 	}
 	if _, ok := n.links.addrs[netip.MustParseAddr("169.254.20.10")]; ok {
@@ -136,7 +136,7 @@ func TestManagerLeavesForeignAddressAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.listenersUp()
-	if owner := n.links.addrs[netip.MustParseAddr("198.18.0.10")]; owner != "kube-ipvs0" {
+	if owner := n.links.on("198.18.0.10"); owner != "kube-ipvs0" {
 		t.Fatalf("ClusterIP moved to %s", owner)
 	}
 	for _, r := range n.tables[IPv4].rules {
@@ -148,8 +148,39 @@ func TestManagerLeavesForeignAddressAlone(t *testing.T) {
 		t.Fatalf("rules %d, want 12 for the link-local IP only", got)
 	}
 	n.mgr.Shutdown()
-	if !n.links.links["kube-ipvs0"] || n.links.addrs[netip.MustParseAddr("198.18.0.10")] != "kube-ipvs0" {
+	if !n.links.links["kube-ipvs0"] || n.links.on("198.18.0.10") != "kube-ipvs0" {
 		t.Fatal("teardown touched kube-ipvs0")
+	}
+}
+
+// TestManagerGivesBackAnAddressKubeProxyTakes: kube-proxy's IPVS mode may
+// start after node-cache on a new node; when it puts the ClusterIP on
+// kube-ipvs0 too, the next check (a netlink event's) removes it from our
+// interface and its interception, and does not fight for it.
+func TestManagerGivesBackAnAddressKubeProxyTakes(t *testing.T) {
+	n := newFakeNode(t)
+	if err := n.mgr.Apply(testConfig("169.254.20.10:53", "198.18.0.10:53")); err != nil {
+		t.Fatal(err)
+	}
+	n.listenersUp()
+	if got := n.tables[IPv4].count(); got != 24 {
+		t.Fatalf("rules %d before kube-proxy, want 24", got)
+	}
+	n.links.AddLink("kube-ipvs0")
+	n.links.AddAddress("kube-ipvs0", netip.MustParseAddr("198.18.0.10"))
+	n.mgr.check(false)
+	if owner := n.links.on("198.18.0.10"); owner != "kube-ipvs0" {
+		t.Fatalf("the ClusterIP is on %q, want kube-ipvs0 alone", owner)
+	}
+	if got := n.tables[IPv4].count(); got != 12 {
+		t.Fatalf("rules %d after kube-ipvs0 took the ClusterIP, want the link-local IP's 12", got)
+	}
+	n.log.reset()
+	n.mgr.check(true)
+	for _, e := range n.log.all() {
+		if matches(e, "add address") || matches(e, "delete address") || matches(e, "insert") {
+			t.Fatalf("a later check fought for the address: %q", e)
+		}
 	}
 }
 

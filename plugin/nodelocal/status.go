@@ -127,7 +127,7 @@ func (m *manager) missingAddresses(link string, want []string) []string {
 	}
 	var missing []string
 	for _, s := range want {
-		if ip, err := netip.ParseAddr(s); err == nil && addrs[ip] != link {
+		if ip, err := netip.ParseAddr(s); err == nil && !slices.Contains(addrs[ip], link) {
 			missing = append(missing, s)
 		}
 	}

@@ -148,7 +148,7 @@ func (p *upstreamPins) afterKubeProxy(f Family, t RuleTables, upstream netip.Add
 		}
 		p.modeGeneration[f] = gen
 	}
-	if addrs, err := p.links.Addresses(); err != nil || addrs[upstream.Addr()] != "" {
+	if addrs, err := p.links.Addresses(); err != nil || len(addrs[upstream.Addr()]) > 0 {
 		return false
 	}
 	p.whileServing[f] = slices.ContainsFunc(listRules(t, "nat", "OUTPUT"), func(r Rule) bool {
