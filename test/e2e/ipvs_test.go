@@ -44,7 +44,7 @@ func TestIPVSAfterNodeCache(t *testing.T) {
 	mustQuery(t, node, "udp", harness.LocalIP, harness.WebSvc)
 	mustQuery(t, node, "tcp", harness.LocalIP, harness.WebSvc)
 	mustQuery(t, node, "udp", harness.ClusterIP, harness.WebSvc) // kube-dns, through "IPVS"
-	time.Sleep(3 * time.Second) // the reload (2 s here) renders without the ClusterIP
+	time.Sleep(3 * time.Second)                                  // the reload (2 s here) renders without the ClusterIP
 	if n, _ := node.NodeCacheMetric(`coredns_nodelocal_repairs_total{kind="address"}`); n != 0 {
 		t.Fatalf("%v address repairs: node-cache fought kube-proxy for the ClusterIP", n)
 	}
