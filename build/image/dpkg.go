@@ -1,11 +1,9 @@
 package image
 
 import (
-	"archive/tar"
 	"bufio"
 	"bytes"
 	"fmt"
-	"io"
 	"os/exec"
 	"path"
 	"slices"
@@ -32,7 +30,7 @@ type debPackage struct {
 
 // packagesShipped reads each .deb and returns those that own one of the
 // shipped paths (relative, as selectFiles gives them), in the order given.
-func packagesShipped(debs []string, shipped []string) ([]debPackage, error) {
+func packagesShipped(debs []unpackedDeb, shipped []string) ([]debPackage, error) {
 	var out []debPackage
 	for _, deb := range debs {
 		p, err := readDeb(deb, shipped)
@@ -46,7 +44,8 @@ func packagesShipped(debs []string, shipped []string) ([]debPackage, error) {
 	return out, nil
 }
 
-func readDeb(deb string, shipped []string) (debPackage, error) {
+func readDeb(d unpackedDeb, shipped []string) (debPackage, error) {
+	deb, members := d.path, d.members
 	var p debPackage
 	control, err := exec.Command("dpkg-deb", "-f", deb).Output()
 	if err != nil {
@@ -61,10 +60,6 @@ func readDeb(deb string, shipped []string) (debPackage, error) {
 	}
 	if p.Name == "" || p.Version == "" {
 		return p, fmt.Errorf("%s: no Package or Version in its control file", deb)
-	}
-	members, err := debMembers(deb)
-	if err != nil {
-		return p, err
 	}
 	for _, s := range shipped {
 		if members[s] {
@@ -100,37 +95,6 @@ func controlFields(control []byte) map[string]string {
 		}
 	}
 	return fields
-}
-
-// debMembers lists the paths of a .deb's file system tree, as selectFiles
-// names them.
-func debMembers(deb string) (map[string]bool, error) {
-	cmd := exec.Command("dpkg-deb", "--fsys-tarfile", deb)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	members := map[string]bool{}
-	tr := tar.NewReader(out)
-	var readErr error
-	for {
-		h, err := tr.Next()
-		if err != nil {
-			if err != io.EOF {
-				readErr = err
-			}
-			break
-		}
-		members[path.Clean(h.Name)] = true
-	}
-	io.Copy(io.Discard, out)
-	if err := cmd.Wait(); err != nil {
-		return nil, fmt.Errorf("dpkg-deb --fsys-tarfile %s: %w", deb, err)
-	}
-	return members, readErr
 }
 
 // statusFiles are the records of pkgs, for the base layer.

@@ -148,8 +148,8 @@ func Unpack(pkgs []Package, arch, cacheDir string, opts FetchOptions) (string, e
 	return dir, err
 }
 
-// unpack is Unpack, also returning the .debs' paths.
-func unpack(pkgs []Package, arch, cacheDir string, opts FetchOptions) (string, []string, error) {
+// unpack is Unpack, also returning the .debs and their members.
+func unpack(pkgs []Package, arch, cacheDir string, opts FetchOptions) (string, []unpackedDeb, error) {
 	debs, err := fetchPackages(pkgs, arch, cacheDir, opts)
 	if err != nil {
 		return "", nil, err
@@ -158,11 +158,12 @@ func unpack(pkgs []Package, arch, cacheDir string, opts FetchOptions) (string, [
 	if err != nil {
 		return "", nil, err
 	}
-	if err := extractPackages(debs, dir); err != nil {
+	unpacked, err := extractPackages(debs, dir)
+	if err != nil {
 		os.RemoveAll(dir)
 		return "", nil, err
 	}
-	return dir, debs, nil
+	return dir, unpacked, nil
 }
 
 func sha256Hex(b []byte) string {
