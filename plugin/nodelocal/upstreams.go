@@ -168,8 +168,11 @@ func (p *upstreamPins) unpinAll() {
 }
 
 func (p *upstreamPins) unpin(upstream netip.AddrPort) {
-	t, _ := p.rules.table(familyOf(upstream.Addr()))
+	t, ok := p.rules.table(familyOf(upstream.Addr()))
 	for _, r := range p.pins[upstream] {
+		if !ok {
+			break // a reload turned iptables off: those tables are not ours to change now
+		}
 		if err := t.Delete(r); err != nil {
 			iptablesError("delete "+r.String(), err)
 		}
