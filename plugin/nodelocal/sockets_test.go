@@ -334,8 +334,11 @@ func TestWaitAnsweredWaitsForTheQueryAndItsAnswer(t *testing.T) {
 		time.Sleep(150 * time.Millisecond)
 		served.Read(make([]byte, 1))
 		time.Sleep(150 * time.Millisecond) // an answer slow to come
+		// Taken before the write: the wait may end as soon as the answer is
+		// sent, before a time taken after it.
+		at := time.Now()
 		served.Write([]byte("n"))
-		answered <- time.Now()
+		answered <- at
 	}()
 	if err := (ownSockets{}).WaitAnswered(listen); err != nil {
 		t.Fatal(err)
