@@ -59,12 +59,13 @@ demo-real-node: deps ## the same on a real node: kubelet runs the DaemonSet of m
 	$(GO) run ./test/cmd/demo -real-node -mode $(PROXY_MODE)
 
 PROXY_MODE ?= iptables
+CLUSTER_DNS ?=
 
 cluster-build: ## build the real node's programs (Kubernetes, containerd, etcd, CoreDNS) and the image scanner (syft) into the user cache, once per version
 	$(GO) run ./test/cmd/cluster build
 
-cluster-up: deps ## boot the real node (PROXY_MODE=iptables|nftables) and leave it running; prints how to use it (root)
-	@$(GO) run ./test/cmd/cluster up -proxy-mode $(PROXY_MODE)
+cluster-up: deps ## boot the real node (PROXY_MODE=iptables|nftables, CLUSTER_DNS=169.254.20.10 for kubelet's clusterDNS on the link-local IP) and leave it running; prints how to use it (root)
+	@$(GO) run ./test/cmd/cluster up -proxy-mode $(PROXY_MODE) -cluster-dns "$(CLUSTER_DNS)"
 
 cluster-down: ## remove the real node of cluster-up and everything it made (root)
 	@$(GO) run ./test/cmd/cluster down

@@ -29,6 +29,10 @@ type Config struct {
 	// queries: those behind a Service are pinned to the pods their flows
 	// reach, in case the Service goes first (upstreams.go).
 	Upstreams []netip.AddrPort
+	// Fallback is, per family, where queries to a link-local listen address
+	// go while no node-cache listens (failopen.go); none given: the first
+	// listen address that is a Service IP.
+	Fallback []netip.Addr
 }
 
 // IPs lists the distinct listen addresses.
@@ -57,5 +61,5 @@ func (c *Config) equal(o *Config) bool {
 	return o != nil && slices.Equal(c.Listen, o.Listen) && c.Interface == o.Interface &&
 		c.ManageInterface == o.ManageInterface && c.Backend == o.Backend &&
 		c.CheckInterval == o.CheckInterval && c.HealthPort == o.HealthPort && c.Teardown == o.Teardown &&
-		c.FailOpen == o.FailOpen && slices.Equal(c.Upstreams, o.Upstreams)
+		c.FailOpen == o.FailOpen && slices.Equal(c.Upstreams, o.Upstreams) && slices.Equal(c.Fallback, o.Fallback)
 }

@@ -3,6 +3,7 @@ package nodelocal
 import (
 	"net/netip"
 	"slices"
+	"strconv"
 )
 
 // The interception rules the node should have, as a pure function of a small
@@ -37,7 +38,12 @@ type ruleSpec struct {
 	healthPort int              // 0: no conntrack exemption for health probes
 	failOpen   bool             // interception needs a live listener (the socket match)
 	mode       ruleMode
-	kubeDNS    []kubeDNSConnection // connections left to kube-dns until they close
+	kubeDNS    []kubeDNSConnection   // connections left to kube-dns until they close
+	fallback   map[Family]netip.Addr // where the link-local addresses fail open to (failopen.go)
+	takeover   []netip.AddrPort      // the addresses whose TCP a start takes over from kube-dns (modeSYNOnly)
+	// hostByNFT: the node's own clients are intercepted in this process's
+	// nf_tables table (failopen.go), not by iptables' raw OUTPUT.
+	hostByNFT bool
 }
 
 // rules is the desired rule set, by family.
@@ -46,6 +52,9 @@ func (s ruleSpec) rules() map[Family][]Rule {
 	for f, rs := range rules {
 		var kept []Rule
 		for _, r := range rs {
+			if s.hostByNFT && s.isHostInterception(r) {
+				continue
+			}
 			if r, keep := s.modeRule(r); keep {
 				kept = append(kept, r)
 			}
@@ -70,7 +79,7 @@ func (s ruleSpec) rules() map[Family][]Rule {
 // stay whole.
 func (s ruleSpec) modeRule(r Rule) (Rule, bool) {
 	switch {
-	case s.mode == modeSYNOnly && s.failOpen && isServiceTCPInterception(r):
+	case s.mode == modeSYNOnly && s.failOpen && isTCPInterceptionOf(r, s.takeover):
 		return r.synOnly(), true
 	case s.mode == modeHandedBack && isHandedBack(r):
 		return r, false
@@ -78,6 +87,20 @@ func (s ruleSpec) modeRule(r Rule) (Rule, bool) {
 		return r, s.failOpen && r.proto() == "tcp"
 	}
 	return r, true
+}
+
+// isHostInterception: r is the NOTRACK of the node's own queries to a
+// listen address (raw OUTPUT), not of its health probes.
+func (s ruleSpec) isHostInterception(r Rule) bool {
+	if r.Table != "raw" || r.Chain != "OUTPUT" {
+		return false
+	}
+	for _, ap := range s.listen {
+		if r.arg("-d") == hostPrefix(ap.Addr()) && r.arg("--dport") == strconv.Itoa(int(ap.Port())) {
+			return true
+		}
+	}
+	return false
 }
 
 // isHandedBack: the interception of a Service IP (not a link-local one),
@@ -90,9 +113,29 @@ func isHandedBack(r Rule) bool {
 	return err == nil && !dst.Addr().IsLinkLocalUnicast()
 }
 
-// isServiceTCPInterception: the TCP interception of a Service IP, which a
-// starting instance takes over from kube-dns in steps.
-func isServiceTCPInterception(r Rule) bool { return isHandedBack(r) && r.proto() == "tcp" }
+// isTCPInterceptionOf: r is the TCP interception of one of addrs.
+func isTCPInterceptionOf(r Rule, addrs []netip.AddrPort) bool {
+	if !r.isInterception() || r.proto() != "tcp" {
+		return false
+	}
+	return slices.ContainsFunc(addrs, func(ap netip.AddrPort) bool {
+		return r.arg("-d") == hostPrefix(ap.Addr()) && r.arg("--dport") == strconv.Itoa(int(ap.Port()))
+	})
+}
+
+// fromKubeDNS are the intercepted addresses kube-dns serves while no
+// instance does, which a start takes TCP over from in steps: the Service
+// IPs (kube-proxy's DNAT), and the link-local ones that fail open to a
+// fallback (failopen.go).
+func fromKubeDNS(listen []netip.AddrPort, fallback map[Family]netip.Addr) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, ap := range listen {
+		if _, ok := fallback[familyOf(ap.Addr())]; ok || !ap.Addr().IsLinkLocalUnicast() {
+			out = append(out, ap)
+		}
+	}
+	return out
+}
 
 // serviceAddrs are the addresses in listen that are Service IPs: not
 // link-local ones.

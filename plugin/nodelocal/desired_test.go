@@ -15,28 +15,32 @@ func TestDesiredRulesPerMode(t *testing.T) {
 		llTCP, llUDP     = "intercept tcp 169.254.20.10", "intercept udp 169.254.20.10"
 		svcTCP, svcUDP   = "intercept tcp 198.18.0.10", "intercept udp 198.18.0.10"
 		svcSYN           = "intercept-syn tcp 198.18.0.10"
+		llSYN            = "intercept-syn tcp 169.254.20.10"
 		otherRules       = 20 // the 24 of two addresses, but their 4 interceptions
 		kubeDNSRuleCount = 2  // one connection, one jump
 	)
+	linkLocal, service := netip.MustParseAddrPort("169.254.20.10:53"), netip.MustParseAddrPort("198.18.0.10:53")
 	for _, tc := range []struct {
 		name     string
 		mode     ruleMode
 		failOpen bool
+		takeover []netip.AddrPort // the addresses a start takes over from kube-dns
 		want     []string
 	}{
-		{"full", modeFull, true, []string{llTCP, llUDP, svcTCP, svcUDP}},
-		{"full, unconditional", modeFull, false, []string{llTCP, llUDP, svcTCP, svcUDP}},
-		{"SYN only", modeSYNOnly, true, []string{llTCP, llUDP, svcSYN, svcUDP}},
-		{"SYN only needs the socket match", modeSYNOnly, false, []string{llTCP, llUDP, svcTCP, svcUDP}},
-		{"handed back", modeHandedBack, true, []string{llTCP, llUDP}},
-		{"handed back, unconditional", modeHandedBack, false, []string{llTCP, llUDP}},
-		{"draining keeps the ClusterIP's TCP", modeDraining, true, []string{llTCP, llUDP, svcTCP}},
-		{"draining needs the socket match", modeDraining, false, []string{llTCP, llUDP}},
+		{"full", modeFull, true, nil, []string{llTCP, llUDP, svcTCP, svcUDP}},
+		{"full, unconditional", modeFull, false, nil, []string{llTCP, llUDP, svcTCP, svcUDP}},
+		{"SYN only", modeSYNOnly, true, []netip.AddrPort{service}, []string{llTCP, llUDP, svcSYN, svcUDP}},
+		{"SYN only, the link-local IP too", modeSYNOnly, true, []netip.AddrPort{linkLocal, service}, []string{llSYN, llUDP, svcSYN, svcUDP}},
+		{"SYN only needs the socket match", modeSYNOnly, false, []netip.AddrPort{service}, []string{llTCP, llUDP, svcTCP, svcUDP}},
+		{"handed back", modeHandedBack, true, nil, []string{llTCP, llUDP}},
+		{"handed back, unconditional", modeHandedBack, false, nil, []string{llTCP, llUDP}},
+		{"draining keeps the ClusterIP's TCP", modeDraining, true, nil, []string{llTCP, llUDP, svcTCP}},
+		{"draining needs the socket match", modeDraining, false, nil, []string{llTCP, llUDP}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := ruleSpec{
-				listen:     []netip.AddrPort{netip.MustParseAddrPort("169.254.20.10:53"), netip.MustParseAddrPort("198.18.0.10:53")},
-				healthPort: 8080, failOpen: tc.failOpen, mode: tc.mode,
+				listen:     []netip.AddrPort{linkLocal, service},
+				healthPort: 8080, failOpen: tc.failOpen, mode: tc.mode, takeover: tc.takeover,
 				kubeDNS: []kubeDNSConnection{{client: netip.MustParseAddrPort("198.19.1.7:40000"), service: netip.MustParseAddrPort("198.18.0.10:53")}},
 			}
 			rules := spec.rules()[IPv4]

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 var errNotFound = errors.New("not found")
@@ -352,7 +354,8 @@ func (p *fakePeers) Others([]netip.AddrPort) (int, error) {
 func (p *fakePeers) ServingTCP(listen []netip.AddrPort) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.handedOff {
+	// A handed-off instance shut its Service IPs' TCP listeners only.
+	if p.handedOff && !slices.ContainsFunc(listen, func(ap netip.AddrPort) bool { return ap.Addr().IsLinkLocalUnicast() }) {
 		return 0, nil
 	}
 	return p.others, nil
@@ -478,6 +481,7 @@ type fakeNode struct {
 	peers     *fakePeers
 	sockets   *fakeSockets
 	nftGen    *uint32 // the ruleset generation, if the fake node keeps one
+	nft       *fakeNFT
 	conntrack *fakeConntrack
 	log       *eventLog
 	// probe, if set, is how the cache answers readiness probes.
@@ -488,7 +492,7 @@ type fakeNode struct {
 func newFakeNode(t *testing.T) *fakeNode {
 	log := &eventLog{}
 	n := &fakeNode{links: newFakeLinks(), tables: map[Family]*fakeTables{IPv4: {log: log}, IPv6: {log: log}}, peers: &fakePeers{log: log},
-		sockets: &fakeSockets{log: log}, log: log,
+		sockets: &fakeSockets{log: log}, log: log, nft: &fakeNFT{tables: map[string]nftTable{}, noOwner: true, log: log},
 		conntrack: &fakeConntrack{endpoints: map[netip.AddrPort][]netip.AddrPort{}, clients: map[netip.AddrPort][]netip.AddrPort{}, log: log}}
 	n.links.log = log
 	n.mgr = newManager(n.links,
@@ -500,6 +504,7 @@ func newFakeNode(t *testing.T) *fakeNode {
 			return *n.nftGen, true, nil
 		},
 		func() (Backend, error) { return BackendNFT, nil },
+		n.nft,
 		func(ap netip.AddrPort) error {
 			log.add("probe %s", ap)
 			if n.probe != nil {
@@ -529,4 +534,61 @@ func testConfig(listen ...string) *Config {
 		cfg.Listen = append(cfg.Listen, netip.MustParseAddrPort(s))
 	}
 	return cfg
+}
+
+// fakeNFT is nf_tables; by default a kernel without owned tables (before
+// 5.12), where iptables keeps intercepting the node's own clients.
+type fakeNFT struct {
+	mu      sync.Mutex
+	tables  map[string]nftTable
+	noOwner bool
+	log     *eventLog
+}
+
+func (f *fakeNFT) Replace(t nftTable) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if t.owned && f.noOwner {
+		return fmt.Errorf("write nf_tables table inet %s: %w", t.name, unix.EOPNOTSUPP)
+	}
+	f.log.add("replace nft table %s", t.name)
+	f.tables[t.name] = t
+	return nil
+}
+
+func (f *fakeNFT) Delete(name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.tables[name]; ok {
+		f.log.add("delete nft table %s", name)
+	}
+	delete(f.tables, name)
+	return nil
+}
+
+func (f *fakeNFT) Rules(name string) (map[string][]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, ok := f.tables[name]
+	if !ok {
+		return nil, nil
+	}
+	out := map[string][]string{}
+	for _, c := range t.chains {
+		for _, r := range c.rules {
+			out[c.name] = append(out[c.name], r.text)
+		}
+	}
+	return out, nil
+}
+
+// table is a table's rules as text, chain by chain; "" if it is missing.
+func (f *fakeNFT) table(name string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, ok := f.tables[name]
+	if !ok {
+		return ""
+	}
+	return nftText([]nftTable{t})
 }

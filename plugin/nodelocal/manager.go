@@ -13,6 +13,7 @@ import (
 //
 //	iface        the interface and its addresses             iface.go
 //	ruleset      the raw and filter rules, applied as a plan  ruleset.go, syncrules.go, desired.go
+//	nftRules     our nf_tables tables (through ruleset)       failopen.go, nftables.go, nftexpr.go
 //	upstreamPins the upstream pins in nat OUTPUT             upstreams.go
 //	kubeDNSConns the connections left to kube-dns            kubedns.go
 //	reloadPause  a reload's paused listeners and held conns   reload.go
@@ -57,9 +58,9 @@ type waits struct {
 	replacementWait time.Duration // how long a stop without a peer waits for one to start
 }
 
-func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), generation RulesetGeneration, detect func() (Backend, error), probe func(netip.AddrPort) error, conntrack Conntrack, peers Peers, sockets Sockets) *manager {
+func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), generation RulesetGeneration, detect func() (Backend, error), nft NFTables, probe func(netip.AddrPort) error, conntrack Conntrack, peers Peers, sockets Sockets) *manager {
 	repairs := &repairLog{}
-	rules := newRuleset(newTables, generation, detect, repairs)
+	rules := newRuleset(newTables, generation, detect, nft, repairs)
 	return &manager{
 		links: links, peers: peers, sockets: sockets, repairs: repairs,
 		ready:   &readiness{probe: probe},
@@ -80,6 +81,7 @@ var theManager = func() *manager {
 		func(b Backend, f Family) (RuleTables, error) { return newIPTablesCmd(b, f) },
 		nftGeneration,
 		func() (Backend, error) { return DetectBackend(listWithBinary) },
+		newNFTNetlink(),
 		probeDNS,
 		kernelConntrack{},
 		newNetnsPeers("instance"),
@@ -157,7 +159,7 @@ func (m *manager) Ready() bool { return m.ready.ready() }
 // ruleSpec is what the rules depend on now.
 func (m *manager) ruleSpec() ruleSpec {
 	return ruleSpec{listen: m.intercepted(), healthPort: m.cfg.HealthPort, failOpen: m.cfg.FailOpen,
-		mode: m.phase.ruleMode(), kubeDNS: m.conns.all()}
+		mode: m.phase.ruleMode(), kubeDNS: m.conns.all(), fallback: m.cfg.fallbacks(), takeover: m.starts.takeover}
 }
 
 // applyRules brings the rules to what the config and the phase want.
@@ -168,6 +170,16 @@ func (m *manager) intercepted() []netip.AddrPort { return m.iface.intercepted(m.
 
 // services are the intercepted addresses that are Service IPs.
 func (m *manager) services() []netip.AddrPort { return serviceAddrs(m.intercepted()) }
+
+// fromKubeDNS are the intercepted addresses kube-dns serves while no
+// instance does: the Service IPs, and with fail-open the link-local ones
+// with a fallback.
+func (m *manager) fromKubeDNS() []netip.AddrPort {
+	if !m.cfg.FailOpen || !m.rules.any() {
+		return m.services()
+	}
+	return fromKubeDNS(m.intercepted(), m.cfg.fallbacks())
+}
 
 // noOthers reports whether no other instance serves on the listen addresses
 // (false when that cannot be told).
@@ -200,7 +212,7 @@ func (m *manager) check(withRules bool) {
 	}
 	counting := withRules && m.phase.ownsRules()
 	if counting {
-		if m.conns.prune(m.services()) {
+		if m.conns.prune(m.fromKubeDNS()) {
 			m.applyRules(false)
 		}
 		m.applyRules(true)

@@ -13,6 +13,7 @@ const (
 	errInterfaceAdd   = "interface_add"
 	errInterfaceCheck = "interface_check"
 	errConfigMap      = "configmap"
+	errNFTables       = "nftables"
 )
 
 // Repair kinds.
@@ -56,7 +57,7 @@ var (
 
 func init() {
 	// Export every series from the start, so rate() and alerts see zeros.
-	for _, t := range []string{errIPTables, errIPTablesLock, errInterfaceAdd, errInterfaceCheck, errConfigMap} {
+	for _, t := range []string{errIPTables, errIPTablesLock, errInterfaceAdd, errInterfaceCheck, errConfigMap, errNFTables} {
 		setupErrors.WithLabelValues(t).Add(0)
 	}
 	for _, k := range []string{repairInterface, repairAddress, repairRule} {

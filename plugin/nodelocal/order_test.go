@@ -95,8 +95,9 @@ func TestOrderOfTheFirstStart(t *testing.T) {
 		"publish", "unlock", "insert")
 }
 
-// TestOrderOfTheTakeover: once the listeners are up, the ClusterIP's TCP
-// listeners pause before the SYN-only interception goes in; at the end of
+// TestOrderOfTheTakeover: once the listeners are up, the TCP listeners of
+// the addresses kube-dns served (the ClusterIP, and the link-local IP that
+// failed open to it) pause before the SYN-only interception goes in; at the end of
 // the drain, the connections kube-dns serves are listed and left to it, the
 // full interception goes in, and only then the listeners accept again.
 func TestOrderOfTheTakeover(t *testing.T) {
@@ -106,11 +107,11 @@ func TestOrderOfTheTakeover(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.mgr.ListenersUp()
-	firstInOrder(t, n.log.all(), "publish", "unlock", "pause [198.18.0.10:53]", "insert intercept-syn tcp 198.18.0.10")
+	firstInOrder(t, n.log.all(), "publish", "unlock", "pause [169.254.20.10:53 198.18.0.10:53]", "insert intercept-syn tcp 198.18.0.10")
 	n.log.reset()
 	n.mgr.finishTakeover()
 	firstInOrder(t, n.log.all(), "conntrack clients 198.18.0.10:53", "new chain", "insert conn", "insert jump",
-		"insert intercept tcp 198.18.0.10", "delete intercept-syn tcp 198.18.0.10", "resume [198.18.0.10:53]")
+		"insert intercept tcp 198.18.0.10", "delete intercept-syn tcp 198.18.0.10", "resume [169.254.20.10:53 198.18.0.10:53]")
 }
 
 // TestOrderOfTheHandOff: readiness drops before anything else; then the

@@ -6,10 +6,11 @@ import (
 	"strings"
 )
 
-// ruleset owns the node's rules in the raw and filter tables: the backend
-// and its tables, which families had their rules in place once, whether the
-// last sync found them all, what the last listing verified, and the fallback
-// to upstream's unconditional rule when the kernel refuses the socket match.
+// ruleset owns the node's rules in the raw and filter tables, and through
+// nft our nf_tables tables (failopen.go): the backend and its tables, which
+// families had their rules in place once, whether the last sync found them
+// all, what the last listing verified, and the fallback to upstream's
+// unconditional rule when the kernel refuses the socket match.
 // The upstream pins (upstreams.go) and the adoption of the connections left
 // to kube-dns (kubedns.go) use its tables. The manager's lock guards it.
 type ruleset struct {
@@ -17,6 +18,7 @@ type ruleset struct {
 	generation RulesetGeneration
 	detect     func() (Backend, error)
 	repairs    *repairLog
+	nft        *nftRules
 
 	asked    Backend  // the config's backend, auto unresolved
 	families []Family // the tables' families
@@ -34,8 +36,9 @@ type ruleset struct {
 	genErrShown bool // a failed generation read is logged once
 }
 
-func newRuleset(newTables func(Backend, Family) (RuleTables, error), generation RulesetGeneration, detect func() (Backend, error), repairs *repairLog) *ruleset {
-	return &ruleset{newTables: newTables, generation: generation, detect: detect, repairs: repairs, made: map[Family]bool{}}
+func newRuleset(newTables func(Backend, Family) (RuleTables, error), generation RulesetGeneration, detect func() (Backend, error), nft NFTables, repairs *repairLog) *ruleset {
+	return &ruleset{newTables: newTables, generation: generation, detect: detect, repairs: repairs, made: map[Family]bool{},
+		nft: newNFTRules(nft, repairs)}
 }
 
 // use opens the tables of backend for families, unless they are open
@@ -82,24 +85,37 @@ func (rs *ruleset) socketMatch() bool { return !rs.noSocketMatch }
 // inPlace: the last sync found every rule in place.
 func (rs *ruleset) inPlace() bool { return rs.ok }
 
-// desired is the spec's rules as this kernel can have them.
+// desired is the spec's iptables rules as this kernel can have them.
 func (rs *ruleset) desired(spec ruleSpec) map[Family][]Rule {
+	spec.hostByNFT = rs.any() && spec.failOpen && rs.nft.interceptsHost() // as nft.desired has it
 	spec.failOpen = spec.failOpen && !rs.noSocketMatch
 	return spec.rules()
 }
 
-// apply brings every family's tables to the spec's rules with one listing
-// per table, adding what is missing and removing extra copies. With repair
-// (the periodic check), a change is a repair: logged and counted, and a
-// ruleset unchanged since it was last verified is not listed at all. It
-// reports whether all rules are in place.
+// desiredTables are the spec's nf_tables tables: none with `iptables off`.
+func (rs *ruleset) desiredTables(spec ruleSpec) []nftTable {
+	if !rs.any() {
+		return nil
+	}
+	return rs.nft.desired(spec)
+}
+
+// apply brings our nf_tables tables, then every family's iptables tables,
+// to the spec's rules, with one listing per table, adding what is missing
+// and removing extra copies. With repair (the periodic check), a change is
+// a repair: logged and counted, and a ruleset unchanged since it was last
+// verified is not listed at all. It reports whether all rules are in place.
 func (rs *ruleset) apply(spec ruleSpec, repair bool) bool {
-	desired := rs.desired(spec)
-	current := rs.readGeneration(desired)
+	tables := rs.desiredTables(spec)
+	current := rs.readGeneration(rs.desired(spec), tables)
 	if repair && current != nil && rs.verified != nil && *current == *rs.verified {
 		return rs.ok // nothing in the ruleset changed since it was found complete
 	}
-	ok, changed := true, false
+	// The host interception goes in nf_tables before iptables' copy goes.
+	ok, changed := rs.nft.sync(tables, repair)
+	if refused := !rs.nft.interceptsHost() && slices.ContainsFunc(tables, func(t nftTable) bool { return t.owned }); refused {
+		ok, _ = rs.nft.sync(rs.desiredTables(spec), repair) // without the owned table: iptables keeps it
+	}
 	for f, t := range rs.tables {
 		fOK, fChanged := rs.sync(f, t, spec, repair)
 		ok, changed = ok && fOK, changed || fChanged
@@ -112,8 +128,10 @@ func (rs *ruleset) apply(spec ruleSpec, repair bool) bool {
 	return ok
 }
 
-// remove removes every rule of ours from the raw and filter tables.
+// remove removes every rule of ours: our nf_tables tables, and ours in the
+// raw and filter tables.
 func (rs *ruleset) remove() {
+	rs.nft.remove()
 	for f, t := range rs.tables {
 		rs.syncRules(f, t, nil, false)
 	}
@@ -177,7 +195,7 @@ type verifiedRules struct {
 
 // readGeneration is the rule check's identity now, or nil if the backend
 // keeps no generation (legacy) or it cannot be read: then every check lists.
-func (rs *ruleset) readGeneration(desired map[Family][]Rule) *verifiedRules {
+func (rs *ruleset) readGeneration(desired map[Family][]Rule, tables []nftTable) *verifiedRules {
 	gen, ok, err := rs.generation(rs.backend)
 	if err != nil && !rs.genErrShown {
 		rs.genErrShown = true
@@ -192,6 +210,7 @@ func (rs *ruleset) readGeneration(desired map[Family][]Rule) *verifiedRules {
 			fmt.Fprintf(&b, "%d %s\n", f, r)
 		}
 	}
+	b.WriteString(nftText(tables))
 	return &verifiedRules{generation: gen, desired: b.String()}
 }
 

@@ -137,6 +137,9 @@ func parseOption(c *caddy.Controller, blk *blockConfig, opt string) error {
 	if opt == "no_interface" || opt == "skip_teardown" {
 		wantArgs = 0
 	}
+	if opt == "fallback" && len(args) > 0 {
+		wantArgs = len(args)
+	}
 	if len(args) != wantArgs {
 		return c.ArgErr()
 	}
@@ -177,6 +180,18 @@ func parseOption(c *caddy.Controller, blk *blockConfig, opt string) error {
 			blk.FailOpen = false
 		default:
 			return c.Errf("fail_open %q: want on or off", args[0])
+		}
+	case "fallback":
+		for _, s := range args {
+			ip, err := netip.ParseAddr(s)
+			if err != nil || !ip.Unmap().IsGlobalUnicast() || ip.Unmap().IsLinkLocalUnicast() {
+				return c.Errf("fallback %q: want the kube-dns Service IP (a unicast address, not link-local)", s)
+			}
+			ip = ip.Unmap()
+			if slices.ContainsFunc(blk.Fallback, func(o netip.Addr) bool { return familyOf(o) == familyOf(ip) }) {
+				return c.Errf("fallback %s: one address per IP family", ip)
+			}
+			blk.Fallback = append(blk.Fallback, ip)
 		}
 	default:
 		return c.Errf("unknown property %q", opt)

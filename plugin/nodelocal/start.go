@@ -1,6 +1,7 @@
 package nodelocal
 
 import (
+	"net/netip"
 	"time"
 )
 
@@ -36,6 +37,9 @@ type startState struct {
 	// when a handed-off instance shares the node (0 otherwise).
 	retransmitWait time.Duration
 	takeoverTimer  *time.Timer
+	// takeover are the addresses whose TCP kube-dns serves as the start
+	// finds them, taken over in steps.
+	takeover []netip.AddrPort
 }
 
 // lockStart takes the instance lock as the process starts: it waits for a
@@ -73,19 +77,29 @@ func (m *manager) prepareStart() {
 // the Service IPs back to kube-proxy (a pod deleted and recreated), whose TCP
 // listeners are shut.
 func (m *manager) withholdTCP() {
-	services := m.services()
-	if len(services) == 0 || !m.cfg.FailOpen || !m.rules.any() {
+	if !m.cfg.FailOpen || !m.rules.any() {
 		return
 	}
-	if serving, err := m.peers.ServingTCP(services); err != nil || serving > 0 {
+	var takeover []netip.AddrPort
+	for _, ap := range m.fromKubeDNS() {
+		serving, err := m.peers.ServingTCP([]netip.AddrPort{ap})
+		if err != nil {
+			return
+		}
+		if serving == 0 {
+			takeover = append(takeover, ap)
+		}
+	}
+	if len(takeover) == 0 {
 		return
 	}
+	m.starts.takeover = takeover
 	m.starts.retransmitWait = 0
-	if others, err := m.peers.Others(services); err == nil && others > 0 {
+	if others, err := m.peers.Others(takeover); err == nil && others > 0 {
 		m.starts.retransmitWait = afterHandOffWait
 	}
 	m.enter(phaseWithholding)
-	for _, r := range m.rules.removeMatching("raw", "PREROUTING", func(r Rule) bool { return r.isOurs() && isServiceTCPInterception(r) }) {
+	for _, r := range m.rules.removeMatching("raw", "PREROUTING", func(r Rule) bool { return r.isOurs() && isTCPInterceptionOf(r, takeover) }) {
 		log.Infof("Removed the TCP interception an earlier instance left, until kube-dns's open connections finish: %s", r)
 	}
 }
@@ -141,7 +155,7 @@ func (m *manager) startTakeover() {
 // intercepts all of TCP and the listeners accept again; the dropped SYNs'
 // retransmissions arrive here.
 func (m *manager) takeOverTCP() {
-	if err := m.sockets.PauseAccepting(m.services()); err != nil {
+	if err := m.sockets.PauseAccepting(m.starts.takeover); err != nil {
 		log.Warningf("Taking TCP over from kube-dns at once: its open connections may be reset: %v", err)
 		m.enter(phaseServing)
 		return
@@ -158,7 +172,7 @@ func (m *manager) finishTakeover() {
 		return
 	}
 	m.completeTakeover()
-	log.Infof("Took TCP on %v over from kube-dns, after %v for its open connections to finish", m.services(), m.waits.takeoverDrain)
+	log.Infof("Took TCP on %v over from kube-dns, after %v for its open connections to finish", m.starts.takeover, m.waits.takeoverDrain)
 	go m.check(false) // readiness
 }
 
@@ -170,10 +184,10 @@ func (m *manager) finishTakeover() {
 // above the interception, until they close.
 func (m *manager) completeTakeover() {
 	m.starts.takeoverTimer.Stop()
-	m.conns.leave(m.services())
+	m.conns.leave(m.starts.takeover)
 	m.enter(phaseServing)
 	m.applyRules(false)
-	if err := m.sockets.ResumeAccepting(m.services()); err != nil {
-		log.Errorf("TCP listeners on %v may still refuse new connections: %v", m.services(), err)
+	if err := m.sockets.ResumeAccepting(m.starts.takeover); err != nil {
+		log.Errorf("TCP listeners on %v may still refuse new connections: %v", m.starts.takeover, err)
 	}
 }

@@ -78,7 +78,7 @@ func (m *manager) Status() Status {
 	for _, c := range m.conns.all() {
 		st.KubeDNSConnections = append(st.KubeDNSConnections, c.client.String()+" -> "+c.service.String())
 	}
-	desired := m.rules.desired(m.ruleSpec())
+	desired, nftDesired := m.rules.desired(m.ruleSpec()), m.rules.desiredTables(m.ruleSpec())
 	tables := map[Family]RuleTables{}
 	for _, f := range []Family{IPv4, IPv6} {
 		if t, ok := m.rules.table(f); ok {
@@ -101,6 +101,7 @@ func (m *manager) Status() Status {
 		}
 	}
 	st.Rules, st.ExtraRules = compareRules(tables, desired)
+	st.Rules = append(st.Rules, m.rules.nft.status(nftDesired)...)
 	if missing := slices.DeleteFunc(slices.Clone(st.Rules), func(r RuleStatus) bool { return r.InPlace }); len(missing) > 0 {
 		st.Problems = append(st.Problems, fmt.Sprintf("%d of %d rules missing", len(missing), len(st.Rules)))
 	}

@@ -17,11 +17,12 @@ import (
 
 var seq atomic.Int32
 
-func newCluster(t *testing.T, mode string) *cluster.Cluster {
+func newCluster(t *testing.T, opts cluster.Options) *cluster.Cluster {
 	t.Helper()
 	harness.RequirePrivileges(t)
 	n := int(seq.Add(1))
-	c, err := cluster.Up(cluster.Options{ProxyMode: mode, Dir: cluster.TestDir(n), Name: fmt.Sprintf("nlc%dx%d", os.Getpid(), n), Logf: t.Logf})
+	opts.Dir, opts.Name, opts.Logf = cluster.TestDir(n), fmt.Sprintf("nlc%dx%d", os.Getpid(), n), t.Logf
+	c, err := cluster.Up(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +93,7 @@ func assertClean(t *testing.T, c *cluster.Cluster) {
 func TestOnARealNode(t *testing.T) {
 	for _, mode := range []string{"iptables", "nftables"} {
 		t.Run(mode, func(t *testing.T) {
-			c := newCluster(t, mode)
+			c := newCluster(t, cluster.Options{ProxyMode: mode})
 			if _, err := c.KubectlOutput("create", "service", "clusterip", "web", "--tcp=80:80"); err != nil {
 				t.Fatal(err)
 			}

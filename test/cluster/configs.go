@@ -114,7 +114,7 @@ syncFrequency: 10s
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "1Mi", nodefs.available: "1%%", imagefs.available: "1%%"}
-`, c.cgroupRoot(), c.socket(), NodeIP, c.path("pod-logs"), c.pki.path("ca.crt"), KubeDNSIP, c.path("resolv.conf")),
+`, c.cgroupRoot(), c.socket(), NodeIP, c.path("pod-logs"), c.pki.path("ca.crt"), c.clusterDNS(), c.path("resolv.conf")),
 		"kube-proxy/config.yaml": fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: %[1]s

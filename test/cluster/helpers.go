@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -39,20 +40,33 @@ func (c *Cluster) Exec(pod string, argv ...string) (string, error) {
 }
 
 // StartClient runs a client pod (ClusterFirst DNS) and waits until it runs.
-func (c *Cluster) StartClient(name string) error {
+func (c *Cluster) StartClient(name string) error { return c.startClient(name, "") }
+
+// HostClient is the hostNetwork client pod of the scenarios that load from
+// one (Scenario.HostClient).
+const HostClient = "host-client"
+
+// StartHostClient runs a hostNetwork client pod (ClusterFirstWithHostNet
+// DNS, as ingress controllers and CNI agents run), as the node's own
+// processes ask, and waits until it runs.
+func (c *Cluster) StartHostClient(name string) error {
+	return c.startClient(name, "  hostNetwork: true\n  dnsPolicy: ClusterFirstWithHostNet\n")
+}
+
+func (c *Cluster) startClient(name, spec string) error {
 	pod := fmt.Sprintf(`apiVersion: v1
 kind: Pod
 metadata: {name: %s, namespace: default, labels: {app: %[1]s}}
 spec:
-  terminationGracePeriodSeconds: 1
+%[3]s  terminationGracePeriodSeconds: 1
   containers:
   - name: client
-    image: %s
+    image: %[2]s
     imagePullPolicy: Never
     # A shell as PID 1 reaps the orphans it inherits: each busybox timeout(1)
     # leaves its watchdog process behind (the nslookup client's).
     command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait; done"]
-`, name, ClientImage)
+`, name, ClientImage, spec)
 	if err := c.Apply(pod); err != nil {
 		return err
 	}
@@ -80,7 +94,8 @@ func (c *Cluster) Metric(url, name string) (float64, error) {
 }
 
 // NodeLocalState is what node-cache leaves on the node: its interface (if
-// any), its rules and its chains.
+// any), its rules and its chains in iptables, and its nf_tables tables' rules
+// (each instance's own table under one name: it changes with every process).
 func (c *Cluster) NodeLocalState() (iface string, rules []string, err error) {
 	if out, err := c.InNode("ip", "-o", "link", "show", "nodelocaldns"); err == nil {
 		iface = strings.TrimSpace(out)
@@ -96,8 +111,20 @@ func (c *Cluster) NodeLocalState() (iface string, rules []string, err error) {
 			}
 		}
 	}
+	tables, err := harness.NodeLocalNFTables(&harness.Netns{Name: c.NodeNetns})
+	if err != nil {
+		return iface, nil, err
+	}
+	for table, lines := range tables {
+		table = hostTableName.ReplaceAllString(table, "nodelocaldns-host-*")
+		for _, l := range lines {
+			rules = append(rules, "nft "+table+": "+l)
+		}
+	}
 	return iface, rules, nil
 }
+
+var hostTableName = regexp.MustCompile(`^nodelocaldns-host-[0-9a-f]+$`)
 
 // WaitGone waits until no pod matches selector in kube-system.
 func (c *Cluster) WaitGone(selector string, d time.Duration) error {

@@ -2,7 +2,9 @@ package cluster
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +25,7 @@ const podLoadMix = "A:kubernetes.default.svc.cluster.local,A:web.default.svc.clu
 
 // LoadRun is what one client of a pod load saw.
 type LoadRun struct {
+	Client    string // the pod it ran in
 	Target    string
 	Transport dnsload.Transport
 	Result    *dnsload.Result
@@ -37,6 +40,19 @@ type PodLoad struct {
 	Runs                       []LoadRun
 	NslookupSent, NslookupFail int
 	NslookupErr                error
+}
+
+// merge adds another client's load to l.
+func (l *PodLoad) merge(o PodLoad) {
+	l.Runs = append(l.Runs, o.Runs...)
+	l.NslookupSent += o.NslookupSent
+	l.NslookupFail += o.NslookupFail
+	l.NslookupErr = errors.Join(l.NslookupErr, o.NslookupErr)
+}
+
+// FailedFrom counts the failed queries of client's runs to target.
+func (l PodLoad) FailedFrom(client, target string) (failed, sent int) {
+	return PodLoad{Runs: slices.DeleteFunc(slices.Clone(l.Runs), func(r LoadRun) bool { return r.Client != client })}.Failed(target)
 }
 
 // Failed counts the failed queries to target (all targets if empty).
@@ -69,7 +85,7 @@ func (c *Cluster) StartPodLoad(pod string, rate int, d time.Duration) <-chan Pod
 					}
 					out, err := c.Exec(pod, "dnsload", "-json", "-target", target+":53", "-transport", string(tr), "-queries", podLoadMix,
 						"-rate", strconv.Itoa(rate), "-duration", d.String(), "-timeout", "2s", "-workers", workers)
-					run := LoadRun{Target: target, Transport: tr}
+					run := LoadRun{Client: pod, Target: target, Transport: tr}
 					var res dnsload.Result
 					if jerr := json.Unmarshal([]byte(out), &res); jerr == nil {
 						run.Result = &res // dnsload exits 1 when a query failed: the result says which

@@ -16,9 +16,13 @@ import (
 // Options configure a node.
 type Options struct {
 	ProxyMode string // kube-proxy's mode: iptables (default) or nftables
-	Dir       string // where the node keeps its state; default a new temporary directory
-	Name      string // prefix of its namespaces and cgroups; default one derived from the process id
-	Logf      func(string, ...any)
+	// ClusterDNS is kubelet's clusterDNS, where pods' resolvers ask: the
+	// kube-dns ClusterIP (default, as kubeadm sets it), or node-cache's
+	// link-local IP, as kops, kubespray and IPVS clusters run.
+	ClusterDNS string
+	Dir        string // where the node keeps its state; default a new temporary directory
+	Name       string // prefix of its namespaces and cgroups; default one derived from the process id
+	Logf       func(string, ...any)
 }
 
 // Cluster is one running node with its control plane.
@@ -35,14 +39,23 @@ type Cluster struct {
 
 // state is what Down needs to remove everything, also from another process.
 type state struct {
-	Name      string   `json:"name"`
-	ProxyMode string   `json:"proxyMode"`
-	Netns     []string `json:"netns"`
-	Pids      []int    `json:"pids"` // process group leaders
-	HolderPid int      `json:"holderPid"`
+	Name       string   `json:"name"`
+	ProxyMode  string   `json:"proxyMode"`
+	ClusterDNS string   `json:"clusterDNS"`
+	Netns      []string `json:"netns"`
+	Pids       []int    `json:"pids"` // process group leaders
+	HolderPid  int      `json:"holderPid"`
 }
 
-func (c *Cluster) socket() string     { return c.path("containerd", "containerd.sock") }
+func (c *Cluster) socket() string { return c.path("containerd", "containerd.sock") }
+
+// clusterDNS is kubelet's clusterDNS.
+func (c *Cluster) clusterDNS() string {
+	if c.Opts.ClusterDNS == "" {
+		return KubeDNSIP
+	}
+	return c.Opts.ClusterDNS
+}
 func (c *Cluster) cgroupRoot() string { return c.state.Name }
 
 // Up builds what is missing, boots a node and waits until it is Ready with
@@ -85,7 +98,7 @@ func Up(opts Options) (c *Cluster, err error) {
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	c = &Cluster{Opts: opts, Dir: opts.Dir, Bin: bin, state: state{Name: opts.Name, ProxyMode: opts.ProxyMode}}
+	c = &Cluster{Opts: opts, Dir: opts.Dir, Bin: bin, state: state{Name: opts.Name, ProxyMode: opts.ProxyMode, ClusterDNS: opts.ClusterDNS}}
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("%w (logs in %s)", err, c.Dir)
@@ -114,7 +127,7 @@ func Up(opts Options) (c *Cluster, err error) {
 		}
 		opts.Logf("node %s: %s ready in %v", opts.Name, s.what, time.Since(t).Round(100*time.Millisecond))
 	}
-	opts.Logf("node %s Ready (kube-proxy %s mode) in %v", opts.Name, opts.ProxyMode, time.Since(start).Round(time.Second))
+	opts.Logf("node %s Ready (kube-proxy %s mode, clusterDNS %s) in %v", opts.Name, opts.ProxyMode, c.clusterDNS(), time.Since(start).Round(time.Second))
 	return c, nil
 }
 
@@ -411,17 +424,17 @@ func removeCgroups(root string) {
 
 // Running returns the node whose state is in dir if it runs in proxyMode and
 // its API server answers, for cluster-up to reuse.
-func Running(dir, proxyMode string) (*Cluster, bool) {
+func Running(dir string, opts Options) (*Cluster, bool) {
 	var s state
 	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
-	if err != nil || json.Unmarshal(b, &s) != nil || s.ProxyMode != proxyMode || len(s.Netns) == 0 {
+	if err != nil || json.Unmarshal(b, &s) != nil || s.ProxyMode != opts.ProxyMode || s.ClusterDNS != opts.ClusterDNS || len(s.Netns) == 0 {
 		return nil, false
 	}
 	bin, err := Binaries(func(string, ...any) {})
 	if err != nil {
 		return nil, false
 	}
-	c := &Cluster{Opts: Options{ProxyMode: proxyMode, Dir: dir, Name: s.Name}, Dir: dir, Bin: bin, NodeNetns: s.Netns[0], state: s,
+	c := &Cluster{Opts: Options{ProxyMode: opts.ProxyMode, ClusterDNS: opts.ClusterDNS, Dir: dir, Name: s.Name}, Dir: dir, Bin: bin, NodeNetns: s.Netns[0], state: s,
 		Kubeconfig: filepath.Join(dir, "admin.kubeconfig"), Kubectl: filepath.Join(dir, "kubectl")}
 	if _, err := c.KubectlOutput("get", "--raw", "/readyz"); err != nil {
 		return nil, false

@@ -28,9 +28,13 @@ type Termination struct {
 
 // ContainerStatus is what kubelet reports of the node-cache container.
 type ContainerStatus struct {
-	RestartCount int  `json:"restartCount"`
-	Ready        bool `json:"ready"`
-	LastState    struct {
+	ContainerID  string `json:"containerID"`
+	RestartCount int    `json:"restartCount"`
+	Ready        bool   `json:"ready"`
+	State        struct {
+		Running *struct{} `json:"running"`
+	} `json:"state"`
+	LastState struct {
 		Terminated *Termination `json:"terminated"`
 	} `json:"lastState"`
 }

@@ -14,23 +14,30 @@ import (
 // controller ordering the pods, a pod's lookups (2,100 queries/s: UDP, TCP
 // per query and persistent, to the kube-dns ClusterIP and 169.254.20.10, and
 // an nslookup every 100 ms) across a rollout restart, an image upgrade, a
-// ConfigMap reload, a pod deletion, an OOM kill and an uninstall, in each
-// kube-proxy mode, meet each scenario's goal exactly (a miss is logged and
-// the scenario runs once more; a second miss fails); node-cache exits by
-// itself within the grace period, and the rules are the same after each.
+// ConfigMap reload, a pod deletion, an OOM kill, a crash loop and an
+// uninstall, in each kube-proxy mode, meet each scenario's goal exactly (a
+// miss is logged and the scenario runs once more; a second miss fails); in
+// the OOM kill and the crash loop a hostNetwork pod sends the same load.
+// kubelet's clusterDNS (where nslookup asks) is the kube-dns ClusterIP in
+// iptables mode and 169.254.20.10 in nftables mode, as kops and kubespray
+// run. node-cache exits by itself within the grace period, and the rules
+// are the same after each scenario.
 func TestZeroLossOnARealNode(t *testing.T) {
 	const (
 		rate    = 350 // per client: 6 clients
 		loadFor = 25 * time.Second
 		eventAt = 5 * time.Second
 	)
-	for _, mode := range []string{"iptables", "nftables"} {
-		t.Run(mode, func(t *testing.T) {
-			c := newCluster(t, mode)
+	for _, opts := range []cluster.Options{{ProxyMode: "iptables"}, {ProxyMode: "nftables", ClusterDNS: "169.254.20.10"}} {
+		t.Run(opts.ProxyMode, func(t *testing.T) {
+			c := newCluster(t, opts)
 			if _, err := c.KubectlOutput("create", "service", "clusterip", "web", "--tcp=80:80"); err != nil {
 				t.Fatal(err)
 			}
 			if err := c.StartClient("client"); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.StartHostClient(cluster.HostClient); err != nil {
 				t.Fatal(err)
 			}
 			install(t, c)
@@ -161,6 +168,9 @@ func runScenario(t *testing.T, c *cluster.Cluster, s cluster.Scenario, rate int,
 		}
 	}
 	var miss []string
+	if s.Rate > 0 {
+		rate = s.Rate
+	}
 	if _, sent := run.Load.Failed(cluster.KubeDNSIP); sent < rate*3*int(max(loadFor, s.MinLoad).Seconds())*9/10 {
 		miss = append(miss, fmt.Sprintf("only %d queries sent to the ClusterIP", sent))
 	}

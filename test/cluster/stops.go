@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -37,14 +38,16 @@ func (s Stop) String() string {
 }
 
 // stopWatch follows the logs of the node-local-dns pods that run when it
-// starts, and containerd's task exits.
+// starts, and containerd's task exits: of those pods' containers, and of
+// the node-cache containers started since (a crash loop's restarts).
 type stopWatch struct {
-	cancel     context.CancelFunc
-	wg         sync.WaitGroup
-	mu         sync.Mutex
-	containers map[string]string    // container ID: pod
-	signalled  map[string]time.Time // pod: its SIGTERM log line
-	exits      map[string]Stop      // container ID
+	isNodeCache func(containerID string) bool
+	cancel      context.CancelFunc
+	wg          sync.WaitGroup
+	mu          sync.Mutex
+	containers  map[string]string    // container ID: pod
+	signalled   map[string]time.Time // pod: its SIGTERM log line
+	exits       map[string]Stop      // container ID
 }
 
 func (c *Cluster) watchStops() (*stopWatch, error) {
@@ -54,7 +57,11 @@ func (c *Cluster) watchStops() (*stopWatch, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &stopWatch{cancel: cancel, containers: map[string]string{}, signalled: map[string]time.Time{}, exits: map[string]Stop{}}
+	w := &stopWatch{cancel: cancel, containers: map[string]string{}, signalled: map[string]time.Time{}, exits: map[string]Stop{},
+		isNodeCache: func(id string) bool {
+			info, err := c.Ctr("containers", "info", id)
+			return err == nil && strings.Contains(info, `"io.kubernetes.container.name": "node-cache"`)
+		}}
 	ctr := c.ctr("events")
 	events := exec.CommandContext(ctx, ctr.Path, ctr.Args[1:]...)
 	events.Env = ctr.Env
@@ -133,6 +140,12 @@ func (w *stopWatch) taskExit(line string) {
 		return
 	}
 	w.mu.Lock()
+	_, known := w.containers[e.ContainerID]
+	w.mu.Unlock()
+	if !known && !w.isNodeCache(e.ContainerID) { // looked up now: kubelet removes dead containers
+		return
+	}
+	w.mu.Lock()
 	w.exits[e.ContainerID] = Stop{Exited: t, ExitStatus: e.ExitStatus}
 	w.mu.Unlock()
 }
@@ -143,11 +156,14 @@ func (w *stopWatch) stop() []Stop {
 	w.cancel()
 	w.wg.Wait()
 	var stops []Stop
-	for id, pod := range w.containers {
-		if s, ok := w.exits[id]; ok {
+	for id, s := range w.exits {
+		if pod, ok := w.containers[id]; ok {
 			s.Pod, s.Signalled = pod, w.signalled[pod]
-			stops = append(stops, s)
+		} else {
+			s.Pod = "a container started during the run" // a restart's (the crash loop kills those)
 		}
+		stops = append(stops, s)
 	}
+	slices.SortFunc(stops, func(a, b Stop) int { return a.Exited.Compare(b.Exited) })
 	return stops
 }

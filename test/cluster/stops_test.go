@@ -34,7 +34,11 @@ func TestScenarioChecks(t *testing.T) {
 			r.Outcomes[dnsload.Timeout]++
 			r.Failures = append(r.Failures, dnsload.Failure{Sent: start.Add(time.Duration(s)*time.Second + 500*time.Millisecond), Outcome: "timeout"})
 		}
-		return LoadRun{Target: target, Transport: dnsload.UDP, Result: r}
+		return LoadRun{Client: "client", Target: target, Transport: dnsload.UDP, Result: r}
+	}
+	fromHost := func(r LoadRun) LoadRun {
+		r.Client = HostClient
+		return r
 	}
 	// The same with the failures not listed one by one.
 	unlisted := func(r LoadRun) LoadRun {
@@ -42,6 +46,7 @@ func TestScenarioChecks(t *testing.T) {
 		return r
 	}
 	killedAt8s := []Stop{{Exited: start.Add(8500 * time.Millisecond), ExitStatus: 137}}
+	crashLoop := []Stop{{Exited: start.Add(8500 * time.Millisecond), ExitStatus: 137}, {Pod: "a container started during the run", Exited: start.Add(20500 * time.Millisecond), ExitStatus: 137}}
 	for _, tc := range []struct {
 		name  string
 		check func(ScenarioRun) error
@@ -51,12 +56,19 @@ func TestScenarioChecks(t *testing.T) {
 		{"nothing failed", noFailures(LoadTargets...), ScenarioRun{Load: PodLoad{Runs: []LoadRun{failedAt(KubeDNSIP)}}}, ""},
 		{"one failed", noFailures(LoadTargets...), ScenarioRun{Load: PodLoad{Runs: []LoadRun{failedAt("169.254.20.10", 3)}}}, "1 of 100 queries to 169.254.20.10"},
 		{"link-local not checked", noFailures(KubeDNSIP), ScenarioRun{Load: PodLoad{Runs: []LoadRun{failedAt("169.254.20.10", 3)}}}, ""},
-		{"an nslookup", noFailures(KubeDNSIP), ScenarioRun{Load: PodLoad{NslookupSent: 10, NslookupFail: 1}}, "1 of 10 nslookups"},
+		{"an nslookup", noFailures(KubeDNSIP), ScenarioRun{ClusterDNS: KubeDNSIP, Load: PodLoad{NslookupSent: 10, NslookupFail: 1}}, "1 of 10 nslookups"},
+		{"an nslookup through the address not checked", noFailures(KubeDNSIP), ScenarioRun{ClusterDNS: "169.254.20.10", Load: PodLoad{NslookupSent: 10, NslookupFail: 1}}, ""},
 		{"at the kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{failedAt(KubeDNSIP, 6, 7, 8)}}}, ""},
-		{"after the kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{failedAt(KubeDNSIP, 8, 9)}}}, "0 failed queries sent more than 3 s before the kill (at 8.5s into the load), 1 after it"},
-		{"long before the kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{failedAt(KubeDNSIP, 4)}}}, "1 failed queries sent more than 3 s before"},
+		{"after the kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{failedAt(KubeDNSIP, 8, 9)}}}, "client to 198.18.0.10 udp: 1 failed queries sent outside the 3 s before a kill (kills at 8.5s into the load), at 9.5s"},
+		{"long before the kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{failedAt(KubeDNSIP, 4)}}}, "1 failed queries sent outside the 3 s before a kill"},
+		{"the link-local IP after the kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{failedAt("169.254.20.10", 9)}}}, "client to 169.254.20.10 udp: 1 failed"},
+		{"a hostNetwork pod after the kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{fromHost(failedAt(KubeDNSIP, 9))}}}, "host-client to 198.18.0.10 udp: 1 failed"},
+		{"crash loop: at each kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: crashLoop, Load: PodLoad{Runs: []LoadRun{failedAt("169.254.20.10", 7, 19), fromHost(failedAt(KubeDNSIP, 8, 20))}}}, ""},
+		{"crash loop: between kills", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: crashLoop, Load: PodLoad{Runs: []LoadRun{failedAt("169.254.20.10", 7, 14)}}}, "at 14.5s"},
+		{"crash loop: an nslookup per client and kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: crashLoop, Load: PodLoad{Runs: []LoadRun{failedAt(KubeDNSIP), fromHost(failedAt(KubeDNSIP))}, NslookupSent: 100, NslookupFail: 4}}, ""},
+		{"crash loop: more nslookups", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: crashLoop, Load: PodLoad{Runs: []LoadRun{failedAt(KubeDNSIP), fromHost(failedAt(KubeDNSIP))}, NslookupSent: 100, NslookupFail: 5}}, "5 of 100 nslookups failed, want at most the 4"},
 		{"by the second, at the kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{unlisted(failedAt(KubeDNSIP, 6, 7, 8))}}}, ""},
-		{"by the second, long before", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{unlisted(failedAt(KubeDNSIP, 4))}}}, "1 failed queries sent more than 3 s before"},
+		{"by the second, long before", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: killedAt8s, Load: PodLoad{Runs: []LoadRun{unlisted(failedAt(KubeDNSIP, 4))}}}, "1 failed queries sent outside the 3 s before a kill"},
 		{"no kill", onlyInFlightAtTheKill, ScenarioRun{Start: start, Stops: []Stop{{Signalled: start, Exited: start, ExitStatus: 0}}}, "no container was killed"},
 	} {
 		err := tc.check(tc.run)

@@ -78,7 +78,7 @@ func TestManifestCapabilities(t *testing.T) {
 				t.Fatalf("with exactly %v: %v\n%s", caps, err, p.Log())
 			}
 			mustQuery(t, node, "udp", harness.ClusterIP, harness.WebSvc)
-			assertRules(t, node, 24)
+			assertRules(t, node, rulesBoth)
 			if err := p.Stop(15 * time.Second); err != nil {
 				t.Fatal(err)
 			}

@@ -127,7 +127,7 @@ func TestImageRunsAsTheDaemonSetRunsIt(t *testing.T) {
 					mustQuery(t, node, network, ip, harness.WebSvc)
 				}
 			}
-			assertRules(t, node, 24)
+			assertRules(t, node, rulesBoth)
 
 			if err := ctr.Signal(syscall.SIGTERM); err != nil {
 				t.Fatal(err)

@@ -20,7 +20,7 @@ func TestIPVSAfterNodeCache(t *testing.T) {
 	if _, err := node.StartNodeCache("node-cache", tmpl, "-ipvs", "auto"); err != nil {
 		t.Fatal(err)
 	}
-	waitForRules(t, node, 24, 5*time.Second, "rules before kube-proxy IPVS")
+	waitForRules(t, node, rulesBoth, 5*time.Second, "rules before kube-proxy IPVS")
 	// kube-proxy's IPVS mode starts: the Service IPs go on kube-ipvs0.
 	if err := node.Host.Run("ip", "link", "add", "kube-ipvs0", "type", "bridge"); err != nil {
 		t.Fatal(err)
@@ -31,7 +31,7 @@ func TestIPVSAfterNodeCache(t *testing.T) {
 		}
 	}
 	start := time.Now()
-	waitForRules(t, node, 12, time.Second, "rules after kube-ipvs0 took the ClusterIP")
+	waitForRules(t, node, rulesLinkLocal, time.Second, "rules after kube-ipvs0 took the ClusterIP")
 	t.Logf("ClusterIP given back %v after kube-ipvs0 appeared", time.Since(start).Round(time.Millisecond))
 	out, err := node.Host.Output("ip", "-o", "addr", "show", "dev", "nodelocaldns")
 	if err != nil || strings.Contains(out, harness.ClusterIP) {
@@ -48,6 +48,6 @@ func TestIPVSAfterNodeCache(t *testing.T) {
 	if n, _ := node.NodeCacheMetric(`coredns_nodelocal_repairs_total{kind="address"}`); n != 0 {
 		t.Fatalf("%v address repairs: node-cache fought kube-proxy for the ClusterIP", n)
 	}
-	waitForRules(t, node, 12, time.Second, "rules after the reload")
+	waitForRules(t, node, rulesLinkLocal, time.Second, "rules after the reload")
 	mustQuery(t, node, "udp", harness.LocalIP, harness.WebSvc)
 }

@@ -60,55 +60,77 @@ func waitForRules(t *testing.T, node *harness.Node, want int, timeout time.Durat
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: %d rules (%v) after %v, want %d", what, len(rules), err, timeout, want)
+			t.Fatalf("%s: %d rules (%v) after %v, want %d:\n%s", what, len(rules), err, timeout, want, strings.Join(rules, "\n"))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-// TestCrashFailsOpen: after SIGKILL nothing tears down, yet the ClusterIP
-// falls back to kube-dns by itself (the interception needs a live socket);
-// the next instance adopts what the dead one left.
+// TestCrashFailsOpen: after SIGKILL nothing tears down, yet both addresses
+// fall back to kube-dns by themselves, for pods and for clients on the node
+// itself, in every kube-proxy mode and iptables backend: the pods'
+// interception needs a live socket, the node's own clients' lives in a table
+// the kernel deletes with the process, and the link-local IP's queries that
+// nothing intercepted go to the kube-dns Service. The next instance takes
+// over from kube-dns and adopts what the dead one left.
 func TestCrashFailsOpen(t *testing.T) {
-	node := harness.NewNode(t, harness.Options{})
+	for _, mode := range harness.Modes {
+		for _, backend := range harness.Backends {
+			t.Run(string(mode)+"/"+string(backend), func(t *testing.T) { crashFailsOpen(t, mode, backend) })
+		}
+	}
+}
+
+func crashFailsOpen(t *testing.T, mode harness.ProxyMode, backend harness.Backend) {
+	node := harness.NewNode(t, harness.Options{Mode: mode, Backend: backend})
 	tmpl := mustTemplate(t, node, "")
 	p, err := node.StartNodeCache("node-cache", tmpl)
 	if err != nil {
 		t.Fatal(err)
 	}
+	rules, err := node.NodeLocalRules()
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
-	load := startLoad(ctx, t, node, 150, 8*time.Second)
+	pods, hosts := startLoad(ctx, t, node, 100, 6*time.Second), startHostLoad(ctx, t, node, 100, 6*time.Second)
 	time.Sleep(2 * time.Second)
 	p.Kill()
 	killed := time.Now()
 	before := kubeDNSCount(t, node)
-	mustQuery(t, node, "udp", harness.ClusterIP, harness.WebSvc)
-	mustQuery(t, node, "tcp", harness.ClusterIP, harness.WebSvc)
-	if kubeDNSCount(t, node) <= before {
-		t.Fatal("after SIGKILL the ClusterIP query was not answered by kube-dns")
+	for _, client := range []*harness.Netns{node.Pods[0], node.Host} {
+		for _, target := range []string{harness.LocalIP, harness.ClusterIP} {
+			for _, network := range []string{"udp", "tcp"} {
+				if _, err := harness.QueryTimeout(client, network, target, harness.WebSvc, dns.TypeA, time.Second); err != nil {
+					t.Errorf("after SIGKILL, %s query from %s to %s: %v", network, client.Name, target, err)
+				}
+			}
+		}
+	}
+	if got := kubeDNSCount(t, node) - before; got < 8 {
+		t.Errorf("after SIGKILL, kube-dns answered %d of the 8 queries", got)
 	}
 	time.Sleep(2*time.Second - time.Since(killed))
 	if _, err := node.StartNodeCache("node-cache-2", tmpl); err != nil {
 		t.Fatal(err)
 	}
-	results := <-load
-	// Only queries under way at the kill may fail: none sent after it, also
-	// on the connections kube-dns serves when the new instance takes over.
-	f, sent := results.Failed(harness.ClusterIP, allTransports...)
-	t.Logf("SIGKILL, new instance 2s later: ClusterIP %d of %d failed", f, sent)
-	for _, r := range results {
-		if r.Target != harness.ClusterIP || r.Result == nil {
-			continue
-		}
-		for _, at := range r.Result.FailedAt() {
-			if at.After(killed) {
-				t.Errorf("ClusterIP %s: a query sent %v after the kill failed", r.Transport, at.Sub(killed).Round(time.Millisecond))
+	// Only queries under way at the kill may fail: none sent after it, on
+	// either address, from either kind of client, also on the connections
+	// kube-dns serves when the new instance takes over.
+	for _, results := range []harness.LoadResults{<-pods, <-hosts} {
+		for _, r := range results {
+			if r.Result == nil {
+				continue
+			}
+			t.Logf("%s to %s over %s: %d of %d failed", r.Client, r.Target, r.Transport, r.Result.Failed(), r.Result.Sent)
+			for _, at := range r.Result.FailedAt() {
+				if at.After(killed) {
+					t.Errorf("%s to %s over %s: a query sent %v after the kill failed", r.Client, r.Target, r.Transport, at.Sub(killed).Round(time.Millisecond))
+				}
 			}
 		}
 	}
-	fl, sentl := results.Failed(harness.LocalIP, allTransports...)
-	t.Logf("SIGKILL, new instance 2s later: link-local %d of %d failed (the gap)", fl, sentl)
-	waitForRules(t, node, 24, 10*time.Second, "the rules of the connections left to kube-dns removed once the load closed them")
+	waitForRules(t, node, len(rules), 10*time.Second, "the rules of the connections left to kube-dns removed once the load closed them")
 }
 
 // assertNoClusterIPLoss: across a stop, no ClusterIP query fails, whatever
@@ -246,7 +268,7 @@ func TestHandOffToAnotherInstance(t *testing.T) {
 			if strings.Contains(next.Log(), "over from kube-dns") {
 				t.Fatalf("the new instance took TCP over from kube-dns, want a surge start:\n%s", next.Log())
 			}
-			assertRules(t, node, 24)
+			assertRules(t, node, rulesBoth)
 			results := <-load
 			if f, sent := results.Failed(anyTarget, allTransports...); f != 0 {
 				t.Errorf("%d of %d queries failed across the handoff, want 0", f, sent)
@@ -313,7 +335,7 @@ func TestRestartWithoutSurge(t *testing.T) {
 	assertNoClusterIPLoss(t, results)
 	f, sent := results.Failed(harness.LocalIP, allTransports...)
 	t.Logf("link-local: %d of %d failed (the 2s gap)", f, sent)
-	assertRules(t, node, 24)
+	assertRules(t, node, rulesBoth)
 }
 
 // TestStartLetsKubeDNSConnectionsFinish: a TCP connection that kube-dns
@@ -386,5 +408,5 @@ func TestStartLetsKubeDNSConnectionsFinish(t *testing.T) {
 		t.Fatal("the query on the connection kube-dns serves reached the cache")
 	}
 	open.Close()
-	waitForRules(t, node, 24, 10*time.Second, "the exception for kube-dns's connection removed once it closed")
+	waitForRules(t, node, rulesBoth, 10*time.Second, "the exception for kube-dns's connection removed once it closed")
 }

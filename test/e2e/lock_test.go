@@ -63,5 +63,5 @@ func TestXtablesLockHeld(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	assertRules(t, node, 24)
+	assertRules(t, node, rulesBoth)
 }

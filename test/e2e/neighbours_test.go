@@ -158,7 +158,7 @@ func TestHostileNeighbours(t *testing.T) {
 			if !strings.Contains(old.Log(), "new queries go to it") || !strings.Contains(old.Log(), "Teardown skipped: another instance serves here") {
 				t.Fatalf("the old instance did not leave the node to the new one:\n%s", old.Log())
 			}
-			assertRules(t, node, 24)
+			assertRules(t, node, rulesBoth)
 			mustQuery(t, node, "udp", harness.ClusterIP, harness.WebSvc)
 			next.Signal(syscall.SIGTERM)
 			if err := next.Wait(25 * time.Second); err != nil {

@@ -39,7 +39,7 @@ func TestStatusOnASimulatedNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, code := runStatus(t, node)
-	if code != 0 || !strings.Contains(out, "phase:       serving") || !strings.Contains(out, "rules:       24 of 24 in place") {
+	if code != 0 || !strings.Contains(out, "phase:       serving") || !strings.Contains(out, "rules:       36 of 36 in place") {
 		t.Fatalf("exit %d, want 0 and every rule in place:\n%s", code, out)
 	}
 	t.Logf("node-cache status:\n%s", out)
@@ -51,7 +51,7 @@ func TestStatusOnASimulatedNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, code = runStatus(t, node)
-	if code != 1 || !strings.Contains(out, "missing: -t raw -A PREROUTING -d "+harness.ClusterIP+"/32 -p udp") || !strings.Contains(out, "PROBLEM: 1 of 24 rules missing") {
+	if code != 1 || !strings.Contains(out, "missing: -t raw -A PREROUTING -d "+harness.ClusterIP+"/32 -p udp") || !strings.Contains(out, "PROBLEM: 1 of 36 rules missing") {
 		t.Fatalf("exit %d after a rule was deleted, want 1 naming it:\n%s", code, out)
 	}
 	out, code = runStatus(t, node, "-o", "json")
@@ -64,7 +64,7 @@ func TestStatusOnASimulatedNode(t *testing.T) {
 			}
 		}
 	}
-	if err := json.Unmarshal([]byte(out), &got); err != nil || code != 1 || len(got.Instances) != 1 || len(got.Instances[0].Rules) != 24 {
+	if err := json.Unmarshal([]byte(out), &got); err != nil || code != 1 || len(got.Instances) != 1 || len(got.Instances[0].Rules) != rulesBoth {
 		t.Fatalf("JSON status (exit %d, %v):\n%s", code, err, out)
 	}
 }

@@ -55,7 +55,7 @@ func TestUpstreamConfigMapAndArgs(t *testing.T) {
 	}
 	// Answers do not wait for the rules (without them, the ClusterIP goes to
 	// kube-dns), and this Corefile has no ready plugin: poll.
-	waitForRules(t, node, 24, 5*time.Second, "rules after the first answers")
+	waitForRules(t, node, rulesBoth, 5*time.Second, "rules after the first answers")
 }
 
 // waitForLog waits until the process log contains s n times.

@@ -26,3 +26,14 @@ func mustTemplate(t *testing.T, node *harness.Node, nodelocalOptions string) str
 	}
 	return corefile
 }
+
+// The rules node-cache writes for the link-local IP and the ClusterIP:
+// upstream's 12 per address in iptables but the 2 NOTRACKs of the node's own
+// queries (20), those in its own nf_tables table (4), and the fallback table
+// (12: the link-local IP's rewrite for pods and for the node, IPVS's answers
+// to both, and the masquerade of both addresses' queries from the node).
+const rulesBoth = 36
+
+// rulesLinkLocal are the rules for the link-local IP alone, as in kube-proxy's
+// IPVS mode: 10 in iptables, 2 in its own table, 10 in the fallback table.
+const rulesLinkLocal = 22

@@ -15,6 +15,7 @@ import (
 type LoadRun struct {
 	Target    string
 	Transport dnsload.Transport
+	Client    string // ClientPod or ClientHost
 	Result    *dnsload.Result
 	Err       error
 }
@@ -43,6 +44,22 @@ func (rs LoadResults) Failed(target string, transports ...dnsload.Transport) (fa
 // load to both the link-local IP and the ClusterIP, each stream at rate, with
 // cache hits and misses. The results arrive on the channel when the run ends.
 func (n *Node) StartMixedLoad(ctx context.Context, rate int, d time.Duration) <-chan LoadResults {
+	return n.startLoad(ctx, n.Pods[0], ClientPod, rate, d)
+}
+
+// StartHostLoad is StartMixedLoad from the node's own network namespace:
+// hostNetwork pods and the node's processes.
+func (n *Node) StartHostLoad(ctx context.Context, rate int, d time.Duration) <-chan LoadResults {
+	return n.startLoad(ctx, n.Host, ClientHost, rate, d)
+}
+
+// The kinds of client a load run comes from.
+const (
+	ClientPod  = "pod"
+	ClientHost = "host"
+)
+
+func (n *Node) startLoad(ctx context.Context, from *Netns, client string, rate int, d time.Duration) <-chan LoadResults {
 	queries := []dnsload.Query{
 		{Name: WebSvc, Type: dns.TypeA},
 		{Name: "www.example.org.", Type: dns.TypeA},
@@ -66,9 +83,9 @@ func (n *Node) StartMixedLoad(ctx context.Context, rate int, d time.Duration) <-
 				go func() {
 					defer wg.Done()
 					res, err := dnsload.Run(ctx, dnsload.Config{Target: target + ":53", Transport: tr, Queries: queries,
-						Rate: rate, Duration: d, Workers: workers, Timeout: 2 * time.Second, Dial: n.Pods[0].DialContext})
+						Rate: rate, Duration: d, Workers: workers, Timeout: 2 * time.Second, Dial: from.DialContext})
 					mu.Lock()
-					results = append(results, LoadRun{target, tr, res, err})
+					results = append(results, LoadRun{target, tr, client, res, err})
 					mu.Unlock()
 				}()
 			}

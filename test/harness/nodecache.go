@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -28,11 +29,18 @@ func (n *Node) NodeCacheTemplate(nodelocalOptions string) (string, error) {
 	}
 	corefile := string(tmpl)
 	if nodelocalOptions != "" {
-		block := "    nodelocal {\n        " + strings.ReplaceAll(strings.TrimSpace(nodelocalOptions), "\n", "\n        ") + "\n    }\n"
-		corefile = strings.ReplaceAll(corefile, "    nodelocal\n", block)
+		corefile = strings.ReplaceAll(corefile, "    nodelocal {\n", "    nodelocal {\n        "+strings.ReplaceAll(strings.TrimSpace(nodelocalOptions), "\n", "\n        ")+"\n")
 	}
 	return corefile, nil
 }
+
+// WithoutNodeLocal is a Corefile made from corefile.tmpl without its
+// nodelocal directives, rendered or not.
+func WithoutNodeLocal(corefile string) string {
+	return nodeLocalDirective.ReplaceAllString(corefile, "")
+}
+
+var nodeLocalDirective = regexp.MustCompile(`(?m)^    nodelocal( \{\n(        .*\n)*    \})?\n`)
 
 // NodeCacheArgs are the flags that fit node-cache to this node, as the
 // DaemonSet's would: its IPs, the Service IPs, and a resolv.conf that names
@@ -134,5 +142,48 @@ func (n *Node) NodeLocalRules() ([]string, error) {
 			}
 		}
 	}
+	tables, err := NodeLocalNFTables(n.Host)
+	if err != nil {
+		return nil, err
+	}
+	for table, lines := range tables {
+		for _, line := range lines {
+			rules = append(rules, table+": "+line)
+		}
+	}
 	return rules, nil
+}
+
+// NodeLocalNFTables are node-cache's nf_tables tables (inet nodelocaldns*)
+// in ns, each with its rules as `nft list` prints them, after their chain's
+// name ("output: ip daddr ...").
+func NodeLocalNFTables(ns *Netns) (map[string][]string, error) {
+	out, err := ns.Output("nft", "list", "tables", "inet")
+	if err != nil {
+		return nil, err
+	}
+	tables := map[string][]string{}
+	for _, line := range strings.Split(out, "\n") {
+		name, ok := strings.CutPrefix(strings.TrimSpace(line), "table inet ")
+		if !ok || !strings.HasPrefix(name, "nodelocaldns") {
+			continue
+		}
+		listing, err := ns.Output("nft", "list", "table", "inet", name)
+		if err != nil {
+			return nil, err
+		}
+		tables[name] = []string{}
+		chain := ""
+		for _, l := range strings.Split(listing, "\n") {
+			l = strings.TrimSpace(l)
+			switch {
+			case strings.HasPrefix(l, "chain "):
+				chain = strings.Fields(l)[1]
+			case l == "" || l == "}" || l == "flags owner" || strings.HasPrefix(l, "table ") || strings.HasPrefix(l, "type "):
+			default:
+				tables[name] = append(tables[name], chain+": "+l)
+			}
+		}
+	}
+	return tables, nil
 }

@@ -205,6 +205,7 @@ func (o *Options) Values(env *Environment, tmpl []byte) (*Values, error) {
 	}
 	if !ipvs {
 		v.DNSServer = dnsServer
+		v.noIPVSFound = o.IPVS == "auto"
 	}
 	v.PrometheusEndpoint = Endpoint{Addr: v.LocalIPs[0], Port: 9253}
 	v.UpstreamPrometheusEndpoint = Endpoint{Port: 9253} // upstream's default
@@ -230,7 +231,7 @@ func (o *Options) Values(env *Environment, tmpl []byte) (*Values, error) {
 		}
 	}
 	if reason := o.upstreamCompatible(tmpl, env); reason != "" {
-		directive, err := o.nodeLocalDirective()
+		directive, err := o.nodeLocalDirective(v.ClusterDNS)
 		if err != nil {
 			return nil, err
 		}
@@ -316,8 +317,12 @@ func serviceIP(env *Environment, flagName, svc string) (netip.Addr, error) {
 
 // nodeLocalDirective is the directive the flags describe, for a Corefile
 // without one.
-func (o *Options) nodeLocalDirective() (string, error) {
+func (o *Options) nodeLocalDirective(clusterDNS netip.Addr) (string, error) {
 	var opts []string
+	if clusterDNS.IsValid() {
+		// where the link-local IP fails open to while no node-cache runs
+		opts = append(opts, "fallback "+clusterDNS.String())
+	}
 	if o.InterfaceName != "nodelocaldns" {
 		if !isDomain(o.InterfaceName) || len(o.InterfaceName) > 15 {
 			return "", fmt.Errorf("-interfacename %q is not a valid interface name", o.InterfaceName)

@@ -54,6 +54,9 @@ type Values struct {
 	// or a template with placeholders); empty: add none. NodeLocalReason
 	// says which, in a comment on top of the rendered Corefile.
 	NodeLocal, NodeLocalReason string
+	// noIPVSFound: -ipvs auto found no kube-ipvs0 (off the node, or before
+	// kube-proxy), so the ClusterIP is bound.
+	noIPVSFound bool
 }
 
 // upstreamTCPForward is a forward of the upstream servers over TCP only.
@@ -97,6 +100,10 @@ func Render(tmpl []byte, path string, v *Values, kubeDNS *KubeDNSConfig) ([]byte
 		return nil, err
 	}
 	if err := checkNoForwardToSelf(rendered, v.listenIPs()); err != nil {
+		if v.noIPVSFound {
+			err = fmt.Errorf("%w. If kube-proxy runs in IPVS mode, the ClusterIP is kube-proxy's, not node-cache's: on the node, "+
+				"node-cache finds kube-ipvs0 and leaves it out; off the node (a -render elsewhere), say so with -ipvs true", err)
+		}
 		return nil, err
 	}
 	return rendered, nil

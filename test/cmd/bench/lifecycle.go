@@ -18,6 +18,7 @@ type scenario struct {
 	goal     string
 	template func(string) string // edits corefile.tmpl before the start
 	event    func(n *harness.Node, tmpl string, p *harness.Process) error
+	fromHost bool // the load comes from the node's own namespace (hostNetwork pods), not a pod
 }
 
 var (
@@ -25,7 +26,7 @@ var (
 	// upstreamStyle: rules without the socket match and no lameduck, as
 	// upstream node-cache's manifest runs.
 	upstreamStyle = func(s string) string {
-		s = strings.ReplaceAll(s, "    nodelocal\n", "    nodelocal {\n        fail_open off\n    }\n")
+		s = strings.ReplaceAll(s, "    nodelocal {\n", "    nodelocal {\n        fail_open off\n")
 		return strings.Replace(s, " {\n        lameduck 5s\n    }", "", 1)
 	}
 )
@@ -87,19 +88,23 @@ var scenarios = []scenario{
 	},
 	{name: "restart without surge (SIGTERM, new instance 2s after)", goal: "0 failed on the ClusterIP; link-local only in the gap",
 		template: asIs, event: restartAfter(2*time.Second, sigterm)},
-	{name: "SIGKILL, new instance 2s later", goal: "ClusterIP: only queries in flight at the kill",
+	{name: "SIGKILL, new instance 2s later", goal: "both IPs: only queries in flight at the kill",
 		template: asIs, event: restartAfter(2*time.Second, sigkill)},
+	{name: "SIGKILL, new instance 2s later; the load from the node (hostNetwork)", goal: "both IPs: only queries in flight at the kill",
+		template: asIs, event: restartAfter(2*time.Second, sigkill), fromHost: true},
 	{name: "upstream-style baseline: unconditional rules, no lameduck, restart", goal: "measured, for comparison",
 		template: upstreamStyle, event: restartAfter(2*time.Second, sigterm)},
 	{name: "upstream-style baseline: SIGKILL, new instance 2s later", goal: "measured, for comparison",
 		template: upstreamStyle, event: restartAfter(2*time.Second, sigkill)},
+	{name: "upstream-style baseline: SIGKILL, new instance 2s later; the load from the node", goal: "measured, for comparison",
+		template: upstreamStyle, event: restartAfter(2*time.Second, sigkill), fromHost: true},
 }
 
 // lifecycle runs every scenario under mixed load: 6 streams at rate each, the
 // event a third of the way in.
 func lifecycle(rate int, d time.Duration, only string) (string, error) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d queries/s for %v per scenario from a pod: UDP, TCP with persistent connections (RFC 7766 retry) and TCP with a connection per query, "+
+	fmt.Fprintf(&b, "%d queries/s for %v per scenario from a pod (or from the node, where the row says): UDP, TCP with persistent connections (RFC 7766 retry) and TCP with a connection per query, "+
 		"each to 169.254.20.10 and to the kube-dns ClusterIP, cache hits and misses; 2 s timeout. The connection-per-query clients are 200 concurrent "+
 		"workers, so new connections keep arriving while some wait for a SYN retransmission.\n\n", 6*rate, d)
 	b.WriteString("| scenario | ClusterIP failed / sent | link-local failed / sent | ClusterIP UDP / TCP persistent / TCP per query | goal |\n|---|---|---|---|---|\n")
@@ -128,7 +133,11 @@ func runScenario(sc scenario, rate int, d time.Duration) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	load := node.StartMixedLoad(context.Background(), rate, d)
+	start := node.StartMixedLoad
+	if sc.fromHost {
+		start = node.StartHostLoad
+	}
+	load := start(context.Background(), rate, d)
 	time.Sleep(d / 3)
 	if err := sc.event(node, tmpl, p); err != nil {
 		<-load

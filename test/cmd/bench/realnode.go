@@ -30,9 +30,12 @@ func realNode(d time.Duration, svgPath string) (string, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "A real node (`test/cluster`: kubelet, containerd, kube-proxy, Kubernetes %s). A client pod sends %d queries/s for %v per scenario "+
 		"(UDP, TCP persistent, TCP per query, each to the kube-dns ClusterIP and 169.254.20.10, cache hits and misses, 2 s timeout) and looks "+
-		"web.default.svc.cluster.local up every 100 ms with nslookup (1 s timeout, no retry); the event comes %v in. Failed / sent.\n\n",
-		cluster.KubernetesVersion, 6*rate, d, d/4)
-	b.WriteString("| kube-proxy | scenario | ClusterIP | 169.254.20.10 | nslookup | event took | old pods: kubelet's SIGTERM to exit | goal |\n|---|---|---|---|---|---|---|---|\n")
+		"web.default.svc.cluster.local up every 100 ms with nslookup (1 s timeout, no retry); the event comes %v in. In the OOM kill and the "+
+		"crash loop a hostNetwork pod (ClusterFirstWithHostNet) sends the same load, at %d queries/s per stream in the crash loop, where kube-dns "+
+		"answers everything for a minute; the ClusterIP and 169.254.20.10 columns count both pods. kubelet's clusterDNS (where nslookup asks) is the "+
+		"ClusterIP in iptables mode and 169.254.20.10 in nftables mode. Failed / sent.\n\n",
+		cluster.KubernetesVersion, 6*rate, d, d/4, crashLoopRate())
+	b.WriteString("| kube-proxy | scenario | ClusterIP | 169.254.20.10 | of which the hostNetwork pod's | nslookup | event took | node-cache containers: how they ended | goal |\n|---|---|---|---|---|---|---|---|---|\n")
 	var panels []cluster.Panel
 	var costs strings.Builder
 	costs.WriteString(fmt.Sprintf("\nWhat the cache buys on the real node: the client pod looks up 3 names again and again through the kube-dns ClusterIP, "+
@@ -50,9 +53,11 @@ func realNode(d time.Duration, svgPath string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	for _, mode := range []string{"iptables", "nftables"} {
-		c, err := cluster.Up(cluster.Options{ProxyMode: mode, Dir: cluster.TestDir(0), Name: fmt.Sprintf("nlc%dx0", os.Getpid()),
-			Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, "   "+f+"\n", a...) }})
+	for _, opts := range []cluster.Options{{ProxyMode: "iptables"}, {ProxyMode: "nftables", ClusterDNS: "169.254.20.10"}} {
+		mode := opts.ProxyMode
+		opts.Dir, opts.Name = cluster.TestDir(0), fmt.Sprintf("nlc%dx0", os.Getpid())
+		opts.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, "   "+f+"\n", a...) }
+		c, err := cluster.Up(opts)
 		if err != nil {
 			return "", err
 		}
@@ -64,9 +69,18 @@ func realNode(d time.Duration, svgPath string) (string, error) {
 			if err := c.StartClient("client"); err != nil {
 				return err
 			}
+			if err := c.StartHostClient(cluster.HostClient); err != nil {
+				return err
+			}
 			row := func(s cluster.Scenario, run cluster.ScenarioRun) {
 				cf, cs := run.Load.Failed(cluster.KubeDNSIP)
 				lf, ls := run.Load.Failed("169.254.20.10")
+				host := "-"
+				if s.HostClient {
+					hcf, hcs := run.Load.FailedFrom(cluster.HostClient, cluster.KubeDNSIP)
+					hlf, hls := run.Load.FailedFrom(cluster.HostClient, "169.254.20.10")
+					host = fmt.Sprintf("%d / %d; %d / %d", hcf, hcs, hlf, hls)
+				}
 				goal := s.Goal
 				if s.Check != nil {
 					if err := s.Check(run); err != nil {
@@ -76,7 +90,7 @@ func realNode(d time.Duration, svgPath string) (string, error) {
 					}
 				}
 				fmt.Fprintf(os.Stderr, "   %s: %s\n", s.Name, run.Load.Row()) // the kinds and seconds of failures
-				fmt.Fprintf(&b, "| %s | %s | %d / %d | %d / %d | %d / %d | %v | %s | %s |\n", mode, s.Name, cf, cs, lf, ls,
+				fmt.Fprintf(&b, "| %s | %s | %d / %d | %d / %d | %s | %d / %d | %v | %s | %s |\n", mode, s.Name, cf, cs, lf, ls, host,
 					run.Load.NslookupFail, run.Load.NslookupSent, run.Took.Round(100*time.Millisecond), stops(run.Stops), goal)
 			}
 			without, err := c.MeasureLookups("client")
@@ -91,15 +105,23 @@ func realNode(d time.Duration, svgPath string) (string, error) {
 			if _, err := c.KubectlOutput("-n", "kube-system", "rollout", "status", "ds/node-local-dns", "--timeout=90s"); err != nil {
 				return err
 			}
-			baseline := cluster.Scenarios[0]
-			baseline.Name = "upstream-style DaemonSet (maxUnavailable 10%, no lameduck, unconditional rules), rollout restart"
-			baseline.Goal = "measured, for comparison"
-			base, err := c.RunScenario(baseline, "client", rate, d, d/4)
-			if err != nil {
-				return err
+			// The rollout, the OOM kill and the crash loop, for comparison.
+			var base cluster.ScenarioRun
+			for i, s := range cluster.Scenarios {
+				if i != 0 && !s.HostClient {
+					continue
+				}
+				s.Name = "upstream-style DaemonSet (maxUnavailable 10%, no lameduck, unconditional rules): " + s.Name
+				s.Goal, s.Check = "measured, for comparison", nil
+				run, err := c.RunScenario(s, "client", rate, d, d/4)
+				if err != nil {
+					return err
+				}
+				row(s, run)
+				if i == 0 {
+					base = run
+				}
 			}
-			baseline.Check = nil
-			row(baseline, base)
 			if _, err := c.KubectlOutput("delete", "-f", "test/cluster/testdata/upstream-nodelocaldns.yaml", "--wait=true"); err != nil {
 				return err
 			}
@@ -155,4 +177,14 @@ func stops(ss []cluster.Stop) string {
 		parts = append(parts, s.String())
 	}
 	return strings.Join(parts, "; ")
+}
+
+// crashLoopRate is the crash loop scenario's rate per stream.
+func crashLoopRate() int {
+	for _, s := range cluster.Scenarios {
+		if s.Rate > 0 {
+			return s.Rate
+		}
+	}
+	return 0
 }

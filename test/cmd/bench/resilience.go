@@ -38,11 +38,11 @@ func ownAddressNodeCache(name, ip, drop string) server {
 		if err != nil {
 			return nil, err
 		}
-		replace := []string{"__PILLAR__LOCAL__DNS__", ip, " __PILLAR__DNS__SERVER__", "", "    nodelocal\n", ""}
+		replace := []string{"__PILLAR__LOCAL__DNS__", ip, " __PILLAR__DNS__SERVER__", ""}
 		if drop != "" {
 			replace = append(replace, drop, "")
 		}
-		tmpl = strings.NewReplacer(replace...).Replace(tmpl)
+		tmpl = strings.NewReplacer(replace...).Replace(harness.WithoutNodeLocal(tmpl))
 		return node.StartNodeCacheProcess("node-cache-"+strings.ReplaceAll(ip, ".", "-"), tmpl, wrapper, "-localip", ip, "-setupinterface=false", "-setupiptables=false")
 	}}
 }

@@ -111,7 +111,7 @@ var servers = []server{
 		if err != nil {
 			return nil, err
 		}
-		return startStockCoreDNS(node, dir, "coredns-plugincfg", onIP(strings.NewReplacer("    nodelocal\n", "", "    coalesce\n", "").Replace(corefile), ip), wrapper)
+		return startStockCoreDNS(node, dir, "coredns-plugincfg", onIP(strings.NewReplacer("    coalesce\n", "").Replace(harness.WithoutNodeLocal(corefile)), ip), wrapper)
 	}},
 	{"stock CoreDNS 1.15: stock defaults (upstream node-local-dns Corefile, Go's defaults, no PGO; 14 plugins compiled in)", "169.254.20.12", nil, startStockDefaults},
 	{"stock CoreDNS 1.15: stock defaults again, a second instance (A/A: how far two identical servers differ in this run)", "169.254.20.16", nil, startStockDefaults},
@@ -121,7 +121,7 @@ var servers = []server{
 			return nil, err
 		}
 		// The directive node-cache adds from its flags: no interface, no rules.
-		tmpl = strings.NewReplacer("__PILLAR__LOCAL__DNS__", ip, " __PILLAR__DNS__SERVER__", "", "    nodelocal\n", "").Replace(tmpl)
+		tmpl = strings.NewReplacer("__PILLAR__LOCAL__DNS__", ip, " __PILLAR__DNS__SERVER__", "").Replace(harness.WithoutNodeLocal(tmpl))
 		return node.StartNodeCacheProcess("node-cache-gc-defaults", tmpl, wrapper, "-localip", ip, "-setupinterface=false", "-setupiptables=false", "-heapfloor", "0")
 	}},
 	{"unbound, 1 thread", "169.254.20.13", nil, func(node *harness.Node, ip, dir string, wrapper []string) (*harness.Process, error) {

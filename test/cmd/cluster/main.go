@@ -24,11 +24,12 @@ var (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: cluster up [-proxy-mode iptables|nftables] | cluster down | cluster build")
+		fmt.Fprintln(os.Stderr, "usage: cluster up [-proxy-mode iptables|nftables] [-cluster-dns IP] | cluster down | cluster build")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	mode := fs.String("proxy-mode", "iptables", "kube-proxy's mode: iptables or nftables")
+	clusterDNS := fs.String("cluster-dns", "", "kubelet's clusterDNS: the kube-dns ClusterIP (default), or 169.254.20.10 as kops, kubespray and IPVS clusters run")
 	fs.Parse(os.Args[2:])
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "cluster: the real node needs root (namespaces, cgroups, containerd): run as root")
@@ -36,11 +37,12 @@ func main() {
 	}
 	switch os.Args[1] {
 	case "up":
-		c, running := cluster.Running(stateDir, *mode)
+		opts := cluster.Options{ProxyMode: *mode, ClusterDNS: *clusterDNS, Dir: stateDir, Name: name,
+			Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }}
+		c, running := cluster.Running(stateDir, opts)
 		var err error
 		if !running {
-			c, err = cluster.Up(cluster.Options{ProxyMode: *mode, Dir: stateDir, Name: name,
-				Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }})
+			c, err = cluster.Up(opts)
 		}
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "cluster up: %v\n", err)
