@@ -95,7 +95,7 @@ func run(bin string, mode harness.ProxyMode, backend harness.Backend) error {
 	if err != nil {
 		return err
 	}
-	show("%d iptables rules (%s backend):", len(rules), backend)
+	show("%d rules: iptables (%s backend), and node-cache's nf_tables tables (its own, which the kernel deletes with it, and the link-local IP's fallback):", len(rules), backend)
 	fmt.Println(indent(strings.Join(rules, "\n")))
 
 	step("Lookups from the pod")
@@ -143,6 +143,34 @@ func run(bin string, mode harness.ProxyMode, backend harness.Backend) error {
 		show("conntrack entries for the pod's queries to %s: %d", server, n)
 	}
 
+	step("A crash (SIGKILL, as an OOM kill ends it): kube-dns answers both addresses, for the pod and for the node itself, by kernel state alone")
+	proc.Kill()
+	tables, err := harness.NodeLocalNFTables(node.Host)
+	if err != nil {
+		return err
+	}
+	for name := range tables {
+		show("nf_tables table left: inet %s", name)
+	}
+	for _, client := range []*harness.Netns{pod, node.Host} {
+		for _, server := range []string{harness.LocalIP, harness.ClusterIP} {
+			for _, network := range []string{"udp", "tcp"} {
+				before, _ := node.KubeDNSQueries()
+				r, err := harness.Query(client, network, server, harness.WebSvc, dns.TypeA)
+				if err != nil || len(r.Answer) == 0 {
+					return fmt.Errorf("%s query from %s to %s after the kill: %v", network, client.Name, server, err)
+				}
+				after, _ := node.KubeDNSQueries()
+				show("from %-18s via %-14s %s: %s, answered by kube-dns (its counter went up by %d)", client.Name, server, network, r.Answer[0].(*dns.A).A, after-before)
+			}
+		}
+	}
+	start = time.Now()
+	if proc, err = node.StartNodeCache("node-cache-2", corefile); err != nil {
+		return err
+	}
+	show("a new node-cache is ready after %v and takes both addresses back (kube-dns's open connections finish there first)", time.Since(start).Round(time.Millisecond))
+
 	step("Graceful stop (SIGTERM, as kubelet sends it): 3 s for a replacement (none comes), the ClusterIP back to kube-proxy, lameduck, then teardown")
 	start = time.Now()
 	if err := proc.Stop(30 * time.Second); err != nil {
@@ -150,7 +178,7 @@ func run(bin string, mode harness.ProxyMode, backend harness.Backend) error {
 	}
 	show("node-cache exited after %v", time.Since(start).Round(time.Millisecond))
 	rules, _ = node.NodeLocalRules()
-	show("iptables rules left: %d", len(rules))
+	show("rules left (iptables and nf_tables): %d", len(rules))
 	if _, err := node.Host.Output("ip", "link", "show", "nodelocaldns"); err != nil {
 		show("interface nodelocaldns: removed")
 	} else {
