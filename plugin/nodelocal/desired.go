@@ -3,7 +3,6 @@ package nodelocal
 import (
 	"net/netip"
 	"slices"
-	"strconv"
 )
 
 // The interception rules the node should have, as a pure function of a small
@@ -95,12 +94,7 @@ func (s ruleSpec) isHostInterception(r Rule) bool {
 	if r.Table != "raw" || r.Chain != "OUTPUT" {
 		return false
 	}
-	for _, ap := range s.listen {
-		if r.arg("-d") == hostPrefix(ap.Addr()) && r.arg("--dport") == strconv.Itoa(int(ap.Port())) {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(s.listen, r.isTo)
 }
 
 // isHandedBack: the interception of a Service IP (not a link-local one),
@@ -118,9 +112,7 @@ func isTCPInterceptionOf(r Rule, addrs []netip.AddrPort) bool {
 	if !r.isInterception() || r.proto() != "tcp" {
 		return false
 	}
-	return slices.ContainsFunc(addrs, func(ap netip.AddrPort) bool {
-		return r.arg("-d") == hostPrefix(ap.Addr()) && r.arg("--dport") == strconv.Itoa(int(ap.Port()))
-	})
+	return slices.ContainsFunc(addrs, r.isTo)
 }
 
 // fromKubeDNS are the intercepted addresses kube-dns serves while no

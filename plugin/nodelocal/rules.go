@@ -175,6 +175,11 @@ func (r Rule) kubeDNSConnection() (kubeDNSConnection, bool) {
 	return kubeDNSConnection{client: client, service: service}, okClient && okService
 }
 
+// isTo: r matches packets to ap (its -d address and --dport).
+func (r Rule) isTo(ap netip.AddrPort) bool {
+	return r.arg("-d") == hostPrefix(ap.Addr()) && r.arg("--dport") == strconv.Itoa(int(ap.Port()))
+}
+
 // proto is the protocol of a rule built by rule() or listed from one.
 func (r Rule) proto() string { return r.arg("-p") }
 
