@@ -29,10 +29,22 @@ type Config struct {
 	// queries: those behind a Service are pinned to the pods their flows
 	// reach, in case the Service goes first (upstreams.go).
 	Upstreams []netip.AddrPort
-	// Fallback is, per family, where queries to a link-local listen address
-	// go while no node-cache listens (failopen.go); none given: the first
-	// listen address that is a Service IP.
+	// Fallback is, per family, where queries to the cache's own listen
+	// addresses go while no node-cache listens (failopen.go); none given:
+	// the first listen address that is a Service IP.
 	Fallback []netip.Addr
+	// Local are the cache's own listen addresses besides the link-local
+	// ones (an IPv6 cache's fd00::10): see isLocal.
+	Local []netip.Addr
+}
+
+// isLocal: ip is the cache's own address, which nothing but a node-cache
+// answers (169.254.20.10, or one given with `local`), not a Service IP that
+// kube-proxy translates while no node-cache runs (the kube-dns ClusterIP).
+// A Service IP is never link-local; an IPv6 cache's own address is usually
+// a unique local one, as a Service CIDR can be, hence the option.
+func (c *Config) isLocal(ip netip.Addr) bool {
+	return ip.IsLinkLocalUnicast() || slices.Contains(c.Local, ip)
 }
 
 // IPs lists the distinct listen addresses.
@@ -61,5 +73,6 @@ func (c *Config) equal(o *Config) bool {
 	return o != nil && slices.Equal(c.Listen, o.Listen) && c.Interface == o.Interface &&
 		c.ManageInterface == o.ManageInterface && c.Backend == o.Backend &&
 		c.CheckInterval == o.CheckInterval && c.HealthPort == o.HealthPort && c.Teardown == o.Teardown &&
-		c.FailOpen == o.FailOpen && slices.Equal(c.Upstreams, o.Upstreams) && slices.Equal(c.Fallback, o.Fallback)
+		c.FailOpen == o.FailOpen && slices.Equal(c.Upstreams, o.Upstreams) && slices.Equal(c.Fallback, o.Fallback) &&
+		slices.Equal(c.Local, o.Local)
 }

@@ -38,7 +38,8 @@ type ruleSpec struct {
 	failOpen   bool             // interception needs a live listener (the socket match)
 	mode       ruleMode
 	kubeDNS    []kubeDNSConnection   // connections left to kube-dns until they close
-	fallback   map[Family]netip.Addr // where the link-local addresses fail open to (failopen.go)
+	local      []netip.Addr          // the listen IPs that are the cache's own, not Service IPs (Config.isLocal)
+	fallback   map[Family]netip.Addr // where the cache's own addresses fail open to (failopen.go)
 	takeover   []netip.AddrPort      // the addresses whose TCP a start takes over from kube-dns (modeSYNOnly)
 	// hostByNFT: the node's own clients are intercepted in this process's
 	// nf_tables table (failopen.go), not by iptables' raw OUTPUT.
@@ -80,9 +81,9 @@ func (s ruleSpec) modeRule(r Rule) (Rule, bool) {
 	switch {
 	case s.mode == modeSYNOnly && s.failOpen && isTCPInterceptionOf(r, s.takeover):
 		return r.synOnly(), true
-	case s.mode == modeHandedBack && isHandedBack(r):
+	case s.mode == modeHandedBack && s.isHandedBack(r):
 		return r, false
-	case s.mode == modeDraining && isHandedBack(r):
+	case s.mode == modeDraining && s.isHandedBack(r):
 		return r, s.failOpen && r.proto() == "tcp"
 	}
 	return r, true
@@ -97,14 +98,14 @@ func (s ruleSpec) isHostInterception(r Rule) bool {
 	return slices.ContainsFunc(s.listen, r.isTo)
 }
 
-// isHandedBack: the interception of a Service IP (not a link-local one),
-// which a stop without a successor gives back to kube-proxy first.
-func isHandedBack(r Rule) bool {
+// isHandedBack: the interception of a Service IP (not one of the cache's
+// own), which a stop without a successor gives back to kube-proxy first.
+func (s ruleSpec) isHandedBack(r Rule) bool {
 	if !r.isInterception() || len(r.Args) < 2 || r.Args[0] != "-d" {
 		return false
 	}
 	dst, err := netip.ParsePrefix(r.Args[1])
-	return err == nil && !dst.Addr().IsLinkLocalUnicast()
+	return err == nil && !slices.Contains(s.local, dst.Addr())
 }
 
 // isTCPInterceptionOf: r is the TCP interception of one of addrs.
@@ -115,28 +116,25 @@ func isTCPInterceptionOf(r Rule, addrs []netip.AddrPort) bool {
 	return slices.ContainsFunc(addrs, r.isTo)
 }
 
-// fromKubeDNS are the intercepted addresses kube-dns serves while no
+// fromKubeDNS are the addresses in listen that kube-dns serves while no
 // instance does, which a start takes TCP over from in steps: the Service
-// IPs (kube-proxy's DNAT), and the link-local ones that fail open to a
+// IPs (kube-proxy's DNAT), and the cache's own ones that fail open to a
 // fallback (failopen.go).
-func fromKubeDNS(listen []netip.AddrPort, fallback map[Family]netip.Addr) []netip.AddrPort {
-	var out []netip.AddrPort
-	for _, ap := range listen {
-		if _, ok := fallback[familyOf(ap.Addr())]; ok || !ap.Addr().IsLinkLocalUnicast() {
-			out = append(out, ap)
-		}
-	}
-	return out
+func (c *Config) fromKubeDNS(listen []netip.AddrPort) []netip.AddrPort {
+	fallback := c.fallbacks()
+	return slices.DeleteFunc(slices.Clone(listen), func(ap netip.AddrPort) bool {
+		_, ok := fallback[familyOf(ap.Addr())]
+		return c.isLocal(ap.Addr()) && !ok
+	})
 }
 
-// serviceAddrs are the addresses in listen that are Service IPs: not
-// link-local ones.
-func serviceAddrs(listen []netip.AddrPort) []netip.AddrPort {
-	var out []netip.AddrPort
-	for _, ap := range listen {
-		if !ap.Addr().IsLinkLocalUnicast() {
-			out = append(out, ap)
-		}
-	}
-	return out
+// services are the addresses in listen that are Service IPs: not the
+// cache's own.
+func (c *Config) services(listen []netip.AddrPort) []netip.AddrPort {
+	return slices.DeleteFunc(slices.Clone(listen), func(ap netip.AddrPort) bool { return c.isLocal(ap.Addr()) })
+}
+
+// localIPs are the listen IPs that are the cache's own.
+func (c *Config) localIPs() []netip.Addr {
+	return slices.DeleteFunc(c.IPs(), func(ip netip.Addr) bool { return !c.isLocal(ip) })
 }

@@ -40,6 +40,7 @@ func TestDesiredRulesPerMode(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := ruleSpec{
 				listen:     []netip.AddrPort{linkLocal, service},
+				local:      []netip.Addr{linkLocal.Addr()},
 				healthPort: 8080, failOpen: tc.failOpen, mode: tc.mode, takeover: tc.takeover,
 				kubeDNS: []kubeDNSConnection{{client: netip.MustParseAddrPort("198.19.1.7:40000"), service: netip.MustParseAddrPort("198.18.0.10:53")}},
 			}
@@ -68,5 +69,33 @@ func TestDesiredRulesPerMode(t *testing.T) {
 				t.Errorf("%d other rules and %d for kube-dns's connection, want %d and %d", others, kubeDNS, otherRules, kubeDNSRuleCount)
 			}
 		})
+	}
+}
+
+// TestHandBackKeepsTheCachesOwnIPv6: an IPv6 cache's own address is a unique
+// local one, as the Service CIDR can be; given with `local`, a stop without
+// successor keeps intercepting it and hands the ClusterIP alone back.
+func TestHandBackKeepsTheCachesOwnIPv6(t *testing.T) {
+	cfg := testConfig("[fd00::10]:53", "[fd00:10:96::a]:53")
+	cfg.Local = []netip.Addr{netip.MustParseAddr("fd00::10")}
+	own := cfg.Listen[0]
+	spec := ruleSpec{listen: cfg.Listen, local: cfg.localIPs(), failOpen: true, mode: modeHandedBack}
+	var kept []string
+	for _, r := range spec.rules()[IPv6] {
+		if r.isInterception() {
+			if !r.isTo(own) {
+				t.Errorf("handed back, the ClusterIP is still intercepted: %v", r)
+			}
+			kept = append(kept, ruleEvent(r))
+		}
+	}
+	if len(kept) != 2 {
+		t.Errorf("interception %q, want the cache's own address's UDP and TCP", kept)
+	}
+	if got := cfg.services(cfg.Listen); !slices.Equal(got, cfg.Listen[1:]) {
+		t.Errorf("services %v, want the ClusterIP alone", got)
+	}
+	if got := cfg.fromKubeDNS(cfg.Listen); !slices.Equal(got, cfg.Listen) {
+		t.Errorf("from kube-dns %v, want both: the ClusterIP is the own address's fallback", got)
 	}
 }

@@ -79,10 +79,10 @@ func hostTable(name string, spec ruleSpec) nftTable {
 	return nftTable{name: name, owned: true, chains: []nftChain{chain}}
 }
 
-// fallbackTable sends queries to a link-local listen address that nothing
-// intercepted to the fallback of its family, and masquerades the node's
+// fallbackTable sends queries to one of the cache's own listen addresses
+// (local) that nothing intercepted to the fallback of its family, and masquerades the node's
 // own queries that leave for kube-dns from a listen address.
-func fallbackTable(listen []netip.AddrPort, fallback map[Family]netip.Addr) nftTable {
+func fallbackTable(listen []netip.AddrPort, local []netip.Addr, fallback map[Family]netip.Addr) nftTable {
 	pre := nftChain{name: "prerouting", kind: "filter", hook: unix.NF_INET_PRE_ROUTING, priority: priorityMangle}
 	// route: a rewritten local packet is routed again, to where it now goes
 	out := nftChain{name: "output", kind: "route", hook: unix.NF_INET_LOCAL_OUT, priority: priorityMangle}
@@ -92,7 +92,7 @@ func fallbackTable(listen []netip.AddrPort, fallback map[Family]netip.Addr) nftT
 	localAnswers := nftChain{name: "local-answers", kind: "filter", hook: unix.NF_INET_LOCAL_IN, priority: priorityAfterNAT}
 	for _, ap := range listen {
 		for _, proto := range []string{"tcp", "udp"} {
-			if to, ok := fallback[familyOf(ap.Addr())]; ok && ap.Addr().IsLinkLocalUnicast() {
+			if to, ok := fallback[familyOf(ap.Addr())]; ok && slices.Contains(local, ap.Addr()) {
 				r := nftRuleOf(matchAddr(ap.Addr(), true), matchPort(proto, true, ap.Port()), matchTracked(), setAddr(to, true))
 				pre.rules = append(pre.rules, r)
 				out.rules = append(out.rules, r)
@@ -112,8 +112,8 @@ func fallbackTable(listen []netip.AddrPort, fallback map[Family]netip.Addr) nftT
 	return nftTable{name: fallbackTableName, chains: chains}
 }
 
-// fallbacks is where each family's link-local listen addresses fail open
-// to: the config's fallback, else its first listen address that is a
+// fallbacks is where each family's own listen addresses (isLocal) fail
+// open to: the config's fallback, else its first listen address that is a
 // Service IP (the kube-dns ClusterIP, intercepted or on kube-ipvs0).
 func (c *Config) fallbacks() map[Family]netip.Addr {
 	out := map[Family]netip.Addr{}
@@ -121,7 +121,7 @@ func (c *Config) fallbacks() map[Family]netip.Addr {
 		out[familyOf(ip)] = ip
 	}
 	for _, ip := range c.IPs() {
-		if _, ok := out[familyOf(ip)]; !ok && !ip.IsLinkLocalUnicast() {
+		if _, ok := out[familyOf(ip)]; !ok && !c.isLocal(ip) {
 			out[familyOf(ip)] = ip
 		}
 	}
@@ -156,7 +156,7 @@ func (n *nftRules) desired(spec ruleSpec) []nftTable {
 	if n.interceptsHost() {
 		tables = append(tables, hostTable(n.host, spec))
 	}
-	return append(tables, fallbackTable(spec.listen, spec.fallback))
+	return append(tables, fallbackTable(spec.listen, spec.local, spec.fallback))
 }
 
 // sync brings the tables to what is desired, each replaced whole where it

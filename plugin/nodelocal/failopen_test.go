@@ -11,18 +11,27 @@ func TestFallbacks(t *testing.T) {
 		name     string
 		listen   []string
 		fallback []string
+		local    []string
 		want     map[Family]string
 	}{
-		{"the ClusterIP in the listen addresses", []string{"169.254.20.10:53", "198.18.0.10:53"}, nil, map[Family]string{IPv4: "198.18.0.10"}},
-		{"given, over the ClusterIP", []string{"169.254.20.10:53", "198.18.0.10:53"}, []string{"198.18.0.11"}, map[Family]string{IPv4: "198.18.0.11"}},
-		{"IPVS: the link-local IP alone", []string{"169.254.20.10:53"}, nil, map[Family]string{}},
-		{"per family", []string{"169.254.20.10:53", "[fe80::a]:53", "[2001:2::10]:53"}, []string{"198.18.0.11"},
+		{"the ClusterIP in the listen addresses", []string{"169.254.20.10:53", "198.18.0.10:53"}, nil, nil, map[Family]string{IPv4: "198.18.0.10"}},
+		{"given, over the ClusterIP", []string{"169.254.20.10:53", "198.18.0.10:53"}, []string{"198.18.0.11"}, nil, map[Family]string{IPv4: "198.18.0.11"}},
+		{"IPVS: the link-local IP alone", []string{"169.254.20.10:53"}, nil, nil, map[Family]string{}},
+		{"per family", []string{"169.254.20.10:53", "[fe80::a]:53", "[2001:2::10]:53"}, []string{"198.18.0.11"}, nil,
 			map[Family]string{IPv4: "198.18.0.11", IPv6: "2001:2::10"}},
+		// An IPv6 cache's own address is a unique local one, like a Service CIDR can be.
+		{"IPv6: the local address is not a Service IP", []string{"[fd00::10]:53", "[fd00:10:96::a]:53"}, nil, []string{"fd00::10"},
+			map[Family]string{IPv6: "fd00:10:96::a"}},
+		{"IPv6 without local: the first listen address", []string{"[fd00::10]:53", "[fd00:10:96::a]:53"}, nil, nil,
+			map[Family]string{IPv6: "fd00::10"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := testConfig(tc.listen...)
 			for _, s := range tc.fallback {
 				cfg.Fallback = append(cfg.Fallback, netip.MustParseAddr(s))
+			}
+			for _, s := range tc.local {
+				cfg.Local = append(cfg.Local, netip.MustParseAddr(s))
 			}
 			got := cfg.fallbacks()
 			if len(got) != len(tc.want) {

@@ -159,7 +159,7 @@ func (m *manager) Ready() bool { return m.ready.ready() }
 // ruleSpec is what the rules depend on now.
 func (m *manager) ruleSpec() ruleSpec {
 	return ruleSpec{listen: m.intercepted(), healthPort: m.cfg.HealthPort, failOpen: m.cfg.FailOpen,
-		mode: m.phase.ruleMode(), kubeDNS: m.conns.all(), fallback: m.cfg.fallbacks(), takeover: m.starts.takeover}
+		mode: m.phase.ruleMode(), kubeDNS: m.conns.all(), local: m.cfg.localIPs(), fallback: m.cfg.fallbacks(), takeover: m.starts.takeover}
 }
 
 // applyRules brings the rules to what the config and the phase want.
@@ -169,16 +169,16 @@ func (m *manager) applyRules(repair bool) bool { return m.rules.apply(m.ruleSpec
 func (m *manager) intercepted() []netip.AddrPort { return m.iface.intercepted(m.cfg.Listen) }
 
 // services are the intercepted addresses that are Service IPs.
-func (m *manager) services() []netip.AddrPort { return serviceAddrs(m.intercepted()) }
+func (m *manager) services() []netip.AddrPort { return m.cfg.services(m.intercepted()) }
 
 // fromKubeDNS are the intercepted addresses kube-dns serves while no
-// instance does: the Service IPs, and with fail-open the link-local ones
+// instance does: the Service IPs, and with fail-open the cache's own ones
 // with a fallback.
 func (m *manager) fromKubeDNS() []netip.AddrPort {
 	if !m.cfg.FailOpen || !m.rules.any() {
 		return m.services()
 	}
-	return fromKubeDNS(m.intercepted(), m.cfg.fallbacks())
+	return m.cfg.fromKubeDNS(m.intercepted())
 }
 
 // noOthers reports whether no other instance serves on the listen addresses

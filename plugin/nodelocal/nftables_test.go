@@ -81,10 +81,11 @@ func TestNFTablesAsNFTPrintsThem(t *testing.T) {
 			mode:     modeSYNOnly,
 			takeover: []netip.AddrPort{netip.MustParseAddrPort("198.18.0.10:53")},
 			kubeDNS:  []kubeDNSConnection{{client: netip.MustParseAddrPort("198.19.1.7:40000"), service: netip.MustParseAddrPort("198.18.0.10:53")}},
+			local:    []netip.Addr{netip.MustParseAddr("169.254.20.10"), netip.MustParseAddr("fe80::a")},
 			fallback: map[Family]netip.Addr{IPv4: netip.MustParseAddr("198.18.0.11"), IPv6: netip.MustParseAddr("2001:2::b")},
 		}
 		nft := newNFTNetlink()
-		tables := []nftTable{hostTable("nodelocaldns-host-test", spec), fallbackTable(spec.listen, spec.fallback)}
+		tables := []nftTable{hostTable("nodelocaldns-host-test", spec), fallbackTable(spec.listen, spec.local, spec.fallback)}
 		for _, table := range tables {
 			if err := nft.Replace(table); err != nil {
 				t.Fatal(err)

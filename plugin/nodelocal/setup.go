@@ -127,6 +127,11 @@ func parse(c *caddy.Controller) (*blockConfig, error) {
 				return nil, err
 			}
 		}
+		for _, ip := range blk.Fallback {
+			if blk.isLocal(ip) {
+				return nil, c.Errf("fallback %s is also local: the fallback is the kube-dns Service IP the cache's own addresses fail open to", ip)
+			}
+		}
 	}
 	return blk, nil
 }
@@ -137,7 +142,7 @@ func parseOption(c *caddy.Controller, blk *blockConfig, opt string) error {
 	if opt == "no_interface" || opt == "skip_teardown" {
 		wantArgs = 0
 	}
-	if opt == "fallback" && len(args) > 0 {
+	if (opt == "fallback" || opt == "local") && len(args) > 0 {
 		wantArgs = len(args)
 	}
 	if len(args) != wantArgs {
@@ -192,6 +197,14 @@ func parseOption(c *caddy.Controller, blk *blockConfig, opt string) error {
 				return c.Errf("fallback %s: one address per IP family", ip)
 			}
 			blk.Fallback = append(blk.Fallback, ip)
+		}
+	case "local":
+		for _, s := range args {
+			ip, err := netip.ParseAddr(s)
+			if err != nil || !ip.Unmap().IsGlobalUnicast() && !ip.Unmap().IsLinkLocalUnicast() {
+				return c.Errf("local %q: want one of the cache's own listen IPs, such as fd00::10", s)
+			}
+			blk.Local = append(blk.Local, ip.Unmap())
 		}
 	default:
 		return c.Errf("unknown property %q", opt)

@@ -44,10 +44,12 @@ func TestParse(t *testing.T) {
 				skip_teardown
 				fail_open off
 				fallback 198.18.0.11 2001:2::11
+				local 2001:2::10
 			}`,
 			want: Config{Listen: []netip.AddrPort{ap("169.254.20.10:53"), ap("[2001:2::10]:53")}, Interface: "cache0",
 				ManageInterface: true, Backend: BackendLegacy, CheckInterval: 2 * time.Second, HealthPort: 9090,
-				Fallback: []netip.Addr{netip.MustParseAddr("198.18.0.11"), netip.MustParseAddr("2001:2::11")}},
+				Fallback: []netip.Addr{netip.MustParseAddr("198.18.0.11"), netip.MustParseAddr("2001:2::11")},
+				Local:    []netip.Addr{netip.MustParseAddr("2001:2::10")}},
 		},
 		{
 			name: "no interface, no iptables", input: "nodelocal {\n no_interface\n iptables off\n health_port 0\n}", bind: []string{"169.254.20.10"},
@@ -71,6 +73,9 @@ func TestParse(t *testing.T) {
 		{name: "fallback link-local", input: "nodelocal 169.254.20.10 {\n fallback 169.254.20.11\n}", wantErr: `fallback "169.254.20.11": want the kube-dns Service IP`},
 		{name: "fallback not an IP", input: "nodelocal 169.254.20.10 {\n fallback kube-dns\n}", wantErr: `fallback "kube-dns": want the kube-dns Service IP`},
 		{name: "fallback twice in a family", input: "nodelocal 169.254.20.10 {\n fallback 198.18.0.10 198.18.0.11\n}", wantErr: "fallback 198.18.0.11: one address per IP family"},
+		{name: "local not an IP", input: "nodelocal 169.254.20.10 {\n local fd00::10/128\n}", wantErr: `local "fd00::10/128": want one of the cache's own listen IPs`},
+		{name: "local without address", input: "nodelocal 169.254.20.10 {\n local\n}", wantErr: "Wrong argument count"},
+		{name: "fallback also local", input: "nodelocal fd00::10 {\n local fd00::10\n fallback fd00::10\n}", wantErr: "fallback fd00::10 is also local"},
 		{name: "fallback without address", input: "nodelocal 169.254.20.10 {\n fallback\n}", wantErr: "Wrong argument count"},
 		{name: "option twice", input: "nodelocal 169.254.20.10 {\n iptables nft\n iptables nft\n}", wantErr: "given twice"},
 		{name: "directive twice", input: "nodelocal 169.254.20.10\nnodelocal 169.254.20.10", wantErr: "this plugin"},

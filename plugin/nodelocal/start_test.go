@@ -20,7 +20,7 @@ func TestStartTakesTCPOverFromKubeDNSInSteps(t *testing.T) {
 	tcpInterception := func() []string {
 		var out []string
 		for _, r := range n.tables[IPv4].rules {
-			if isTCPInterceptionOf(r, serviceAddrs(cfg.Listen)) {
+			if isTCPInterceptionOf(r, cfg.services(cfg.Listen)) {
 				out = append(out, r.String())
 			}
 		}
@@ -85,7 +85,7 @@ func TestStopDuringTakeover(t *testing.T) {
 		if strings.Contains(r.String(), "--tcp-flags") {
 			t.Fatalf("the takeover's SYN-only rule outlived the handoff: %v", r)
 		}
-		if isHandedBack(r) && r.proto() == "udp" {
+		if n.mgr.ruleSpec().isHandedBack(r) && r.proto() == "udp" {
 			t.Fatalf("the ClusterIP's UDP interception outlived the handoff: %v", r)
 		}
 	}
@@ -200,7 +200,7 @@ func TestTakeoverLeavesKubeDNSItsOpenConnections(t *testing.T) {
 	exception := kubeDNSConnectionRule(kubeDNSConnection{client: client, service: service})
 	jump := kubeDNSJumpRule(service)
 	interception := DesiredRules(cfg.Listen, cfg.HealthPort, true)[IPv4]
-	interception = slices.DeleteFunc(interception, func(r Rule) bool { return !isTCPInterceptionOf(r, serviceAddrs(cfg.Listen)) })
+	interception = slices.DeleteFunc(interception, func(r Rule) bool { return !isTCPInterceptionOf(r, cfg.services(cfg.Listen)) })
 	exceptionFirst := func(when string) {
 		t.Helper()
 		var order []string

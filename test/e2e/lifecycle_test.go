@@ -76,13 +76,19 @@ func waitForRules(t *testing.T, node *harness.Node, want int, timeout time.Durat
 func TestCrashFailsOpen(t *testing.T) {
 	for _, mode := range harness.Modes {
 		for _, backend := range harness.Backends {
-			t.Run(string(mode)+"/"+string(backend), func(t *testing.T) { crashFailsOpen(t, mode, backend) })
+			for _, ipv6 := range []bool{false, true} {
+				name := string(mode) + "/" + string(backend) + "/ipv4"
+				if ipv6 {
+					name = string(mode) + "/" + string(backend) + "/ipv6"
+				}
+				t.Run(name, func(t *testing.T) { crashFailsOpen(t, harness.Options{Mode: mode, Backend: backend, IPv6: ipv6}) })
+			}
 		}
 	}
 }
 
-func crashFailsOpen(t *testing.T, mode harness.ProxyMode, backend harness.Backend) {
-	node := harness.NewNode(t, harness.Options{Mode: mode, Backend: backend})
+func crashFailsOpen(t *testing.T, opts harness.Options) {
+	node := harness.NewNode(t, opts)
 	tmpl := mustTemplate(t, node, "")
 	p, err := node.StartNodeCache("node-cache", tmpl)
 	if err != nil {
@@ -99,7 +105,7 @@ func crashFailsOpen(t *testing.T, mode harness.ProxyMode, backend harness.Backen
 	killed := time.Now()
 	before := kubeDNSCount(t, node)
 	for _, client := range []*harness.Netns{node.Pods[0], node.Host} {
-		for _, target := range []string{harness.LocalIP, harness.ClusterIP} {
+		for _, target := range []string{node.Family().Local, node.Family().Cluster} {
 			for _, network := range []string{"udp", "tcp"} {
 				if _, err := harness.QueryTimeout(client, network, target, harness.WebSvc, dns.TypeA, time.Second); err != nil {
 					t.Errorf("after SIGKILL, %s query from %s to %s: %v", network, client.Name, target, err)

@@ -84,11 +84,12 @@ example.org:53 {
 // KubeDNSMetrics is where the simulated kube-dns serves metrics, inside its netns.
 const KubeDNSMetrics = "127.0.0.1:9153"
 
-func writeKubeDNSConfig(dir string) (string, error) {
+// writeKubeDNSConfig writes kube-dns's files in dir; it listens on ips.
+func writeKubeDNSConfig(dir string, ips ...string) (string, error) {
 	files := map[string]string{
 		"db.cluster.local": fillZone(1, FillIP),
 		"db.in-addr.arpa":  reverseZone,
-		"Corefile.kdns": strings.NewReplacer("{{IP}}", KubeDNSPodIP, "{{DIR}}", dir, "{{METRICS}}", KubeDNSMetrics).
+		"Corefile.kdns": strings.NewReplacer("{{IP}}", strings.Join(ips, " "), "{{DIR}}", dir, "{{METRICS}}", KubeDNSMetrics).
 			Replace(kubeDNSCorefile),
 	}
 	for name, content := range files {

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"net"
 	"slices"
 	"sync"
 	"time"
@@ -41,7 +42,7 @@ func (rs LoadResults) Failed(target string, transports ...dnsload.Transport) (fa
 }
 
 // StartMixedLoad sends, from pod 0, UDP, persistent-TCP and per-query-TCP
-// load to both the link-local IP and the ClusterIP, each stream at rate, with
+// load to both the cache's own IP and the ClusterIP (of the node's family), each stream at rate, with
 // cache hits and misses. The results arrive on the channel when the run ends.
 func (n *Node) StartMixedLoad(ctx context.Context, rate int, d time.Duration) <-chan LoadResults {
 	return n.startLoad(ctx, n.Pods[0], ClientPod, rate, d)
@@ -70,7 +71,7 @@ func (n *Node) startLoad(ctx context.Context, from *Netns, client string, rate i
 		var mu sync.Mutex
 		var results LoadResults
 		var wg sync.WaitGroup
-		for _, target := range []string{LocalIP, ClusterIP} {
+		for _, target := range []string{n.Family().Local, n.Family().Cluster} {
 			for _, tr := range AllTransports {
 				// Connection-per-query clients are many, as a node's pods are:
 				// those whose SYN an instance holds for 1 s leave others free to
@@ -82,7 +83,7 @@ func (n *Node) startLoad(ctx context.Context, from *Netns, client string, rate i
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					res, err := dnsload.Run(ctx, dnsload.Config{Target: target + ":53", Transport: tr, Queries: queries,
+					res, err := dnsload.Run(ctx, dnsload.Config{Target: net.JoinHostPort(target, "53"), Transport: tr, Queries: queries,
 						Rate: rate, Duration: d, Workers: workers, Timeout: 2 * time.Second, Dial: from.DialContext})
 					mu.Lock()
 					results = append(results, LoadRun{target, tr, client, res, err})

@@ -7,7 +7,6 @@ package harness
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,8 +16,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-
-	"github.com/miekg/dns"
 )
 
 // Addresses of the simulated node.
@@ -33,38 +30,16 @@ const (
 	podSubnetFirst = 10
 )
 
-// ProxyMode is the kube-proxy flavour being emulated.
-type ProxyMode string
-
-const (
-	ModeIPTables ProxyMode = "iptables"
-	ModeIPVS     ProxyMode = "ipvs"
-	ModeNFTables ProxyMode = "nftables"
-)
-
-// Backend is the iptables backend the node's kube-proxy rules live in.
-type Backend string
-
-const (
-	BackendLegacy Backend = "legacy"
-	BackendNFT    Backend = "nft"
-)
-
-// Modes and Backends list every flavour, for table-driven tests.
-var (
-	Modes    = []ProxyMode{ModeIPTables, ModeIPVS, ModeNFTables}
-	Backends = []Backend{BackendLegacy, BackendNFT}
-)
-
-// IPTables is the iptables command of the backend.
-func (b Backend) IPTables() string { return "iptables-" + string(b) }
-
 // Options configure a simulated node.
 type Options struct {
 	Mode    ProxyMode // default ModeIPTables
 	Backend Backend   // default BackendNFT
 	Pods    int       // default 1
-	Logf    func(format string, args ...any)
+	// IPv6: the cluster is IPv6: node-cache serves, and kube-proxy
+	// translates, the IPv6 addresses (harness.IPv6). The node's network is
+	// dual-stack, so the harness's own endpoints stay on IPv4.
+	IPv6 bool
+	Logf func(format string, args ...any)
 }
 
 // Node is one simulated Kubernetes node.
@@ -137,18 +112,18 @@ func New(opts Options) (n *Node, err error) {
 	if n.KubeDNS, err = n.addNetns(prefix + "kdns"); err != nil {
 		return n, err
 	}
-	if err = n.Host.Run("sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
+	if err = n.Host.Run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"); err != nil {
 		return n, err
 	}
-	if err = link(n.Host, "kdns0", nodeToKubeDNS, n.KubeDNS, "eth0", KubeDNSPodIP); err != nil {
+	if err = n.link(n.Host, "kdns0", nodeToKubeDNS, nodeToKubeDNSv6, n.KubeDNS, "eth0", KubeDNSPodIP, KubeDNSPodIPv6); err != nil {
 		return n, err
 	}
-	if err = n.KubeDNS.Run("ip", "route", "add", "198.18.0.0/15", "via", nodeToKubeDNS); err != nil {
+	if err = n.routes(n.KubeDNS, nodeToKubeDNS, []string{"198.18.0.0/15"}, nodeToKubeDNSv6, []string{"2001:2::/48"}); err != nil {
 		return n, err
 	}
 	// The node's own route for Service IPs (a real node's default route); the
 	// DNAT picks the endpoint.
-	if err = n.Host.Run("ip", "route", "add", ServiceCIDR, "via", KubeDNSPodIP); err != nil {
+	if err = n.routes(n.Host, KubeDNSPodIP, []string{ServiceCIDR}, KubeDNSPodIPv6, []string{ServiceCIDRv6}); err != nil {
 		return n, err
 	}
 	for i := 0; i < opts.Pods; i++ {
@@ -156,14 +131,12 @@ func New(opts Options) (n *Node, err error) {
 		if err != nil {
 			return n, err
 		}
-		gw, ip := podAddr(i, "1"), podAddr(i, "2")
-		if err := link(n.Host, fmt.Sprintf("pod%d", i), gw, pod, "eth0", ip); err != nil {
+		gw, gw6 := podAddr(i, "1"), podAddrv6(i, "1")
+		if err := n.link(n.Host, fmt.Sprintf("pod%d", i), gw, gw6, pod, "eth0", podAddr(i, "2"), podAddrv6(i, "2")); err != nil {
 			return n, err
 		}
-		for _, dst := range []string{ServiceCIDR, LocalIP + "/32"} {
-			if err := pod.Run("ip", "route", "add", dst, "via", gw); err != nil {
-				return n, err
-			}
+		if err := n.routes(pod, gw, []string{ServiceCIDR, LocalIP + "/32"}, gw6, []string{ServiceCIDRv6, LocalIPv6 + "/128"}); err != nil {
+			return n, err
 		}
 		n.Pods = append(n.Pods, pod)
 	}
@@ -179,11 +152,16 @@ func New(opts Options) (n *Node, err error) {
 
 func podAddr(i int, host string) string { return fmt.Sprintf(podSubnetFmt, podSubnetFirst+i, host) }
 
+func podAddrv6(i int, host string) string { return fmt.Sprintf(podSubnetFmtv6, podSubnetFirst+i, host) }
+
 // PodIP is the address of pod i.
 func PodIP(i int) string { return podAddr(i, "2") }
 
 func checkTools(opts Options) error {
 	tools := []string{"ip", "sysctl", opts.Backend.IPTables(), "conntrack"}
+	if opts.IPv6 {
+		tools = append(tools, opts.Backend.IP6Tables())
+	}
 	if opts.Mode == ModeNFTables {
 		tools = append(tools, "nft")
 	}
@@ -200,20 +178,30 @@ func (n *Node) addNetns(name string) (*Netns, error) {
 	if ns != nil || err == nil {
 		n.netnsNames = append(n.netnsNames, name)
 	}
+	if err == nil && n.Opts.IPv6 {
+		// no duplicate address detection: an address is usable at once
+		err = ns.Run("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+	}
 	return ns, err
 }
 
-// link connects two namespaces with a veth pair, addresses in a /24.
-func link(a *Netns, aName, aIP string, b *Netns, bName, bIP string) error {
+// link connects two namespaces with a veth pair, addresses in a /24, and
+// with IPv6 in a /64.
+func (n *Node) link(a *Netns, aName, aIP, aIPv6 string, b *Netns, bName, bIP, bIPv6 string) error {
 	if err := a.Run("ip", "link", "add", aName, "type", "veth", "peer", "name", bName, "netns", b.Name); err != nil {
 		return err
 	}
 	for _, side := range []struct {
-		ns      *Netns
-		dev, ip string
-	}{{a, aName, aIP}, {b, bName, bIP}} {
+		ns            *Netns
+		dev, ip, ipv6 string
+	}{{a, aName, aIP, aIPv6}, {b, bName, bIP, bIPv6}} {
 		if err := side.ns.Run("ip", "addr", "add", side.ip+"/24", "dev", side.dev); err != nil {
 			return err
+		}
+		if n.Opts.IPv6 {
+			if err := side.ns.Run("ip", "addr", "add", side.ipv6+"/64", "dev", side.dev, "nodad"); err != nil {
+				return err
+			}
 		}
 		if err := side.ns.Run("ip", "link", "set", side.dev, "up"); err != nil {
 			return err
@@ -222,102 +210,18 @@ func link(a *Netns, aName, aIP string, b *Netns, bName, bIP string) error {
 	return nil
 }
 
-// installKubeProxy DNATs both kube-dns Service IPs to the kube-dns pod, the
-// way the emulated kube-proxy mode does it.
-func (n *Node) installKubeProxy() error {
-	switch n.Opts.Mode {
-	case ModeNFTables:
-		rules := nftServiceRules(ClusterIP, UpstreamIP)
-		script := "table ip kube-proxy {\n" +
-			"  chain nat-prerouting {\n    type nat hook prerouting priority dstnat;\n" + rules + "  }\n" +
-			"  chain nat-output {\n    type nat hook output priority -100;\n" + rules + "  }\n}\n"
-		return n.nft(script)
-	case ModeIPVS:
-		// kube-proxy IPVS puts every ClusterIP on kube-ipvs0 (a dummy link; a
-		// port-less bridge here, where dummy is missing). The DNAT below stands
-		// in for the IPVS virtual server.
-		if err := n.Host.Run("ip", "link", "add", "kube-ipvs0", "type", "bridge"); err != nil {
+// routes sends dsts through gw in ns, and with IPv6 dstsv6 through gwv6.
+func (n *Node) routes(ns *Netns, gw string, dsts []string, gwv6 string, dstsv6 []string) error {
+	for _, dst := range dsts {
+		if err := ns.Run("ip", "route", "add", dst, "via", gw); err != nil {
 			return err
 		}
-		for _, svc := range []string{ClusterIP, UpstreamIP} {
-			if err := n.Host.Run("ip", "addr", "add", svc+"/32", "dev", "kube-ipvs0"); err != nil {
-				return err
-			}
-		}
 	}
-	cmds := [][]string{
-		{"-t", "mangle", "-N", "KUBE-IPTABLES-HINT"},
-		{"-t", "mangle", "-N", "KUBE-KUBELET-CANARY"},
-		{"-t", "nat", "-N", "KUBE-SERVICES"},
-		{"-t", "nat", "-A", "PREROUTING", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"},
-		{"-t", "nat", "-A", "OUTPUT", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"},
+	if !n.Opts.IPv6 {
+		return nil
 	}
-	for _, svc := range []string{ClusterIP, UpstreamIP} {
-		cmds = append(cmds, iptablesServiceRules("-A", svc)...)
-	}
-	return n.iptables(cmds...)
-}
-
-// DeleteUpstreamService does what kube-proxy does when the kube-dns-upstream
-// Service is deleted (an uninstall): its rules go, and so do its UDP
-// conntrack entries.
-func (n *Node) DeleteUpstreamService() error {
-	var err error
-	switch n.Opts.Mode {
-	case ModeNFTables:
-		rules := nftServiceRules(ClusterIP)
-		err = n.nft("flush chain ip kube-proxy nat-prerouting\nflush chain ip kube-proxy nat-output\n" +
-			"table ip kube-proxy {\n  chain nat-prerouting {\n" + rules + "  }\n  chain nat-output {\n" + rules + "  }\n}\n")
-	case ModeIPVS:
-		if err = n.Host.Run("ip", "addr", "del", UpstreamIP+"/32", "dev", "kube-ipvs0"); err == nil {
-			err = n.iptables(iptablesServiceRules("-D", UpstreamIP)...)
-		}
-	default:
-		err = n.iptables(iptablesServiceRules("-D", UpstreamIP)...)
-	}
-	if err != nil {
-		return err
-	}
-	// conntrack -D exits 1 when it deleted nothing
-	_ = n.Host.Run("conntrack", "-D", "-p", "udp", "--orig-dst", UpstreamIP)
-	return nil
-}
-
-// iptablesServiceRules are the commands that add (op -A) or delete (-D) a
-// Service's DNAT rules.
-func iptablesServiceRules(op, svc string) [][]string {
-	var cmds [][]string
-	for _, proto := range []string{"udp", "tcp"} {
-		cmds = append(cmds, []string{"-t", "nat", op, "KUBE-SERVICES", "-d", svc + "/32", "-p", proto, "--dport", "53",
-			"-m", "comment", "--comment", "kube-system/kube-dns:dns", "-j", "DNAT", "--to-destination", KubeDNSPodIP + ":53"})
-	}
-	return cmds
-}
-
-// nftServiceRules are the services' DNAT rules in a kube-proxy nft chain.
-func nftServiceRules(services ...string) string {
-	var rules strings.Builder
-	for _, svc := range services {
-		for _, proto := range []string{"udp", "tcp"} {
-			fmt.Fprintf(&rules, "    ip daddr %s %s dport 53 dnat to %s:53\n", svc, proto, KubeDNSPodIP)
-		}
-	}
-	return rules.String()
-}
-
-func (n *Node) nft(script string) error {
-	cmd := n.Host.Command("nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(script)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("nft: %v: %s", err, out)
-	}
-	return nil
-}
-
-func (n *Node) iptables(cmds ...[]string) error {
-	ipt := n.Opts.Backend.IPTables()
-	for _, args := range cmds {
-		if err := n.Host.Run(ipt, append([]string{"-w", "5"}, args...)...); err != nil {
+	for _, dst := range dstsv6 {
+		if err := ns.Run("ip", "-6", "route", "add", dst, "via", gwv6); err != nil {
 			return err
 		}
 	}
@@ -329,7 +233,11 @@ func (n *Node) startKubeDNS() error {
 	if err != nil {
 		return err
 	}
-	conf, err := writeKubeDNSConfig(n.Dir)
+	ips := []string{KubeDNSPodIP}
+	if n.Opts.IPv6 {
+		ips = append(ips, KubeDNSPodIPv6)
+	}
+	conf, err := writeKubeDNSConfig(n.Dir, ips...)
 	if err != nil {
 		return err
 	}
@@ -417,55 +325,6 @@ func removeStaleNamespaces() {
 		}
 		deleteNetns(fields[0])
 	}
-}
-
-// Query sends one query from ns to server (an IP; port 53) over udp or tcp.
-func Query(ns *Netns, network, server, name string, qtype uint16) (*dns.Msg, error) {
-	return QueryTimeout(ns, network, server, name, qtype, 2*time.Second)
-}
-
-// QueryTimeout is Query with its own timeout.
-func QueryTimeout(ns *Netns, network, server, name string, qtype uint16, timeout time.Duration) (*dns.Msg, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	conn, err := ns.DialContext(ctx, network, server+":53")
-	if err != nil {
-		return nil, err
-	}
-	c := &dns.Conn{Conn: conn}
-	defer c.Close()
-	return Exchange(c, name, qtype, timeout)
-}
-
-// Exchange asks name on an open connection and reads the reply.
-func Exchange(c *dns.Conn, name string, qtype uint16, timeout time.Duration) (*dns.Msg, error) {
-	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(name), qtype)
-	c.SetDeadline(time.Now().Add(timeout))
-	if err := c.WriteMsg(m); err != nil {
-		return nil, err
-	}
-	return c.ReadMsg()
-}
-
-// WaitForAnswer polls until server answers name (NOERROR) from ns over UDP.
-// Each attempt waits 100 ms at most: a query sent before the server could
-// answer is lost, and must not use up the whole timeout.
-func (n *Node) WaitForAnswer(ns *Netns, server, name string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	var lastErr error
-	for time.Now().Before(deadline) {
-		r, err := QueryTimeout(ns, "udp", server, name, dns.TypeA, min(100*time.Millisecond, time.Until(deadline)))
-		if err == nil && r.Rcode == dns.RcodeSuccess {
-			return nil
-		}
-		if err == nil {
-			err = fmt.Errorf("rcode %s", dns.RcodeToString[r.Rcode])
-		}
-		lastErr = err
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("no answer for %s from %s within %v: %v", name, server, timeout, lastErr)
 }
 
 // KubeDNSQueries is how many client queries kube-dns has answered so far.

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -9,12 +10,19 @@ import (
 	"time"
 )
 
-// Where node-cache serves its HTTP endpoints inside the node netns.
+// Where node-cache serves its HTTP endpoints inside the node netns (on an
+// IPv4 node; Node.NodeCacheEndpoint on any).
 const (
 	NodeCacheMetrics = LocalIP + ":9253"
 	NodeCacheHealth  = LocalIP + ":8080"
 	NodeCacheReady   = LocalIP + ":8181"
 )
+
+// NodeCacheEndpoint is where node-cache serves HTTP on port inside the
+// node netns: its own address, in the node's family.
+func (n *Node) NodeCacheEndpoint(port string) string {
+	return net.JoinHostPort(n.Family().Local, port)
+}
 
 // NodeCacheTemplate is the repository's corefile.tmpl; nodelocalOptions, if
 // any, become the block of every nodelocal directive.
@@ -50,10 +58,11 @@ func (n *Node) NodeCacheArgs() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	f := n.Family()
 	return []string{
-		"-localip", LocalIP + "," + ClusterIP,
-		"-dnssvc", ClusterIP,
-		"-upstreamsvc", UpstreamIP,
+		"-localip", f.Local + "," + f.Cluster,
+		"-dnssvc", f.Cluster,
+		"-upstreamsvc", f.Upstream,
 		"-resolvconf", resolv,
 		"-kubednscm", filepath.Join(n.Dir, "kube-dns-configmap"),
 		"-ipvs", fmt.Sprint(n.Opts.Mode == ModeIPVS),
@@ -64,7 +73,7 @@ func (n *Node) NodeCacheArgs() ([]string, error) {
 // (through the kube-dns-upstream Service IP), never the machine's resolver.
 func (n *Node) ResolvConf() (string, error) {
 	resolv := filepath.Join(n.Dir, "resolv.conf")
-	return resolv, os.WriteFile(resolv, []byte("nameserver "+UpstreamIP+"\n"), 0o644)
+	return resolv, os.WriteFile(resolv, []byte("nameserver "+n.Family().Upstream+"\n"), 0o644)
 }
 
 // StartNodeCache runs node-cache in the node netns with template as its
@@ -108,7 +117,7 @@ func (n *Node) WaitReady(p *Process, timeout time.Duration) error {
 		if p.Exited() {
 			return fmt.Errorf("%s exited: %v", p.Name, p.Wait(0))
 		}
-		_, lastErr = n.Host.HTTPGet("http://" + NodeCacheReady + "/ready")
+		_, lastErr = n.Host.HTTPGet("http://" + n.NodeCacheEndpoint("8181") + "/ready")
 		if lastErr == nil {
 			return nil
 		}
@@ -119,7 +128,7 @@ func (n *Node) WaitReady(p *Process, timeout time.Duration) error {
 
 // NodeCacheMetric sums a metric of node-cache.
 func (n *Node) NodeCacheMetric(name string) (float64, error) {
-	body, err := n.Host.HTTPGet("http://" + NodeCacheMetrics + "/metrics")
+	body, err := n.Host.HTTPGet("http://" + n.NodeCacheEndpoint("9253") + "/metrics")
 	if err != nil {
 		return 0, err
 	}
@@ -127,18 +136,24 @@ func (n *Node) NodeCacheMetric(name string) (float64, error) {
 }
 
 // NodeLocalRules lists the rules carrying node-cache's comments in the node
-// netns, for the backend of the node, as `iptables -S` prints them, and the
+// netns, for the backend of the node (both families on an IPv6 node), as `iptables -S` prints them, and the
 // declarations of node-cache's chains (-N NODELOCAL-...).
 func (n *Node) NodeLocalRules() ([]string, error) {
 	var rules []string
-	for _, table := range []string{"raw", "filter"} {
-		out, err := n.Host.Output(n.Opts.Backend.IPTables(), "-w", "5", "-t", table, "-S")
-		if err != nil {
-			return nil, err
-		}
-		for _, line := range strings.Split(out, "\n") {
-			if strings.Contains(line, "NodeLocal DNS Cache") || strings.HasPrefix(line, "-N NODELOCAL-") {
-				rules = append(rules, "-t "+table+" "+line)
+	commands := []string{n.Opts.Backend.IPTables()}
+	if n.Opts.IPv6 {
+		commands = append(commands, n.Opts.Backend.IP6Tables())
+	}
+	for _, ipt := range commands {
+		for _, table := range []string{"raw", "filter"} {
+			out, err := n.Host.Output(ipt, "-w", "5", "-t", table, "-S")
+			if err != nil {
+				return nil, err
+			}
+			for _, line := range strings.Split(out, "\n") {
+				if strings.Contains(line, "NodeLocal DNS Cache") || strings.HasPrefix(line, "-N NODELOCAL-") {
+					rules = append(rules, "-t "+table+" "+line)
+				}
 			}
 		}
 	}

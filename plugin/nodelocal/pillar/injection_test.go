@@ -100,7 +100,7 @@ func TestMetricsAddressOfEitherFamily(t *testing.T) {
 // TestShapeCatchesWhatTheParsersMiss: the last check, given spellings that
 // no parser made, refuses every added block, directive, option or argument.
 func TestShapeCatchesWhatTheParsersMiss(t *testing.T) {
-	v := &Values{LocalIPs: []netip.Addr{netip.MustParseAddr("169.254.20.10")}, DNSServer: netip.MustParseAddr("198.18.0.10"),
+	v := &Values{LocalIPs: []netip.Addr{netip.MustParseAddr("169.254.20.10")}, DNSServers: []netip.Addr{netip.MustParseAddr("198.18.0.10")},
 		Domain: "cluster.local", ClusterDNS: netip.MustParseAddr("198.18.0.11"), Port: 53, MaxConcurrent: 1024,
 		Upstreams: []Server{{Addr: netip.MustParseAddr("198.18.9.1")}}, PrometheusEndpoint: Endpoint{Addr: netip.MustParseAddr("169.254.20.10"), Port: 9253}}
 	good := v.spell(v.Upstreams, []StubDomain{{Domain: "corp", Servers: []Server{{Addr: netip.MustParseAddr("198.18.7.1")}}}})

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,7 +25,7 @@ type Options struct {
 	Corefile          string // -corefile (and upstream's -conf): where the rendered Corefile is written
 	KubeDNSConfigDir  string // -kubednscm
 	UpstreamSvc       string // -upstreamsvc: Service name (its env variable) or IP
-	DNSSvc            string // -dnssvc: the intercepted kube-dns Service, name or IP
+	DNSSvc            string // -dnssvc: the intercepted kube-dns Service, name or IPs
 	Domain            string // -dnsdomain
 	ResolvConf        string // -resolvconf
 	IPVS              string // -ipvs auto|true|false
@@ -60,7 +61,7 @@ func RegisterFlags(fs *flag.FlagSet) *Options {
 	fs.StringVar(&o.Corefile, "corefile", "", "where to write the rendered Corefile, for inspection (upstream's -conf means the same)")
 	fs.StringVar(&o.KubeDNSConfigDir, "kubednscm", "", "directory of the mounted kube-dns ConfigMap (default "+DefaultKubeDNSDir+" if it exists)")
 	fs.StringVar(&o.UpstreamSvc, "upstreamsvc", "", "Service whose ClusterIP gets cluster-domain misses: a name (read from its <NAME>_SERVICE_HOST variable) or an IP (default kube-dns-upstream when its variable is set, else kube-dns)")
-	fs.StringVar(&o.DNSSvc, "dnssvc", "kube-dns", "the kube-dns Service whose ClusterIP is intercepted: a name (its <NAME>_SERVICE_HOST variable) or an IP")
+	fs.StringVar(&o.DNSSvc, "dnssvc", "kube-dns", "the kube-dns Service whose ClusterIP is intercepted: a name (its <NAME>_SERVICE_HOST variable) or its IPs, comma-separated (one per family on a dual-stack node)")
 	fs.StringVar(&o.Domain, "dnsdomain", DefaultDomain, "cluster domain")
 	fs.StringVar(&o.ResolvConf, "resolvconf", "/etc/resolv.conf", "resolv.conf whose nameservers get non-cluster names, unless the kube-dns ConfigMap sets upstreamNameservers")
 	fs.StringVar(&o.IPVS, "ipvs", "auto", "kube-proxy IPVS mode: true, false, or auto (kube-ipvs0 exists); in IPVS mode the ClusterIP is not bound")
@@ -175,11 +176,17 @@ func (o *Options) Values(env *Environment, tmpl []byte) (*Values, error) {
 	if o.IPVS != "true" && o.IPVS != "false" && o.IPVS != "auto" {
 		return nil, fmt.Errorf("-ipvs %q: want true, false or auto", o.IPVS)
 	}
-	// The kube-dns ClusterIP: from -dnssvc; missing is fine (upstream's
+	// The kube-dns ClusterIPs: from -dnssvc; missing is fine (upstream's
 	// manifest puts it in -localip instead).
-	dnsServer, err := serviceIP(env, "-dnssvc", o.DNSSvc)
-	if _, unset := err.(*serviceUnsetError); err != nil && !unset {
-		return nil, err
+	var dnsServers []netip.Addr
+	for _, svc := range strings.Split(o.DNSSvc, ",") {
+		ip, err := serviceIP(env, "-dnssvc", strings.TrimSpace(svc))
+		if _, unset := err.(*serviceUnsetError); err != nil && !unset {
+			return nil, err
+		}
+		if ip.IsValid() {
+			dnsServers = append(dnsServers, ip)
+		}
 	}
 	var empty int
 	for _, s := range strings.Split(o.LocalIPs, ",") {
@@ -192,7 +199,7 @@ func (o *Options) Values(env *Environment, tmpl []byte) (*Values, error) {
 		if err != nil {
 			return nil, fmt.Errorf("-localip: %w", err)
 		}
-		if ip == dnsServer {
+		if slices.Contains(dnsServers, ip) {
 			continue // it is __PILLAR__DNS__SERVER__
 		}
 		v.LocalIPs = append(v.LocalIPs, ip)
@@ -204,7 +211,7 @@ func (o *Options) Values(env *Environment, tmpl []byte) (*Values, error) {
 		return nil, fmt.Errorf("-localip %q: no IP besides the kube-dns ClusterIP: the link-local IP comes first, such as 169.254.20.10", o.LocalIPs)
 	}
 	if !ipvs {
-		v.DNSServer = dnsServer
+		v.DNSServers = dnsServers
 		v.noIPVSFound = o.IPVS == "auto"
 	}
 	v.PrometheusEndpoint = Endpoint{Addr: v.LocalIPs[0], Port: 9253}
@@ -231,7 +238,7 @@ func (o *Options) Values(env *Environment, tmpl []byte) (*Values, error) {
 		}
 	}
 	if reason := o.upstreamCompatible(tmpl, env); reason != "" {
-		directive, err := o.nodeLocalDirective(v.ClusterDNS)
+		directive, err := o.nodeLocalDirective(v.LocalIPs, v.ClusterDNS)
 		if err != nil {
 			return nil, err
 		}
@@ -317,8 +324,13 @@ func serviceIP(env *Environment, flagName, svc string) (netip.Addr, error) {
 
 // nodeLocalDirective is the directive the flags describe, for a Corefile
 // without one.
-func (o *Options) nodeLocalDirective(clusterDNS netip.Addr) (string, error) {
+func (o *Options) nodeLocalDirective(localIPs []netip.Addr, clusterDNS netip.Addr) (string, error) {
 	var opts []string
+	// The cache's own IPs that nodelocal cannot tell from a Service IP: an
+	// IPv6 cache's fd00::10 (a link-local one is told by its range).
+	if own := slices.DeleteFunc(slices.Clone(localIPs), netip.Addr.IsLinkLocalUnicast); len(own) > 0 {
+		opts = append(opts, "local "+joinStrings(own))
+	}
 	if clusterDNS.IsValid() {
 		// where the link-local IP fails open to while no node-cache runs
 		opts = append(opts, "fallback "+clusterDNS.String())

@@ -39,7 +39,7 @@ var anyPlaceholder = regexp.MustCompile(`__[A-Z][A-Z0-9_]*__`)
 // from their parsed form, so no value can carry a directive into the Corefile.
 type Values struct {
 	LocalIPs           []netip.Addr // the cache's own IPs (link-local)
-	DNSServer          netip.Addr   // kube-dns ClusterIP, also intercepted; invalid (zero) in IPVS mode
+	DNSServers         []netip.Addr // kube-dns ClusterIPs (one per family), also intercepted; none in IPVS mode
 	Domain             string       // cluster domain
 	ClusterDNS         netip.Addr   // kube-dns-upstream ClusterIP: where cluster names go
 	Upstreams          []Server     // resolvers for everything else
@@ -137,9 +137,7 @@ func (v *Values) spell(upstreams []Server, stubs []StubDomain) spelling {
 		prometheus:         v.PrometheusEndpoint.String(),
 		upstreamPrometheus: v.UpstreamPrometheusEndpoint.String(),
 	}
-	if v.DNSServer.IsValid() {
-		s.dnsServer = v.DNSServer.String()
-	}
+	s.dnsServer = joinStrings(v.DNSServers)
 	if v.ClusterDNS.IsValid() {
 		s.clusterDNS = v.ClusterDNS.String()
 	}
@@ -200,10 +198,7 @@ func (s spelling) fill(tmpl []byte, v *Values) ([]byte, error) {
 
 // listenIPs are the addresses the cache binds.
 func (v *Values) listenIPs() []netip.Addr {
-	if v.DNSServer.IsValid() {
-		return append(slices.Clone(v.LocalIPs), v.DNSServer)
-	}
-	return v.LocalIPs
+	return append(slices.Clone(v.LocalIPs), v.DNSServers...)
 }
 
 var forwardLine = regexp.MustCompile(`(?m)^[ \t]*forward[ \t]+\S+((?:[ \t]+[^\s{}]+)+)`)
