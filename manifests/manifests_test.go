@@ -2,6 +2,7 @@ package manifests
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,7 +99,7 @@ func TestEveryManifestDecodesStrictly(t *testing.T) {
 			t.Errorf("%s: no documents", f)
 		}
 	}
-	for _, overlay := range []string{"overlays/ipvs", "overlays/ondelete", "overlays/iptables-legacy"} {
+	for _, overlay := range []string{"overlays/ipvs", "overlays/ondelete", "overlays/iptables-legacy", "overlays/node-readiness"} {
 		render(t, overlay)
 	}
 }
@@ -138,7 +139,7 @@ func TestDaemonSetInvariants(t *testing.T) {
 		t.Errorf("update strategy %+v, want RollingUpdate with maxSurge 1, maxUnavailable 0", ds.Spec.UpdateStrategy)
 	}
 	if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
-		t.Errorf("automountServiceAccountToken %v: node-cache never talks to the API server, the pod needs no token", spec.AutomountServiceAccountToken)
+		t.Errorf("automountServiceAccountToken %v: the base never talks to the API server (only with the node-readiness component), the pod needs no token", spec.AutomountServiceAccountToken)
 	}
 	if spec.SecurityContext == nil || spec.SecurityContext.SeccompProfile == nil || spec.SecurityContext.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
 		t.Errorf("pod security context %+v, want seccompProfile RuntimeDefault", spec.SecurityContext)
@@ -209,6 +210,27 @@ func TestOverlays(t *testing.T) {
 	if ondelete.Spec.UpdateStrategy.Type != appsv1.OnDeleteDaemonSetStrategyType {
 		t.Errorf("ondelete overlay strategy %+v", ondelete.Spec.UpdateStrategy)
 	}
+	condition := render(t, "overlays/node-readiness")
+	spec := daemonSet(t, condition).Spec.Template.Spec
+	c := spec.Containers[0]
+	var nodeName string
+	for _, e := range c.Env {
+		if e.Name == "NODE_NAME" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
+			nodeName = e.ValueFrom.FieldRef.FieldPath
+		}
+	}
+	if !slices.Contains(c.Args, "-nodecondition") || !slices.Contains(c.Args, "-startuptaint") || nodeName != "spec.nodeName" || spec.AutomountServiceAccountToken == nil || !*spec.AutomountServiceAccountToken {
+		t.Errorf("node-readiness overlay: args %v, NODE_NAME from %q, automountServiceAccountToken %v", c.Args, nodeName, spec.AutomountServiceAccountToken)
+	}
+	kinds := map[string]bool{}
+	for _, o := range condition {
+		kinds[fmt.Sprintf("%T", o)] = true
+	}
+	for _, kind := range []string{"*v1.ClusterRole", "*v1.ClusterRoleBinding", "*v1.ValidatingAdmissionPolicy", "*v1.ValidatingAdmissionPolicyBinding"} {
+		if !kinds[kind] {
+			t.Errorf("node-readiness overlay lacks a %s", kind)
+		}
+	}
 }
 
 // TestConfigMapRendersWithTheDaemonSetArgs runs node-cache -render with the
@@ -219,7 +241,7 @@ func TestConfigMapRendersWithTheDaemonSetArgs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, overlay := range []string{"base", "overlays/ipvs"} {
+	for _, overlay := range []string{"base", "overlays/ipvs", "overlays/node-readiness"} {
 		objs := render(t, overlay)
 		dir := t.TempDir()
 		base := filepath.Join(dir, "Corefile.base")
@@ -229,7 +251,7 @@ func TestConfigMapRendersWithTheDaemonSetArgs(t *testing.T) {
 		args := append(daemonSet(t, objs).Spec.Template.Spec.Containers[0].Args,
 			"-basecorefile", base, "-resolvconf", resolv, "-kubednscm", filepath.Join(dir, "none"), "-render")
 		cmd := exec.Command(bin, args...)
-		cmd.Env = append(os.Environ(), "KUBE_DNS_SERVICE_HOST=198.18.0.10", "KUBE_DNS_UPSTREAM_SERVICE_HOST=198.18.0.11")
+		cmd.Env = append(os.Environ(), "KUBE_DNS_SERVICE_HOST=198.18.0.10", "KUBE_DNS_UPSTREAM_SERVICE_HOST=198.18.0.11", "NODE_NAME=node-a")
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("%s: node-cache %v: %v\n%s", overlay, args, err, out)
@@ -237,6 +259,9 @@ func TestConfigMapRendersWithTheDaemonSetArgs(t *testing.T) {
 		corefile := string(out)
 		if strings.Contains(corefile, "__PILLAR__") {
 			t.Fatalf("%s: placeholder left:\n%s", overlay, corefile)
+		}
+		if wantCondition := "node_condition " + map[bool]string{false: "off", true: "on"}[overlay == "overlays/node-readiness"]; !strings.Contains(corefile, wantCondition) {
+			t.Fatalf("%s: the Corefile lacks %q:\n%s", overlay, wantCondition, corefile)
 		}
 		wantBind := "bind 169.254.20.10 198.18.0.10\n"
 		if overlay == "overlays/ipvs" {

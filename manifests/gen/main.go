@@ -1,6 +1,7 @@
 // Command gen writes manifests/base/configmap.yaml from corefile.tmpl,
 // manifests/nodelocaldns.yaml from the kustomize base, and the chart's copies
-// of the Corefile template, the alerts and the dashboard. Run from the repository
+// of the Corefile template, the alerts, the dashboard, and the node
+// readiness's RBAC and admission policies. Run from the repository
 // root: `make manifests`.
 package main
 
@@ -35,6 +36,8 @@ func run() error {
 		"corefile.tmpl": "charts/node-local-dns/files/Corefile.tmpl",
 		"manifests/components/monitoring/prometheusrule.yaml": "charts/node-local-dns/files/prometheusrule.yaml",
 		"manifests/components/monitoring/dashboard.json":      "charts/node-local-dns/files/dashboard.json",
+		"manifests/components/node-readiness/rbac.yaml":       "charts/node-local-dns/files/node-readiness-rbac.yaml",
+		"manifests/components/node-readiness/policy.yaml":     "charts/node-local-dns/files/node-readiness-policy.yaml",
 	} {
 		b, err := os.ReadFile(src)
 		if err != nil {

@@ -36,6 +36,12 @@ type Config struct {
 	// Local are the cache's own listen addresses besides the link-local
 	// ones (an IPv6 cache's fd00::10): see isLocal.
 	Local []netip.Addr
+	// NodeCondition: tell the API server, in a condition of the Node, whether
+	// this node's DNS cache serves (nodecondition.go).
+	NodeCondition bool
+	// StartupTaint: remove the startup taint from the Node once the cache
+	// serves (nodereport.go).
+	StartupTaint bool
 }
 
 // isLocal: ip is the cache's own address, which nothing but a node-cache
@@ -74,5 +80,6 @@ func (c *Config) equal(o *Config) bool {
 		c.ManageInterface == o.ManageInterface && c.Backend == o.Backend &&
 		c.CheckInterval == o.CheckInterval && c.HealthPort == o.HealthPort && c.Teardown == o.Teardown &&
 		c.FailOpen == o.FailOpen && slices.Equal(c.Upstreams, o.Upstreams) && slices.Equal(c.Fallback, o.Fallback) &&
-		slices.Equal(c.Local, o.Local)
+		slices.Equal(c.Local, o.Local) && c.NodeCondition == o.NodeCondition &&
+		c.StartupTaint == o.StartupTaint
 }

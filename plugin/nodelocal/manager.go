@@ -40,6 +40,9 @@ type manager struct {
 	// that endpoint, opened at the first start.
 	statusDir string
 	status    *statusServer
+	// newNodeAPI is the API server's client and the node's name, for
+	// node_condition (nodecondition.go).
+	newNodeAPI func() (NodeAPI, string, error)
 
 	mu     sync.Mutex // guards what follows, owners included
 	cfg    *Config
@@ -49,13 +52,15 @@ type manager struct {
 	pins   *upstreamPins
 	conns  *kubeDNSConns
 	pause  *reloadPause
-	starts startState // start.go
+	cond   *nodeReport // nil: node_condition and startup_taint off
+	starts startState  // start.go
 }
 
 // waits are the protocol's waits, constant but for tests.
 type waits struct {
 	takeoverDrain   time.Duration // how long takingOver lasts
 	replacementWait time.Duration // how long a stop without a peer waits for one to start
+	condition       conditionTiming
 }
 
 func newManager(links Links, newTables func(Backend, Family) (RuleTables, error), generation RulesetGeneration, detect func() (Backend, error), nft NFTables, probe func(netip.AddrPort) error, conntrack Conntrack, peers Peers, sockets Sockets) *manager {
@@ -66,7 +71,7 @@ func newManager(links Links, newTables func(Backend, Family) (RuleTables, error)
 		ready:   &readiness{probe: probe},
 		foreign: &foreignCount{peers: peers, interval: foreignSocketsInterval},
 		loop:    newCheckLoop(),
-		waits:   waits{takeoverDrain: takeoverDrain, replacementWait: replacementWait},
+		waits:   waits{takeoverDrain: takeoverDrain, replacementWait: replacementWait, condition: conditionTimes},
 		iface:   newIface(links, repairs),
 		rules:   rules,
 		pins:    newUpstreamPins(conntrack, links, rules),
@@ -87,6 +92,7 @@ var theManager = func() *manager {
 		newNetnsPeers("instance"),
 		ownSockets{})
 	m.statusDir = stateDir()
+	m.newNodeAPI = inClusterNodeAPI
 	return m
 }()
 
@@ -141,6 +147,9 @@ func (m *manager) setConfig(cfg *Config) error {
 	if opened {
 		m.pins.forgetMode()
 	}
+	if err := m.useNodeReport(cfg); err != nil {
+		return err
+	}
 	m.iface.drop(m.cfg, cfg)
 	m.cfg = cfg
 	m.ready.newConfig()
@@ -193,8 +202,9 @@ func (m *manager) noOthers() bool {
 // (the periodic check, while the phase owns them), the connections left to
 // kube-dns that closed, the rules (a listing, one iptables process per table,
 // when the ruleset may have changed), the pins an earlier instance left, and
-// this instance's. Then, outside the lock, the foreign sockets are counted and
-// readiness probes the cache: a slow probe delays no stop.
+// this instance's. Then, outside the lock, the foreign sockets are counted,
+// readiness probes the cache (a slow probe delays no stop), and once it
+// answers the node condition is told.
 func (m *manager) check(withRules bool) {
 	m.mu.Lock()
 	if m.cfg == nil || !m.loop.running() {
@@ -223,7 +233,7 @@ func (m *manager) check(withRules bool) {
 	}
 	// A link event checks the interface only; the rules' state is the last check's.
 	m.ready.setInPlace(ifaceOK && m.rules.inPlace() && m.phase.listenersUp() && m.phase != phaseTakingOver)
-	listen, intercepted := m.cfg.Listen, m.intercepted()
+	listen, intercepted, cond := m.cfg.Listen, m.intercepted(), m.cond
 	m.mu.Unlock()
 
 	if counting {
@@ -231,5 +241,8 @@ func (m *manager) check(withRules bool) {
 	}
 	if config, needed := m.ready.probeNeeded(); needed {
 		m.ready.probeAll(config, intercepted)
+	}
+	if cond != nil && m.ready.ready() {
+		cond.serving(servingMessage(intercepted))
 	}
 }

@@ -47,6 +47,13 @@ var (
 		Help:      "Sockets on the cache's listen addresses that belong to no node-cache instance, as the last check counted them.",
 	})
 
+	nodeAPIFailures = promauto.NewCounter(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "nodelocal",
+		Name:      "node_api_failures_total",
+		Help:      "Counter of failed requests to the API server about this node (its NodeLocalDNSReady condition, its startup taint), each retried.",
+	})
+
 	interceptionActive = promauto.NewGauge(prometheus.GaugeOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: "nodelocal",

@@ -108,6 +108,35 @@ func TestParse(t *testing.T) {
 	}
 }
 
+// TestNodeConditionOption: node_condition needs the node's name, which the
+// DaemonSet gives from the downward API.
+func TestNodeConditionOption(t *testing.T) {
+	for _, tc := range []struct {
+		name, input, nodeName, wantErr string
+		want                           bool
+	}{
+		{name: "on", input: "nodelocal 169.254.20.10 {\n node_condition on\n}", nodeName: "node-a", want: true},
+		{name: "off", input: "nodelocal 169.254.20.10 {\n node_condition off\n}", nodeName: "node-a"},
+		{name: "without the node's name", input: "nodelocal 169.254.20.10 {\n node_condition on\n}", wantErr: "node_condition needs the node's name in $NODE_NAME"},
+		{name: "bad value", input: "nodelocal 169.254.20.10 {\n node_condition yes\n}", nodeName: "node-a", wantErr: `node_condition "yes": want on or off`},
+		{name: "startup_taint without the node's name", input: "nodelocal 169.254.20.10 {\n startup_taint on\n}", wantErr: "startup_taint needs the node's name"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("NODE_NAME", tc.nodeName)
+			blk, err := parse(newController(tc.input))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || blk.NodeCondition != tc.want {
+				t.Fatalf("node_condition %v (%v), want %v", blk.NodeCondition, err, tc.want)
+			}
+		})
+	}
+}
+
 func TestBlocksMergeAndConflict(t *testing.T) {
 	ctxCtl := newController("nodelocal", "169.254.20.10")
 	blk1, err := parse(ctxCtl)

@@ -178,8 +178,14 @@ func (m *manager) handBackToKubeProxy() {
 // serves the same IPs, removes the rules and then the interface, leaving the
 // node as it was before the cache started. The instance lock is held until the
 // process exits (after its sockets close), so of two instances stopping at
-// once, the second sees the first gone and cleans up: exactly once.
+// once, the second sees the first gone and cleans up: exactly once. Last,
+// with no other instance serving, the node condition goes False.
 func (m *manager) Shutdown() {
+	m.shutDown()
+	m.reportStopped()
+}
+
+func (m *manager) shutDown() {
 	m.ready.beginStop()
 	m.loop.halt()
 	m.mu.Lock()

@@ -137,6 +137,7 @@ func TestChartEqualsKustomize(t *testing.T) {
 		{"manifests/overlays/ipvs", map[string]any{"interception": "ipvs"}},
 		{"manifests/overlays/ondelete", map[string]any{"updateStrategy": map[string]any{"type": "OnDelete"}}},
 		{"manifests/overlays/iptables-legacy", map[string]any{"iptablesLegacy": true}},
+		{"manifests/overlays/node-readiness", map[string]any{"nodeReadiness": true}},
 		{"manifests/overlays/monitoring", map[string]any{
 			"serviceMonitor": map[string]any{"enabled": true},
 			"prometheusRule": map[string]any{"enabled": true},

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nodelocal/nodelocal/test/harness"
@@ -15,13 +16,17 @@ import (
 // ApplyKustomize applies manifests/base with only the image set, through an
 // overlay of its own (kustomize images:), as an operator would; it returns
 // the overlay's directory.
-func (c *Cluster) ApplyKustomize() (string, error) {
+func (c *Cluster) ApplyKustomize() (string, error) { return c.ApplyKustomizeOf("base") }
+
+// ApplyKustomizeOf is ApplyKustomize of another directory of manifests/,
+// such as overlays/node-readiness.
+func (c *Cluster) ApplyKustomizeOf(manifests string) (string, error) {
 	root, err := harness.RepoRoot()
 	if err != nil {
 		return "", err
 	}
 	dir := c.path("overlay")
-	base, err := filepath.Rel(dir, filepath.Join(root, "manifests", "base"))
+	base, err := filepath.Rel(dir, filepath.Join(root, "manifests", manifests))
 	if err != nil {
 		return "", err
 	}
@@ -141,4 +146,35 @@ func (c *Cluster) WaitGone(selector string, d time.Duration) error {
 func (c *Cluster) Log(name string) string {
 	b, _ := os.ReadFile(c.path(name + ".log"))
 	return string(b)
+}
+
+// KubectlAs runs kubectl as the bearer of token (a ServiceAccount's) instead
+// of the admin, and returns its standard output.
+func (c *Cluster) KubectlAs(token string, args ...string) (string, error) {
+	server, err := c.KubectlOutput("config", "view", "--raw", "-o", "jsonpath={.clusters[0].cluster.server}")
+	if err != nil {
+		return "", err
+	}
+	kubeconfig := c.path("token.kubeconfig")
+	config := fmt.Sprintf("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: %q, certificate-authority: %q}\n"+
+		"users:\n- name: u\n  user: {token: %q}\ncontexts:\n- name: c\n  context: {cluster: c, user: u}\ncurrent-context: c\n",
+		server, c.path("pki", "ca.crt"), token)
+	if err := writeFile(kubeconfig, config); err != nil {
+		return "", err
+	}
+	// The wrapper's --kubeconfig comes first; the last one counts.
+	return c.KubectlOutput(append([]string{"--kubeconfig", kubeconfig}, args...)...)
+}
+
+// SignalAPIServer sends sig to the node's kube-apiserver: SIGSTOP hangs it
+// (connections open, no answer: an API server that is down or overloaded),
+// SIGCONT resumes it.
+func (c *Cluster) SignalAPIServer(sig syscall.Signal) error {
+	for _, pid := range c.state.Pids {
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err == nil && strings.Contains(string(cmdline), filepath.Join(c.Bin, "kube-apiserver")) {
+			return syscall.Kill(pid, sig)
+		}
+	}
+	return fmt.Errorf("no kube-apiserver among the node's processes %v", c.state.Pids)
 }

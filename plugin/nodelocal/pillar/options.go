@@ -39,6 +39,8 @@ type Options struct {
 	Render            bool // -render: print the rendered Corefile and exit
 	MetricsListenAddr string
 	ReloadWithSignal  bool
+	NodeCondition     bool // -nodecondition
+	StartupTaint      bool // -startuptaint
 
 	// What was ignored in the flags and in resolv.conf is logged once, not on
 	// every reload tick.
@@ -74,6 +76,8 @@ func RegisterFlags(fs *flag.FlagSet) *Options {
 	fs.BoolVar(&o.SkipTeardown, "skipteardown", false, "leave the interface and rules in place on exit (when the Corefile has no nodelocal directive)")
 	fs.BoolVar(&o.Render, "render", false, "print the rendered Corefile and exit: 0 when it renders and parses, else 1 with the reason")
 	fs.StringVar(&o.MetricsListenAddr, "metrics-listen-address", "", "accepted for compatibility: setup-error metrics are served with all others by the prometheus plugin")
+	fs.BoolVar(&o.NodeCondition, "nodecondition", false, "set this node's NodeLocalDNSReady condition ($NODE_NAME) while the cache serves: __PILLAR__NODE__CONDITION__ in the template, or the nodelocal directive node-cache adds")
+	fs.BoolVar(&o.StartupTaint, "startuptaint", false, "remove this node's node-local-dns.kubernetes.io/not-ready taint ($NODE_NAME) once the cache serves: __PILLAR__STARTUP__TAINT__ in the template, or the nodelocal directive node-cache adds")
 	fs.BoolVar(&o.ReloadWithSignal, "reloadwithsignal", false, "accepted for compatibility: the reload plugin picks up changes (SIGUSR1 would stop it, coredns#6263)")
 	return o
 }
@@ -163,7 +167,7 @@ func (o *Options) OutputPath(env *Environment) string {
 // variable and no resolv.conf.
 func (o *Options) Values(env *Environment, tmpl []byte) (*Values, error) {
 	uses := func(placeholder string) bool { return bytes.Contains(tmpl, []byte(placeholder)) }
-	v := &Values{Domain: o.Domain, Port: 53}
+	v := &Values{Domain: o.Domain, Port: 53, NodeCondition: o.NodeCondition, StartupTaint: o.StartupTaint}
 	var err error
 	if uses(ClusterDNS) {
 		clusterDNS, err := serviceIP(env, "-upstreamsvc", o.upstreamService(env))
@@ -358,6 +362,12 @@ func (o *Options) nodeLocalDirective(localIPs []netip.Addr, clusterDNS netip.Add
 	opts = append(opts, "health_port "+strconv.Itoa(o.HealthPort))
 	if o.SkipTeardown {
 		opts = append(opts, "skip_teardown")
+	}
+	if o.NodeCondition {
+		opts = append(opts, "node_condition on")
+	}
+	if o.StartupTaint {
+		opts = append(opts, "startup_taint on")
 	}
 	return "nodelocal {\n    " + strings.Join(opts, "\n    ") + "\n}", nil
 }

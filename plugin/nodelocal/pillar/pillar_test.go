@@ -237,6 +237,27 @@ func TestRender(t *testing.T) {
 			want: []string{"bind 2001:2::a 2001:2::c\n", "local 2001:2::a\n", "forward . 2001:2::b {", "forward . 2001:2::53 {", "health [2001:2::a]:8080"},
 		},
 		{
+			name: "the node condition off by default, on with -nodecondition",
+			env:  fakeEnv{vars: kubeSystemEnv, files: resolv},
+			want: []string{"        node_condition off\n"}, wantNot: []string{"node_condition on"},
+		},
+		{
+			name: "-nodecondition",
+			env:  fakeEnv{vars: kubeSystemEnv, files: resolv, flags: []string{"-nodecondition"}},
+			want: []string{"        node_condition on\n        startup_taint off\n"}, wantNot: []string{"node_condition off"},
+		},
+		{
+			name: "-startuptaint",
+			env:  fakeEnv{vars: kubeSystemEnv, files: resolv, flags: []string{"-startuptaint"}},
+			want: []string{"        node_condition off\n        startup_taint on\n"},
+		},
+		{
+			name: "-nodecondition with upstream's flags: in the directive node-cache adds",
+			env: fakeEnv{files: withFiles(map[string]string{"/t": ".:53 {\n    bind 169.254.20.10\n    forward . 198.18.0.11\n}\n"}),
+				flags: []string{"-basecorefile", "/t", "-nodecondition", "-startuptaint", "-setupinterface=false"}},
+			want: []string{"        node_condition on\n        startup_taint on\n"},
+		},
+		{
 			name: "a dual-stack node: -dnssvc names the ClusterIP of each family, so neither counts as the cache's own",
 			env: fakeEnv{vars: kubeSystemEnv, files: resolv,
 				flags: []string{"-localip", "169.254.20.10,fd00::10,198.18.0.10,fd00:10:96::a", "-dnssvc", "kube-dns,fd00:10:96::a"}},

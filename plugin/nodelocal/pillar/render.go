@@ -27,9 +27,13 @@ const (
 	UpstreamPrometheusEndpoint = "__PROMETHEUS__ENDPOINT__"
 	// MaxConcurrent is forward's max_concurrent, sized from the memory limit.
 	MaxConcurrent = "__PILLAR__MAX__CONCURRENT__"
+	// NodeCondition is nodelocal's node_condition: on with -nodecondition.
+	NodeCondition = "__PILLAR__NODE__CONDITION__"
+	// StartupTaint is nodelocal's startup_taint: on with -startuptaint.
+	StartupTaint = "__PILLAR__STARTUP__TAINT__"
 )
 
-var knownPlaceholders = []string{LocalDNS, DNSServer, DNSDomain, ClusterDNS, UpstreamServers, PrometheusEndpoint, UpstreamPrometheusEndpoint, MaxConcurrent}
+var knownPlaceholders = []string{LocalDNS, DNSServer, DNSDomain, ClusterDNS, UpstreamServers, PrometheusEndpoint, UpstreamPrometheusEndpoint, MaxConcurrent, NodeCondition, StartupTaint}
 
 // anyPlaceholder is any __NAME__ token: one left after rendering is an error,
 // whatever its prefix.
@@ -46,9 +50,10 @@ type Values struct {
 	PrometheusEndpoint Endpoint     // the metrics listener
 	// UpstreamPrometheusEndpoint is upstream's __PROMETHEUS__ENDPOINT__:
 	// -prometheus-listen-address, else upstream's default :9253.
-	UpstreamPrometheusEndpoint Endpoint
-	Port                       int // DNS port of stub-domain blocks
-	MaxConcurrent              int // each forward's max_concurrent
+	UpstreamPrometheusEndpoint  Endpoint
+	Port                        int // DNS port of stub-domain blocks
+	MaxConcurrent               int // each forward's max_concurrent
+	NodeCondition, StartupTaint bool
 	// NodeLocal is the nodelocal directive to add after every bind of a
 	// Corefile that has none, in upstream-compatible mode (upstream's flags,
 	// or a template with placeholders); empty: add none. NodeLocalReason
@@ -121,9 +126,9 @@ const stubErrors = `    errors {
 // spelling is every value as the Corefile spells it, made from its parsed
 // form; a list is its elements separated by spaces.
 type spelling struct {
-	local, localHost, dnsServer, domain, clusterDNS, upstreams string
-	prometheus, upstreamPrometheus                             string
-	stubs                                                      []stubSpelling
+	local, localHost, dnsServer, domain, clusterDNS, upstreams  string
+	prometheus, upstreamPrometheus, nodeCondition, startupTaint string
+	stubs                                                       []stubSpelling
 }
 
 type stubSpelling struct{ domain, servers string }
@@ -136,6 +141,8 @@ func (v *Values) spell(upstreams []Server, stubs []StubDomain) spelling {
 		upstreams:          joinStrings(upstreams),
 		prometheus:         v.PrometheusEndpoint.String(),
 		upstreamPrometheus: v.UpstreamPrometheusEndpoint.String(),
+		nodeCondition:      onOff(v.NodeCondition),
+		startupTaint:       onOff(v.StartupTaint),
 	}
 	s.dnsServer = joinStrings(v.DNSServers)
 	if v.ClusterDNS.IsValid() {
@@ -156,7 +163,8 @@ func (s spelling) inert() spelling {
 	out := spelling{
 		local: words(s.local), localHost: words(s.localHost), dnsServer: words(s.dnsServer), domain: words(s.domain),
 		clusterDNS: words(s.clusterDNS), upstreams: words(s.upstreams), prometheus: words(s.prometheus),
-		upstreamPrometheus: words(s.upstreamPrometheus),
+		upstreamPrometheus: words(s.upstreamPrometheus), nodeCondition: words(s.nodeCondition),
+		startupTaint: words(s.startupTaint),
 	}
 	for _, stub := range s.stubs {
 		out.stubs = append(out.stubs, stubSpelling{domain: words(stub.domain), servers: words(stub.servers)})
@@ -178,6 +186,8 @@ func (s spelling) fill(tmpl []byte, v *Values) ([]byte, error) {
 		PrometheusEndpoint, s.prometheus,
 		UpstreamPrometheusEndpoint, s.upstreamPrometheus,
 		MaxConcurrent, strconv.Itoa(v.MaxConcurrent),
+		NodeCondition, s.nodeCondition,
+		StartupTaint, s.startupTaint,
 	).Replace(out)
 	if left := anyPlaceholder.FindString(out); left != "" {
 		return nil, fmt.Errorf("unknown placeholder %s in the template: the known ones are %s", left, strings.Join(knownPlaceholders, ", "))
@@ -247,6 +257,13 @@ func hostPort(ip netip.Addr, port string) string {
 		return "[" + ip.String() + "]" + port
 	}
 	return ip.String() + port
+}
+
+func onOff(on bool) string {
+	if on {
+		return "on"
+	}
+	return "off"
 }
 
 // joinStrings spells a list as the Corefile takes it: space-separated.
