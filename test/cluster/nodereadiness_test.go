@@ -18,7 +18,8 @@ const startupTaint = "node-local-dns.kubernetes.io/not-ready"
 // startup taint (as one registered with it): a Deployment's pods stay
 // Pending until node-cache serves, then run and resolve through
 // 169.254.20.10 at their first lookup; the node's NodeLocalDNSReady condition
-// is True; the real API server's admission policies refuse node-local-dns's
+// is True, and stays True across a rollout and a restart while the API
+// server hangs; a reboot makes it False, then True; the real API server's admission policies refuse node-local-dns's
 // token any other change of a Node (another condition, taint, field, or
 // node); when node-cache leaves the node with no successor, the condition is
 // False.
@@ -174,6 +175,41 @@ spec:
 	}
 	resumed = true
 	waitForNodeCondition(t, c, "True", 60*time.Second)
+
+	// A reboot: node-cache stops with the node, kubelet already gone, so no
+	// successor: the condition goes False. The node comes back without the
+	// interface and the rules; node-cache makes them again, and it is True.
+	status, err = c.NodeCacheStatus()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Reboot(func() error {
+		id := strings.TrimPrefix(status.ContainerID, "containerd://")
+		if _, err := c.Ctr("tasks", "kill", "--signal", "SIGTERM", id); err != nil {
+			return err
+		}
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			if tasks, err := c.Tasks(); err == nil && tasks[id] != "RUNNING" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("node-cache did not exit within 30 s of its SIGTERM")
+			}
+		}
+		if got := nodeCondition(t, c, "NodeLocalDNSReady"); got != "False" {
+			t.Errorf("node-cache stopped with the node: the condition is %q, want False", got)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := time.Now() // the node Ready again
+	waitForNodeCondition(t, c, "True", 120*time.Second)
+	t.Logf("after the reboot, the condition was True again %v after the node was Ready", time.Since(up).Round(100*time.Millisecond))
+	if iface, rules, err := c.NodeLocalState(); err != nil || iface == "" || len(rules) == 0 {
+		t.Fatalf("after the reboot: interface %q, %d rules (%v)", iface, len(rules), err)
+	}
 
 	// The DaemonSet leaves the node (as when its nodeSelector no longer
 	// matches): node-cache stops with no successor.
