@@ -52,7 +52,7 @@ type manager struct {
 	pins   *upstreamPins
 	conns  *kubeDNSConns
 	pause  *reloadPause
-	cond   *nodeReport // nil: node_condition and startup_taint off
+	report *nodeReport // nil: node_condition and startup_taint off
 	starts startState  // start.go
 }
 
@@ -233,7 +233,7 @@ func (m *manager) check(withRules bool) {
 	}
 	// A link event checks the interface only; the rules' state is the last check's.
 	m.ready.setInPlace(ifaceOK && m.rules.inPlace() && m.phase.listenersUp() && m.phase != phaseTakingOver)
-	listen, intercepted, cond := m.cfg.Listen, m.intercepted(), m.cond
+	listen, intercepted, report := m.cfg.Listen, m.intercepted(), m.report
 	m.mu.Unlock()
 
 	if counting {
@@ -242,7 +242,7 @@ func (m *manager) check(withRules bool) {
 	if config, needed := m.ready.probeNeeded(); needed {
 		m.ready.probeAll(config, intercepted)
 	}
-	if cond != nil && m.ready.ready() {
-		cond.serving(servingMessage(intercepted))
+	if report != nil && m.ready.ready() {
+		report.serving(servingMessage(intercepted))
 	}
 }

@@ -69,43 +69,43 @@ type nodeReport struct {
 }
 
 func newNodeReport(api NodeAPI, node, kind, taint string, timing conditionTiming) *nodeReport {
-	c := &nodeReport{api: api, node: node, kind: kind, taint: taint, timing: timing,
+	r := &nodeReport{api: api, node: node, kind: kind, taint: taint, timing: timing,
 		done: make(chan struct{}), wake: make(chan struct{}, 1), stop: make(chan struct{})}
-	go c.run()
-	return c
+	go r.run()
+	return r
 }
 
 // serving: the cache answers on every address (True). Writes nothing when
 // that is already wanted: reloads and checks repeat it.
-func (c *nodeReport) serving(message string) { c.set(conditionTrue, reasonServing, message) }
+func (r *nodeReport) serving(message string) { r.set(conditionTrue, reasonServing, message) }
 
 // stopped: the process stops and no other instance serves (False).
-func (c *nodeReport) stopped(message string) { c.set(conditionFalse, reasonStopped, message) }
+func (r *nodeReport) stopped(message string) { r.set(conditionFalse, reasonStopped, message) }
 
-func (c *nodeReport) set(status, reason, message string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.want != nil && c.want.Status == status && c.want.Reason == reason && c.want.Message == message {
+func (r *nodeReport) set(status, reason, message string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.want != nil && r.want.Status == status && r.want.Reason == reason && r.want.Message == message {
 		return
 	}
-	c.want = &kubeapi.Condition{Status: status, Reason: reason, Message: message}
-	c.wanted++
+	r.want = &kubeapi.Condition{Status: status, Reason: reason, Message: message}
+	r.wanted++
 	select {
-	case c.wake <- struct{}{}:
+	case r.wake <- struct{}{}:
 	default:
 	}
 }
 
 // flush waits, up to timeout, until what is wanted now is written, and
 // reports whether it was.
-func (c *nodeReport) flush(timeout time.Duration) bool {
-	c.mu.Lock()
-	if c.written == c.wanted {
-		c.mu.Unlock()
+func (r *nodeReport) flush(timeout time.Duration) bool {
+	r.mu.Lock()
+	if r.written == r.wanted {
+		r.mu.Unlock()
 		return true
 	}
-	done := c.done
-	c.mu.Unlock()
+	done := r.done
+	r.mu.Unlock()
 	select {
 	case <-done:
 		return true
@@ -115,41 +115,41 @@ func (c *nodeReport) flush(timeout time.Duration) bool {
 }
 
 // close ends the writer.
-func (c *nodeReport) close() { close(c.stop) }
+func (r *nodeReport) close() { close(r.stop) }
 
-func (c *nodeReport) run() {
-	backoff := c.timing.firstBackoff
+func (r *nodeReport) run() {
+	backoff := r.timing.firstBackoff
 	var lastErr string
 	for {
-		c.mu.Lock()
-		want, gen := c.want, c.wanted
-		c.mu.Unlock()
-		wait := c.timing.reassert
+		r.mu.Lock()
+		want, gen := r.want, r.wanted
+		r.mu.Unlock()
+		wait := r.timing.reassert
 		if want != nil {
-			if err := c.write(*want); err != nil {
+			if err := r.write(*want); err != nil {
 				nodeAPIFailures.Inc()
 				if msg := err.Error(); msg != lastErr {
-					log.Warningf("Node %s: %v; retrying every %v at most", c.node, err, c.timing.maxBackoff)
+					log.Warningf("Node %s: %v; retrying every %v at most", r.node, err, r.timing.maxBackoff)
 					lastErr = msg
 				}
-				wait, backoff = backoff, min(2*backoff, c.timing.maxBackoff)
+				wait, backoff = backoff, min(2*backoff, r.timing.maxBackoff)
 			} else {
-				lastErr, backoff = "", c.timing.firstBackoff
-				c.mu.Lock()
-				if c.written != gen && c.wanted == gen {
-					close(c.done)
-					c.done = make(chan struct{})
+				lastErr, backoff = "", r.timing.firstBackoff
+				r.mu.Lock()
+				if r.written != gen && r.wanted == gen {
+					close(r.done)
+					r.done = make(chan struct{})
 				}
-				c.written = gen
-				c.mu.Unlock()
+				r.written = gen
+				r.mu.Unlock()
 			}
 		}
 		timer := time.NewTimer(wait)
 		select {
-		case <-c.stop:
+		case <-r.stop:
 			timer.Stop()
 			return
-		case <-c.wake:
+		case <-r.wake:
 		case <-timer.C:
 		}
 		timer.Stop()
@@ -158,21 +158,21 @@ func (c *nodeReport) run() {
 
 // write makes the node what want says: its condition, and once the cache
 // serves, no startup taint.
-func (c *nodeReport) write(want kubeapi.Condition) error {
+func (r *nodeReport) write(want kubeapi.Condition) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	if c.kind != "" {
-		if err := c.writeCondition(ctx, want); err != nil {
-			return fmt.Errorf("condition %s: %w", c.kind, err)
+	if r.kind != "" {
+		if err := r.writeCondition(ctx, want); err != nil {
+			return fmt.Errorf("condition %s: %w", r.kind, err)
 		}
 	}
-	if c.taint != "" && want.Status == conditionTrue {
-		removed, err := c.api.RemoveNodeTaint(ctx, c.node, c.taint)
+	if r.taint != "" && want.Status == conditionTrue {
+		removed, err := r.api.RemoveNodeTaint(ctx, r.node, r.taint)
 		if err != nil {
-			return fmt.Errorf("remove taint %s: %w", c.taint, err)
+			return fmt.Errorf("remove taint %s: %w", r.taint, err)
 		}
 		if removed {
-			log.Infof("Node %s: taint %s removed, the cache serves", c.node, c.taint)
+			log.Infof("Node %s: taint %s removed, the cache serves", r.node, r.taint)
 		}
 	}
 	return nil
@@ -181,11 +181,11 @@ func (c *nodeReport) write(want kubeapi.Condition) error {
 // writeCondition makes the node's condition want, unless it is already: the
 // transition time changes with the status only, as kubelet's own
 // conditions do.
-func (c *nodeReport) writeCondition(ctx context.Context, want kubeapi.Condition) error {
-	want.Type = c.kind
+func (r *nodeReport) writeCondition(ctx context.Context, want kubeapi.Condition) error {
+	want.Type = r.kind
 	now := time.Now().UTC().Truncate(time.Second)
 	want.LastHeartbeatTime, want.LastTransitionTime = now, now
-	current, found, err := c.api.NodeCondition(ctx, c.node, c.kind)
+	current, found, err := r.api.NodeCondition(ctx, r.node, r.kind)
 	if err != nil {
 		return err
 	}
@@ -197,10 +197,10 @@ func (c *nodeReport) writeCondition(ctx context.Context, want kubeapi.Condition)
 			want.LastTransitionTime = current.LastTransitionTime
 		}
 	}
-	if err := c.api.SetNodeCondition(ctx, c.node, want); err != nil {
+	if err := r.api.SetNodeCondition(ctx, r.node, want); err != nil {
 		return err
 	}
-	log.Infof("Node %s: condition %s is %s (%s)", c.node, c.kind, want.Status, want.Message)
+	log.Infof("Node %s: condition %s is %s (%s)", r.node, r.kind, want.Status, want.Message)
 	return nil
 }
 
@@ -228,9 +228,9 @@ func (m *manager) useNodeReport(cfg *Config) error {
 	if m.cfg != nil && m.cfg.NodeCondition == cfg.NodeCondition && m.cfg.StartupTaint == cfg.StartupTaint {
 		return nil
 	}
-	if m.cond != nil {
-		m.cond.close()
-		m.cond = nil
+	if m.report != nil {
+		m.report.close()
+		m.report = nil
 	}
 	if !cfg.NodeCondition && !cfg.StartupTaint {
 		return nil
@@ -246,7 +246,7 @@ func (m *manager) useNodeReport(cfg *Config) error {
 	if cfg.StartupTaint {
 		taint = startupTaintKey
 	}
-	m.cond = newNodeReport(api, node, kind, taint, m.waits.condition)
+	m.report = newNodeReport(api, node, kind, taint, m.waits.condition)
 	return nil
 }
 
@@ -259,25 +259,25 @@ func servingMessage(listen []netip.AddrPort) string {
 	return "node-cache answers on " + strings.Join(addrs, ", ")
 }
 
-// reportStopped, at the end of a stop: with no other instance serving (a
-// drain, a node shutdown, an uninstall), the condition goes False, and the
-// exit waits for the write a bounded time; a successor keeps it True.
+// reportStopped, at the end of a stop: with no other instance serving (the
+// DaemonSet left the node, a node shutdown), the condition goes False, and
+// the exit waits for the write a bounded time; a successor keeps it True.
 func (m *manager) reportStopped() {
 	m.mu.Lock()
-	cond := m.cond
+	report := m.report
 	var listen []netip.AddrPort
 	if m.cfg != nil {
 		listen = m.cfg.Listen
 	}
 	m.mu.Unlock()
-	if cond == nil {
+	if report == nil {
 		return
 	}
 	if others, err := m.peers.Remaining(listen); err != nil || others > 0 {
 		return
 	}
-	cond.stopped("node-cache stopped and no other instance serves this node")
-	if !cond.flush(conditionFlushTimeout) && cond.kind != "" {
-		log.Warningf("Node %s: condition %s not written False within %v: it says True until another instance writes it", cond.node, cond.kind, conditionFlushTimeout)
+	report.stopped("node-cache stopped and no other instance serves this node")
+	if !report.flush(conditionFlushTimeout) && report.kind != "" {
+		log.Warningf("Node %s: condition %s not written False within %v: it says True until another instance writes it", report.node, report.kind, conditionFlushTimeout)
 	}
 }

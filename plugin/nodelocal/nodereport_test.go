@@ -203,22 +203,22 @@ func TestConditionTransitionTime(t *testing.T) {
 	then := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 	api := &fakeNodeAPI{conds: map[string]kubeapi.Condition{nodeConditionType: {Type: nodeConditionType, Status: conditionTrue,
 		Reason: reasonServing, Message: "node-cache answers on 169.254.20.10:53", LastTransitionTime: then}}}
-	c := newNodeReport(api, "node-a", nodeConditionType, "", conditionTiming{firstBackoff: time.Millisecond, maxBackoff: time.Millisecond, reassert: time.Hour})
-	defer c.close()
-	c.serving("node-cache answers on 169.254.20.10:53")
-	if !c.flush(time.Second) {
+	r := newNodeReport(api, "node-a", nodeConditionType, "", conditionTiming{firstBackoff: time.Millisecond, maxBackoff: time.Millisecond, reassert: time.Hour})
+	defer r.close()
+	r.serving("node-cache answers on 169.254.20.10:53")
+	if !r.flush(time.Second) {
 		t.Fatal("not written")
 	}
 	if _, writes := api.status(); writes != 0 {
 		t.Fatal("rewrote a condition that already said the same")
 	}
-	c.serving("node-cache answers on 169.254.20.10:53, 198.18.0.10:53")
-	c.flush(time.Second)
+	r.serving("node-cache answers on 169.254.20.10:53, 198.18.0.10:53")
+	r.flush(time.Second)
 	if got := api.conds[nodeConditionType]; !got.LastTransitionTime.Equal(then) || got.LastHeartbeatTime.IsZero() {
 		t.Fatalf("a new message moved the transition time: %+v", got)
 	}
-	c.stopped("stopped")
-	c.flush(time.Second)
+	r.stopped("stopped")
+	r.flush(time.Second)
 	if got := api.conds[nodeConditionType]; got.LastTransitionTime.Equal(then) || got.Status != conditionFalse {
 		t.Fatalf("a new status kept the transition time: %+v", got)
 	}
