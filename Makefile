@@ -7,9 +7,9 @@ LDFLAGS   := -s -w -X main.version=$(VERSION) -X github.com/coredns/coredns/core
 IMAGE     ?= $(shell sed -n 's/^ *image: *//p' manifests/base/daemonset.yaml)
 # The commit's time, for a reproducible image.
 CREATED   ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
-TEST_TIMEOUT ?= 20m
+TEST_TIMEOUT ?= 30m
 
-.PHONY: help deps bench-deps build generate manifests test unit-test demo bench bench-outage pgo image lint clean check-generated cluster-build cluster-up cluster-down demo-real-node bench-cluster
+.PHONY: help deps bench-deps build generate manifests test unit-test demo bench bench-outage pgo image lint clean check-generated cluster-build cluster-up cluster-add-worker cluster-remove-worker cluster-down demo-real-node bench-cluster
 
 # Debian packages the simulated node needs, by the command that shows each.
 DEPS := ip:iproute2 sysctl:procps iptables-legacy:iptables nft:nftables conntrack:conntrack setpriv:util-linux \
@@ -60,12 +60,19 @@ demo-real-node: deps ## the same on a real node: kubelet runs the DaemonSet of m
 
 PROXY_MODE ?= iptables
 CLUSTER_DNS ?=
+WORKERS ?= 0
 
 cluster-build: ## build the real node's programs (Kubernetes, containerd, etcd, CoreDNS) and the image scanner (syft) into the user cache, once per version
 	$(GO) run ./test/cmd/cluster build
 
-cluster-up: deps ## boot the real node (PROXY_MODE=iptables|nftables, CLUSTER_DNS=169.254.20.10 for kubelet's clusterDNS on the link-local IP) and leave it running; prints how to use it (root)
-	@$(GO) run ./test/cmd/cluster up -proxy-mode $(PROXY_MODE) -cluster-dns "$(CLUSTER_DNS)"
+cluster-up: deps ## boot the real node (PROXY_MODE=iptables|nftables, CLUSTER_DNS=169.254.20.10 for kubelet's clusterDNS on the link-local IP, WORKERS=N nodes joining it) and leave it running; prints how to use it (root)
+	@$(GO) run ./test/cmd/cluster up -proxy-mode $(PROXY_MODE) -cluster-dns "$(CLUSTER_DNS)" -workers $(WORKERS)
+
+cluster-add-worker: ## one more worker joins the cluster of cluster-up (TAINT=key:Effect to register it with a taint; root)
+	@$(GO) run ./test/cmd/cluster add-worker $(if $(TAINT),-taint $(TAINT))
+
+cluster-remove-worker: ## the worker NODE of cluster-up ends as a terminated instance, its Node deleted (root)
+	@$(GO) run ./test/cmd/cluster remove-worker $(NODE)
 
 cluster-down: ## remove the real node of cluster-up and everything it made (root)
 	@$(GO) run ./test/cmd/cluster down
@@ -80,8 +87,8 @@ bench: bench-deps build ## side-by-side benchmarks, markdown tables in bench-res
 bench-outage: bench-deps build ## kube-dns silent for 5 minutes: node-cache and the upstream-style Corefile side by side (root)
 	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -sections "kube-dns down" -outage 5m -out bench-outage.md
 
-bench-cluster: deps cluster-build image ## the lifecycle scenarios on a real node, each kube-proxy mode, with the upstream-style DaemonSet; draws bench-rollouts.svg (root)
-	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -sections "real node" -out bench-cluster.md -svg bench-rollouts.svg
+bench-cluster: deps cluster-build image ## the lifecycle scenarios on a real node and on a fleet (3 workers), each kube-proxy mode, with the upstream-style DaemonSet; draws bench-rollouts.svg and bench-fleet-rollouts.svg (SECTIONS=fleet: the fleet only; root)
+	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -sections "$(or $(SECTIONS),real)" -out bench-cluster.md -svg bench-rollouts.svg -fleet-svg bench-fleet-rollouts.svg
 
 pgo: bench-deps build ## profile node-cache under the bench's load into build/default.pgo, which go build optimises with (root)
 	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -profile build/default.pgo
@@ -97,4 +104,4 @@ lint: ## gofmt and go vet
 	cd test/chart && $(GO) vet ./...
 
 clean: ## remove build output
-	rm -rf bin bench-results.md bench-outage.md bench-cluster.md bench-rollouts.svg
+	rm -rf bin bench-results.md bench-outage.md bench-cluster.md bench-rollouts.svg bench-fleet-rollouts.svg

@@ -86,43 +86,43 @@ func (c *Cluster) startControlPlane() error {
 	return err
 }
 
-func (c *Cluster) startContainerd() error {
-	if _, err := c.spawn("containerd", c.inNode(filepath.Join(c.Bin, "containerd"), "--config", c.path("containerd", "config.toml"))); err != nil {
+func (n *Node) startContainerd() error {
+	if _, err := n.spawn("containerd", n.command(filepath.Join(n.c.Bin, "containerd"), "--config", n.path("containerd", "config.toml"))); err != nil {
 		return err
 	}
-	if err := c.waitFor("containerd", "containerd", 30*time.Second, func() error {
-		_, err := os.Stat(c.socket())
+	if err := n.waitFor("containerd", "containerd", 30*time.Second, func() error {
+		_, err := os.Stat(n.socket())
 		return err
 	}); err != nil {
 		return err
 	}
-	return c.importImages()
+	return n.importImages()
 }
 
 // Ctr runs ctr in the node's k8s.io namespace.
-func (c *Cluster) Ctr(args ...string) (string, error) {
-	out, err := c.ctr(args...).CombinedOutput()
+func (n *Node) Ctr(args ...string) (string, error) {
+	out, err := n.ctr(args...).CombinedOutput()
 	if err != nil {
-		return string(out), fmt.Errorf("ctr %s: %v: %s", strings.Join(args, " "), err, out)
+		return string(out), fmt.Errorf("ctr %s on %s: %v: %s", strings.Join(args, " "), n.Name, err, out)
 	}
 	return string(out), nil
 }
 
 // ctr is a ctr command in the node's k8s.io namespace.
-func (c *Cluster) ctr(args ...string) *exec.Cmd {
-	return c.inNode(append([]string{filepath.Join(c.Bin, "ctr"), "--address", c.socket(), "-n", "k8s.io"}, args...)...)
+func (n *Node) ctr(args ...string) *exec.Cmd {
+	return n.command(append([]string{filepath.Join(n.c.Bin, "ctr"), "--address", n.socket(), "-n", "k8s.io"}, args...)...)
 }
 
 // makeCgroupRoot creates the node's cgroup (kubelet's cgroupRoot) in every
 // cgroup v1 hierarchy; its pods' cgroups go under it.
-func (c *Cluster) makeCgroupRoot() error {
+func (n *Node) makeCgroupRoot() error {
 	hierarchies, err := filepath.Glob("/sys/fs/cgroup/*/cgroup.procs")
 	if err != nil {
 		return err
 	}
 	for _, procs := range hierarchies {
 		parent := filepath.Dir(procs)
-		dir := filepath.Join(parent, c.cgroupRoot())
+		dir := filepath.Join(parent, cgroupRoot(n.c.state.Name, n.Index))
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
@@ -138,21 +138,26 @@ func (c *Cluster) makeCgroupRoot() error {
 	return nil
 }
 
-func (c *Cluster) startKubelet() error {
-	if err := c.makeCgroupRoot(); err != nil {
+func (n *Node) startKubelet() error {
+	if err := n.makeCgroupRoot(); err != nil {
 		return err
 	}
-	if _, err := c.spawn("kubelet", c.inNode(filepath.Join(c.Bin, "kubelet"), "--config="+c.path("kubelet", "config.yaml"),
-		"--kubeconfig="+c.path("kubelet.kubeconfig"), "--node-ip="+NodeIP, "--hostname-override="+NodeName,
-		"--root-dir="+c.path("kubelet", "root"), "--cert-dir="+c.path("kubelet", "pki"),
-		"--tls-cert-file="+c.pki.path("kubelet.crt"), "--tls-private-key-file="+c.pki.path("kubelet.key"))); err != nil {
+	cert := n.c.pki.path("kubelet-" + n.Name)
+	args := []string{filepath.Join(n.c.Bin, "kubelet"), "--config=" + n.path("kubelet", "config.yaml"),
+		"--kubeconfig=" + n.path("kubelet.kubeconfig"), "--node-ip=" + n.IP(), "--hostname-override=" + n.Name,
+		"--root-dir=" + n.path("kubelet", "root"), "--cert-dir=" + n.path("kubelet", "pki"),
+		"--tls-cert-file=" + cert + ".crt", "--tls-private-key-file=" + cert + ".key"}
+	if len(n.Taints) > 0 {
+		args = append(args, "--register-with-taints="+strings.Join(n.Taints, ","))
+	}
+	if _, err := n.spawn("kubelet", n.command(args...)); err != nil {
 		return err
 	}
-	if _, err := c.spawn("kube-proxy", c.inNode(filepath.Join(c.Bin, "kube-proxy"), "--config="+c.path("kube-proxy", "config.yaml"))); err != nil {
+	if _, err := n.spawn("kube-proxy", n.command(filepath.Join(n.c.Bin, "kube-proxy"), "--config="+n.path("kube-proxy", "config.yaml"))); err != nil {
 		return err
 	}
-	return c.waitFor("the node Ready", "kubelet", 120*time.Second, func() error {
-		out, err := c.KubectlOutput("get", "node", NodeName, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
+	return n.waitFor("the node Ready", "kubelet", 120*time.Second, func() error {
+		out, err := n.c.KubectlOutput("get", "node", n.Name, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
 		if err == nil && out != "True" {
 			err = fmt.Errorf("Ready=%q", out)
 		}
@@ -160,8 +165,15 @@ func (c *Cluster) startKubelet() error {
 	})
 }
 
+// deployKubeDNS runs kube-dns: one replica beside the clients on a single
+// node; with workers, two on the control plane's node, which runs no
+// client, so that every miss crosses the LAN as it does in a fleet.
 func (c *Cluster) deployKubeDNS() error {
-	if err := c.Apply(kubeDNSManifest); err != nil {
+	replicas, node := 1, ""
+	if len(c.Workers()) > 0 {
+		replicas, node = 2, NodeName
+	}
+	if err := c.Apply(kubeDNSManifest(replicas, node)); err != nil {
 		return err
 	}
 	_, err := c.KubectlOutput("-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=120s")

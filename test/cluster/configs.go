@@ -4,14 +4,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
 // Addresses of the node, all in 198.18.0.0/15.
 const (
-	NodeIP       = "198.19.255.1"  // the node's InternalIP: kubelet, the API server
-	PodCIDR      = "198.19.0.0/24" // the CNI bridge's range
-	podGateway   = "198.19.0.1"
+	NodeIP       = "198.19.255.1" // the control plane node's InternalIP: kubelet, the API server; workers' follow
+	lanCIDR      = "198.19.255.0/24"
 	ServiceCIDR  = "198.18.0.0/16"
 	KubeDNSIP    = "198.18.0.10"
 	APIServiceIP = "198.18.0.1"
@@ -20,11 +20,13 @@ const (
 	// example.org with ExternalIP.
 	UpstreamIP     = "198.19.254.53"
 	upstreamGW     = "198.19.254.1"
+	upstreamCIDR   = "198.19.254.0/24"
 	ExternalDomain = "example.org"
 	ExternalIP     = "198.19.254.99"
 	// BigAnswerBytes is about the size of the fake internet's TXT answers.
 	BigAnswerBytes = 30_000
-	// NodeName is the node's name in the API.
+	// NodeName is the control plane node's name in the API; workers'
+	// follow (NodeName-w1, ...).
 	NodeName = "nodelocal-test"
 )
 
@@ -48,13 +50,16 @@ func writeFile(path, content string) error {
 	return os.WriteFile(path, []byte(content), 0o644)
 }
 
-// writeConfigs writes containerd's, CNI's, kubelet's and kube-proxy's
-// configuration and the resolv.conf files.
-func (c *Cluster) writeConfigs() error {
+// writeResolvConf writes what every process of the nodes' mount namespaces
+// sees: the fake upstream only, never the machine's resolver.
+func (c *Cluster) writeResolvConf() error {
+	return writeFile(c.path("resolv.conf"), "nameserver "+UpstreamIP+"\n")
+}
+
+// writeConfigs writes the node's containerd, CNI, kubelet and kube-proxy
+// configuration.
+func (n *Node) writeConfigs() error {
 	files := map[string]string{
-		// What every process of the node's mount namespace sees: the fake
-		// upstream only, never the machine's resolver.
-		"resolv.conf": "nameserver " + UpstreamIP + "\n",
 		"containerd/config.toml": fmt.Sprintf(`version = 3
 root = %[1]q
 state = %[2]q
@@ -78,7 +83,7 @@ state = %[2]q
 [plugins."io.containerd.cri.v1.images"]
   [plugins."io.containerd.cri.v1.images".pinned_images]
     sandbox = %[5]q
-`, c.path("containerd", "root"), c.path("containerd", "state"), c.socket(), c.path("cni", "net.d"), PauseImage),
+`, n.path("containerd", "root"), n.path("containerd", "state"), n.socket(), n.path("cni", "net.d"), PauseImage),
 		"cni/net.d/10-nodelocal-test.conflist": fmt.Sprintf(`{
   "cniVersion": "1.0.0",
   "name": "nodelocal-test",
@@ -87,7 +92,7 @@ state = %[2]q
     "ipam": {"type": "host-local", "ranges": [[{"subnet": %q, "gateway": %q}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": %q}
   }]
 }
-`, PodCIDR, podGateway, c.path("cni", "ipam")),
+`, n.PodCIDR(), n.podGateway(), n.path("cni", "ipam")),
 		"kubelet/config.yaml": fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 failCgroupV1: false
@@ -114,7 +119,7 @@ syncFrequency: 10s
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "1Mi", nodefs.available: "1%%", imagefs.available: "1%%"}
-`, c.cgroupRoot(), c.socket(), NodeIP, c.path("pod-logs"), c.pki.path("ca.crt"), c.clusterDNS(), c.path("resolv.conf")),
+`, cgroupRoot(n.c.state.Name, n.Index), n.socket(), n.IP(), n.path("pod-logs"), n.c.pki.path("ca.crt"), n.c.clusterDNS(), n.c.path("resolv.conf")),
 		"kube-proxy/config.yaml": fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: %[1]s
@@ -125,10 +130,10 @@ metricsBindAddress: 127.0.0.1:10249
 healthzBindAddress: 127.0.0.1:10256
 # conntrack limits are machine-wide sysctls: leave them alone.
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
-`, c.Opts.ProxyMode, NodeName, c.path("kube-proxy.kubeconfig")),
+`, n.c.Opts.ProxyMode, n.Name, n.c.path("kube-proxy.kubeconfig")),
 	}
 	for name, content := range files {
-		if err := writeFile(c.path(name), content); err != nil {
+		if err := writeFile(n.path(name), content); err != nil {
 			return err
 		}
 	}
@@ -136,9 +141,14 @@ conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeou
 }
 
 // kubeDNSManifest is kube-dns as kubeadm deploys it: CoreDNS with the
-// kubernetes plugin, its RBAC and ConfigMap, a Deployment and the kube-dns
-// Service on 198.18.0.10.
-const kubeDNSManifest = `apiVersion: v1
+// kubernetes plugin, its RBAC and ConfigMap, a Deployment of replicas
+// (placed on node, if set) and the kube-dns Service on 198.18.0.10.
+func kubeDNSManifest(replicas int, node string) string {
+	placement := ""
+	if node != "" {
+		placement = "      nodeSelector: {kubernetes.io/hostname: " + node + "}\n"
+	}
+	return `apiVersion: v1
 kind: ServiceAccount
 metadata: {name: coredns, namespace: kube-system}
 ---
@@ -193,14 +203,14 @@ metadata:
   namespace: kube-system
   labels: {k8s-app: kube-dns}
 spec:
-  replicas: 1
+  replicas: ` + strconv.Itoa(replicas) + `
   selector:
     matchLabels: {k8s-app: kube-dns}
   template:
     metadata:
       labels: {k8s-app: kube-dns}
     spec:
-      priorityClassName: system-cluster-critical
+` + placement + `      priorityClassName: system-cluster-critical
       serviceAccountName: coredns
       dnsPolicy: Default
       containers:
@@ -238,6 +248,7 @@ spec:
   - {name: dns-tcp, port: 53, protocol: TCP}
   - {name: metrics, port: 9153, protocol: TCP}
 `
+}
 
 // upstreamCorefile is the fake internet's resolver. Its TXT answers are
 // large (BigAnswerBytes, over TCP), for filling a cache until its memory

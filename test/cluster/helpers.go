@@ -3,7 +3,6 @@ package cluster
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -79,15 +78,6 @@ spec:
 	return err
 }
 
-// InNode runs a command in the node's network namespace and returns its output.
-func (c *Cluster) InNode(argv ...string) (string, error) {
-	out, err := exec.Command("ip", append([]string{"netns", "exec", c.NodeNetns}, argv...)...).CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("%s: %v: %s", strings.Join(argv, " "), err, out)
-	}
-	return string(out), nil
-}
-
 // Metric sums a metric's series in a Prometheus endpoint reached from the node.
 func (c *Cluster) Metric(url, name string) (float64, error) {
 	ns := &harness.Netns{Name: c.NodeNetns}
@@ -142,12 +132,6 @@ func (c *Cluster) WaitGone(selector string, d time.Duration) error {
 	})
 }
 
-// Log is a component's log (name.log in the node's directory).
-func (c *Cluster) Log(name string) string {
-	b, _ := os.ReadFile(c.path(name + ".log"))
-	return string(b)
-}
-
 // KubectlAs runs kubectl as the bearer of token (a ServiceAccount's) instead
 // of the admin, and returns its standard output.
 func (c *Cluster) KubectlAs(token string, args ...string) (string, error) {
@@ -170,11 +154,13 @@ func (c *Cluster) KubectlAs(token string, args ...string) (string, error) {
 // (connections open, no answer: an API server that is down or overloaded),
 // SIGCONT resumes it.
 func (c *Cluster) SignalAPIServer(sig syscall.Signal) error {
-	for _, pid := range c.state.Pids {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, pid := range c.Node.Pids {
 		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		if err == nil && strings.Contains(string(cmdline), filepath.Join(c.Bin, "kube-apiserver")) {
 			return syscall.Kill(pid, sig)
 		}
 	}
-	return fmt.Errorf("no kube-apiserver among the node's processes %v", c.state.Pids)
+	return fmt.Errorf("no kube-apiserver among the control plane node's processes %v", c.Node.Pids)
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/nodelocal/nodelocal/build/image"
 	"github.com/nodelocal/nodelocal/test/harness"
 )
@@ -14,10 +15,12 @@ import (
 var busyboxStatic = image.Package{Name: "busybox-static", Version: "1:1.35.0-4+deb12u1+b1",
 	SHA256: map[string]string{"amd64": "3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744"}}
 
-// importImages builds the pause, kube-dns and client images, and imports
-// them with the shipping node-cache archive (`make image`), tagged as
-// NodeCacheImage too.
-func (c *Cluster) importImages() error {
+// writeConfigsAndImages writes the nodes' resolv.conf, and the pause,
+// kube-dns and client images as archives that each node imports.
+func (c *Cluster) writeConfigsAndImages() error {
+	if err := c.writeResolvConf(); err != nil {
+		return err
+	}
 	pause, err := harness.Binary("pause")
 	if err != nil {
 		return err
@@ -66,22 +69,37 @@ func (c *Cluster) importImages() error {
 		if err != nil {
 			return err
 		}
-		archive := c.path("images", filepath.Base(im.ref)+".tar")
-		if err := os.MkdirAll(filepath.Dir(archive), 0o755); err != nil {
+		if err := writeArchive(c.path("images", filepath.Base(im.ref)+".tar"), img, im.ref); err != nil {
 			return err
 		}
-		f, err := os.Create(archive)
-		if err != nil {
-			return err
-		}
-		err = image.WriteArchive(f, img, im.ref, time.Unix(0, 0))
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return err
-		}
-		if _, err := c.Ctr("images", "import", archive); err != nil {
+	}
+	return nil
+}
+
+func writeArchive(path string, img v1.Image, ref string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	err = image.WriteArchive(f, img, ref, time.Unix(0, 0))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// importImages imports the images of writeConfigsAndImages and the
+// shipping node-cache archive (`make image`), tagged as NodeCacheImage too.
+func (n *Node) importImages() error {
+	archives, err := filepath.Glob(n.c.path("images", "*.tar"))
+	if err != nil {
+		return err
+	}
+	for _, archive := range archives {
+		if _, err := n.Ctr("images", "import", archive); err != nil {
 			return err
 		}
 	}
@@ -89,10 +107,10 @@ func (c *Cluster) importImages() error {
 	if err != nil {
 		return err
 	}
-	if _, err := c.Ctr("images", "import", nodeCache); err != nil {
+	if _, err := n.Ctr("images", "import", nodeCache); err != nil {
 		return err
 	}
-	if _, err := c.Ctr("images", "tag", "--force", shippedImageRef, NodeCacheImage); err != nil {
+	if _, err := n.Ctr("images", "tag", "--force", shippedImageRef, NodeCacheImage); err != nil {
 		return fmt.Errorf("tag the node-cache image: %w", err)
 	}
 	return nil

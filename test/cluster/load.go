@@ -39,6 +39,7 @@ type LoadRun struct {
 type PodLoad struct {
 	Runs                       []LoadRun
 	NslookupSent, NslookupFail int
+	NslookupFailures           []string // the pod, the second of the load, what nslookup said
 	NslookupErr                error
 }
 
@@ -47,6 +48,7 @@ func (l *PodLoad) merge(o PodLoad) {
 	l.Runs = append(l.Runs, o.Runs...)
 	l.NslookupSent += o.NslookupSent
 	l.NslookupFail += o.NslookupFail
+	l.NslookupFailures = append(l.NslookupFailures, o.NslookupFailures...)
 	l.NslookupErr = errors.Join(l.NslookupErr, o.NslookupErr)
 }
 
@@ -66,15 +68,15 @@ func (l PodLoad) Failed(target string) (failed, sent int) {
 	return failed, sent
 }
 
-// StartPodLoad runs a load from pod for d: for each target and transport a
-// dnsload at rate queries/s, and the nslookup client.
-func (c *Cluster) StartPodLoad(pod string, rate int, d time.Duration) <-chan PodLoad {
+// StartPodLoad runs a load from pod for d: for each of targets and each
+// transport a dnsload at rate queries/s, and the nslookup client.
+func (c *Cluster) StartPodLoad(pod string, targets []string, rate int, d time.Duration) <-chan PodLoad {
 	done := make(chan PodLoad, 1)
 	go func() {
 		var mu sync.Mutex
 		var load PodLoad
 		var wg sync.WaitGroup
-		for _, target := range LoadTargets {
+		for _, target := range targets {
 			for _, tr := range loadTransports {
 				wg.Add(1)
 				go func() {
@@ -101,17 +103,26 @@ func (c *Cluster) StartPodLoad(pod string, rate int, d time.Duration) <-chan Pod
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			script := fmt.Sprintf(`end=$(( $(date +%%s) + %d )); sent=0; failed=0
+			// A failure prints its second and what nslookup said (a timeout
+			// says nothing: timeout(1) killed it), the last line the counts.
+			script := fmt.Sprintf(`start=$(date +%%s); end=$(( start + %d )); sent=0; failed=0
 while [ $(date +%%s) -lt $end ]; do
   sent=$((sent+1))
-  timeout 1 nslookup -type=A web.default.svc.cluster.local >/dev/null 2>&1 || failed=$((failed+1))
+  out=$(timeout 1 nslookup -type=A web.default.svc.cluster.local 2>&1) || {
+    failed=$((failed+1))
+    echo "second $(( $(date +%%s) - start )): $(echo "$out" | grep -v '^$' | tail -n 1)"
+  }
   sleep 0.1
 done
 echo $sent $failed`, int(d.Seconds()))
 			out, err := c.Exec(pod, "sh", "-c", script)
+			lines := strings.Split(strings.TrimSpace(out), "\n")
 			mu.Lock()
 			defer mu.Unlock()
-			if _, serr := fmt.Sscan(strings.TrimSpace(out), &load.NslookupSent, &load.NslookupFail); serr != nil {
+			for _, failure := range lines[:len(lines)-1] {
+				load.NslookupFailures = append(load.NslookupFailures, pod+" "+failure)
+			}
+			if _, serr := fmt.Sscan(lines[len(lines)-1], &load.NslookupSent, &load.NslookupFail); serr != nil {
 				load.NslookupErr = fmt.Errorf("%v %v: %q", err, serr, out)
 			}
 		}()

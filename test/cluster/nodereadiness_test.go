@@ -10,9 +10,6 @@ import (
 	"github.com/nodelocal/nodelocal/test/harness"
 )
 
-// startupTaint is the taint node-cache removes once it serves.
-const startupTaint = "node-local-dns.kubernetes.io/not-ready"
-
 // TestNodeReadinessOnARealNode deploys manifests/overlays/node-readiness on a
 // node whose kubelet points pods at 169.254.20.10 and that carries the
 // startup taint (as one registered with it): a Deployment's pods stay
@@ -25,7 +22,7 @@ const startupTaint = "node-local-dns.kubernetes.io/not-ready"
 // False.
 func TestNodeReadinessOnARealNode(t *testing.T) {
 	c := newCluster(t, cluster.Options{ProxyMode: "iptables", ClusterDNS: "169.254.20.10"})
-	if _, err := c.KubectlOutput("taint", "node", cluster.NodeName, startupTaint+":NoSchedule"); err != nil {
+	if _, err := c.KubectlOutput("taint", "node", cluster.NodeName, cluster.StartupTaint+":NoSchedule"); err != nil {
 		t.Fatal(err)
 	}
 	deployment := `apiVersion: apps/v1
@@ -59,7 +56,7 @@ spec:
 	if _, err := c.KubectlOutput("rollout", "status", "deploy/early", "--timeout=90s"); err != nil {
 		t.Fatal(err)
 	}
-	if taints, _ := c.KubectlOutput("get", "node", cluster.NodeName, "-o", "jsonpath={.spec.taints}"); strings.Contains(taints, startupTaint) {
+	if taints, _ := c.KubectlOutput("get", "node", cluster.NodeName, "-o", "jsonpath={.spec.taints}"); strings.Contains(taints, cluster.StartupTaint) {
 		t.Fatalf("the startup taint is still there: %s", taints)
 	}
 	waitForNodeCondition(t, c, "True", 30*time.Second)
@@ -76,7 +73,7 @@ spec:
 
 	token := podBoundToken(t, c)
 	// Another node, for the policies to refuse.
-	if err := c.Apply("apiVersion: v1\nkind: Node\nmetadata: {name: other-node}\nspec:\n  taints: [{key: " + startupTaint + ", effect: NoSchedule}]\n"); err != nil {
+	if err := c.Apply("apiVersion: v1\nkind: Node\nmetadata: {name: other-node}\nspec:\n  taints: [{key: " + cluster.StartupTaint + ", effect: NoSchedule}]\n"); err != nil {
 		t.Fatal(err)
 	}
 	const ours = `{"status":{"conditions":[{"type":"NodeLocalDNSReady","status":"True","reason":"Test","message":"patched by the test"}]}}`

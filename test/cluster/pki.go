@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 )
 
@@ -21,6 +22,7 @@ type pki struct {
 	dir    string
 	caCert *x509.Certificate
 	caKey  *ecdsa.PrivateKey
+	mu     sync.Mutex // guards serial: workers boot side by side
 	serial int64
 }
 
@@ -49,6 +51,40 @@ func newPKI(dir string) (*pki, error) {
 	return p, p.write("ca", der, key)
 }
 
+// loadPKI is the authority newPKI wrote in dir, for a cluster that another
+// process booted (cluster-up adding a worker).
+func loadPKI(dir string) (*pki, error) {
+	read := func(name, kind string) ([]byte, error) {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return nil, err
+		}
+		block, _ := pem.Decode(b)
+		if block == nil || block.Type != kind {
+			return nil, fmt.Errorf("%s: no %s", filepath.Join(dir, name), kind)
+		}
+		return block.Bytes, nil
+	}
+	certDER, err := read("ca.crt", "CERTIFICATE")
+	if err != nil {
+		return nil, err
+	}
+	keyDER, err := read("ca.key", "EC PRIVATE KEY")
+	if err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(certDER)
+	if err != nil {
+		return nil, err
+	}
+	key, err := x509.ParseECPrivateKey(keyDER)
+	if err != nil {
+		return nil, err
+	}
+	// Serials after any this authority issued before.
+	return &pki{dir: dir, caCert: cert, caKey: key, serial: time.Now().UnixNano()}, nil
+}
+
 // path is where a file of the PKI is.
 func (p *pki) path(name string) string { return filepath.Join(p.dir, name) }
 
@@ -59,9 +95,12 @@ func (p *pki) issue(name, cn string, groups []string, ips []string, dnsNames []s
 	if err != nil {
 		return err
 	}
+	p.mu.Lock()
 	p.serial++
+	serial := p.serial
+	p.mu.Unlock()
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(p.serial), Subject: pkix.Name{CommonName: cn, Organization: groups},
+		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn, Organization: groups},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(365 * 24 * time.Hour),
 		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},

@@ -16,41 +16,43 @@ import (
 // network loses what a reboot loses (the nodelocaldns interface, every
 // iptables and nftables rule, conntrack); then containerd, kubelet and
 // kube-proxy start again, and kubelet starts the pods anew.
-func (c *Cluster) Reboot(shutdown func() error) error {
+func (n *Node) Reboot(shutdown func() error) error {
 	for _, name := range []string{"kubelet", "kube-proxy"} {
-		if err := c.stopProcess(name); err != nil {
+		if err := n.stopProcess(name); err != nil {
 			return err
 		}
 	}
 	if err := shutdown(); err != nil {
 		return err
 	}
-	if err := c.killContainers(); err != nil {
+	if err := n.killContainers(); err != nil {
 		return err
 	}
-	if err := c.stopProcess("containerd"); err != nil {
+	if err := n.stopProcess("containerd"); err != nil {
 		return err
 	}
-	if err := c.clearNetwork(); err != nil {
+	if err := n.clearNetwork(); err != nil {
 		return err
 	}
-	if err := c.startContainerd(); err != nil {
+	if err := n.startContainerd(); err != nil {
 		return err
 	}
-	return c.startKubelet()
+	return n.startKubelet()
 }
 
 // stopProcess kills the process group of the node's program name and waits
 // for it to end.
-func (c *Cluster) stopProcess(name string) error {
-	bin := filepath.Join(c.Bin, name)
-	for i, pid := range c.state.Pids {
+func (n *Node) stopProcess(name string) error {
+	bin := filepath.Join(n.c.Bin, name)
+	n.c.mu.Lock()
+	defer n.c.mu.Unlock()
+	for i, pid := range n.Pids {
 		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		if err != nil || !slices.Contains(strings.Split(string(cmdline), "\x00"), bin) {
 			continue
 		}
 		syscall.Kill(-pid, syscall.SIGKILL)
-		c.state.Pids = slices.Delete(c.state.Pids, i, i+1)
+		n.Pids = slices.Delete(n.Pids, i, i+1)
 		deadline := time.Now().Add(10 * time.Second)
 		for syscall.Kill(pid, 0) == nil {
 			if time.Now().After(deadline) {
@@ -58,15 +60,15 @@ func (c *Cluster) stopProcess(name string) error {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		return c.saveState()
+		return n.c.saveStateLocked()
 	}
-	return fmt.Errorf("no %s among the node's processes", name)
+	return fmt.Errorf("no %s among the processes of %s", name, n.Name)
 }
 
 // Tasks are the node's containers' tasks and their status (RUNNING,
 // STOPPED, ...), by container ID.
-func (c *Cluster) Tasks() (map[string]string, error) {
-	out, err := c.Ctr("tasks", "ls")
+func (n *Node) Tasks() (map[string]string, error) {
+	out, err := n.Ctr("tasks", "ls")
 	if err != nil {
 		return nil, err
 	}
@@ -80,9 +82,9 @@ func (c *Cluster) Tasks() (map[string]string, error) {
 }
 
 // killContainers kills every container of the node and waits until none runs.
-func (c *Cluster) killContainers() error {
-	return c.waitFor("every container stopped", "containerd", 30*time.Second, func() error {
-		tasks, err := c.Tasks()
+func (n *Node) killContainers() error {
+	return n.waitFor("every container stopped", "containerd", 30*time.Second, func() error {
+		tasks, err := n.Tasks()
 		if err != nil {
 			return err
 		}
@@ -90,7 +92,7 @@ func (c *Cluster) killContainers() error {
 		for id, status := range tasks {
 			if status != "STOPPED" {
 				running = append(running, id+" "+status)
-				c.Ctr("tasks", "kill", "--signal", "SIGKILL", id)
+				n.Ctr("tasks", "kill", "--signal", "SIGKILL", id)
 			}
 		}
 		if len(running) > 0 {
@@ -102,16 +104,16 @@ func (c *Cluster) killContainers() error {
 
 // clearNetwork removes from the node's network namespace what a reboot
 // does not bring back: node-cache's interface, every rule, conntrack.
-func (c *Cluster) clearNetwork() error {
-	if _, err := c.InNode("ip", "link", "show", "nodelocaldns"); err == nil {
-		if _, err := c.InNode("ip", "link", "del", "nodelocaldns"); err != nil {
+func (n *Node) clearNetwork() error {
+	if _, err := n.InNode("ip", "link", "show", "nodelocaldns"); err == nil {
+		if _, err := n.InNode("ip", "link", "del", "nodelocaldns"); err != nil {
 			return err
 		}
 	}
 	// iptables-nft's tables too; the node keeps no legacy ones.
-	if _, err := c.InNode("nft", "flush", "ruleset"); err != nil {
+	if _, err := n.InNode("nft", "flush", "ruleset"); err != nil {
 		return err
 	}
-	c.InNode("conntrack", "-F") // exits 1 when it deleted nothing
+	n.InNode("conntrack", "-F") // exits 1 when it deleted nothing
 	return nil
 }

@@ -41,11 +41,7 @@ func TestZeroLossOnARealNode(t *testing.T) {
 				t.Fatal(err)
 			}
 			install(t, c)
-			out, err := c.KubectlOutput("-n", "kube-system", "get", "ds/node-local-dns", "-o", "jsonpath={.spec.template.spec.terminationGracePeriodSeconds}")
-			grace, perr := time.ParseDuration(out + "s")
-			if err != nil || perr != nil {
-				t.Fatal(err, perr)
-			}
+			grace := terminationGrace(t, c)
 			for i, s := range cluster.Scenarios {
 				last := i == len(cluster.Scenarios)-1 // the uninstall: the node must be left clean
 				_, rulesBefore, err := c.NodeLocalState()
@@ -57,7 +53,7 @@ func TestZeroLossOnARealNode(t *testing.T) {
 					if last && attempt > 1 {
 						install(t, c) // to uninstall again
 					}
-					miss := runScenario(t, c, s, rate, loadFor, eventAt, grace)
+					miss := runScenario(t, c, s, []string{"client"}, rate, loadFor, eventAt, grace)
 					if miss == "" {
 						misses = nil
 						break
@@ -150,9 +146,9 @@ const attempts = 2
 // did. How node-cache stops is checked strictly, in every run: each
 // SIGTERMed instance exits by itself (lameduck, handoff, teardown), with
 // status 0, within the grace period.
-func runScenario(t *testing.T, c *cluster.Cluster, s cluster.Scenario, rate int, loadFor, eventAt, grace time.Duration) string {
+func runScenario(t *testing.T, c *cluster.Cluster, s cluster.Scenario, pods []string, rate int, loadFor, eventAt, grace time.Duration) string {
 	t.Helper()
-	run, err := c.RunScenario(s, "client", rate, loadFor, eventAt)
+	run, err := c.RunScenario(s, pods, rate, loadFor, eventAt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,10 +164,13 @@ func runScenario(t *testing.T, c *cluster.Cluster, s cluster.Scenario, rate int,
 		}
 	}
 	var miss []string
+	if load := max(loadFor, s.MinLoad); eventAt+run.Took > load {
+		miss = append(miss, fmt.Sprintf("the event ended %v into the %v load: its end went unmeasured", (eventAt+run.Took).Round(100*time.Millisecond), load))
+	}
 	if s.Rate > 0 {
 		rate = s.Rate
 	}
-	if _, sent := run.Load.Failed(cluster.KubeDNSIP); sent < rate*3*int(max(loadFor, s.MinLoad).Seconds())*9/10 {
+	if _, sent := run.Load.Failed(cluster.KubeDNSIP); sent < rate*3*len(pods)*int(max(loadFor, s.MinLoad).Seconds())*9/10 {
 		miss = append(miss, fmt.Sprintf("only %d queries sent to the ClusterIP", sent))
 	}
 	if err := s.Check(run); err != nil {

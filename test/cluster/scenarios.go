@@ -26,6 +26,9 @@ type Scenario struct {
 	// HostClient: the load runs from the hostNetwork client pod too
 	// (HostClient, started by the caller).
 	HostClient bool
+	// Targets, if set, are the load's targets instead of LoadTargets (the
+	// ClusterIP only, where no node-cache runs).
+	Targets []string
 	// Rate, if set, is each client's rate instead of the caller's: kube-dns
 	// answers everything while node-cache is down, and on this 2-core
 	// machine one kube-dns pod times out now and then above about 2,000
@@ -111,7 +114,8 @@ func noFailures(targets ...string) func(ScenarioRun) error {
 			}
 		}
 		if run.Load.NslookupFail > 0 && slices.Contains(targets, run.ClusterDNS) {
-			errs = append(errs, fmt.Errorf("%d of %d nslookups failed", run.Load.NslookupFail, run.Load.NslookupSent))
+			errs = append(errs, fmt.Errorf("%d of %d nslookups failed: %s", run.Load.NslookupFail, run.Load.NslookupSent,
+				strings.Join(run.Load.NslookupFailures[:min(5, len(run.Load.NslookupFailures))], "; ")))
 		}
 		return errors.Join(errs...)
 	}
@@ -198,9 +202,9 @@ type ScenarioRun struct {
 	Stops      []Stop
 }
 
-// RunScenario prepares s, then runs a pod load from pod for d and s's event
-// after eventAt.
-func (c *Cluster) RunScenario(s Scenario, pod string, rate int, d, eventAt time.Duration) (ScenarioRun, error) {
+// RunScenario prepares s, then runs a pod load from each of pods for d and
+// s's event after eventAt; the event gets the first pod.
+func (c *Cluster) RunScenario(s Scenario, pods []string, rate int, d, eventAt time.Duration) (ScenarioRun, error) {
 	var run ScenarioRun
 	if s.Prepare != nil {
 		if err := s.Prepare(c); err != nil {
@@ -214,19 +218,24 @@ func (c *Cluster) RunScenario(s Scenario, pod string, rate int, d, eventAt time.
 	if s.Rate > 0 {
 		rate = s.Rate
 	}
-	run.Start, run.ClusterDNS = time.Now(), c.clusterDNS()
-	results := c.StartPodLoad(pod, rate, max(d, s.MinLoad))
-	var hostResults <-chan PodLoad
+	targets := s.Targets
+	if targets == nil {
+		targets = LoadTargets
+	}
 	if s.HostClient {
-		hostResults = c.StartPodLoad(HostClient, rate, max(d, s.MinLoad))
+		pods = append(slices.Clone(pods), HostClient)
+	}
+	run.Start, run.ClusterDNS = time.Now(), c.clusterDNS()
+	var results []<-chan PodLoad
+	for _, pod := range pods {
+		results = append(results, c.StartPodLoad(pod, targets, rate, max(d, s.MinLoad)))
 	}
 	time.Sleep(eventAt)
 	eventStart := time.Now()
-	err = s.Event(c, pod)
+	err = s.Event(c, pods[0])
 	run.Took = time.Since(eventStart)
-	run.Load = <-results
-	if hostResults != nil {
-		run.Load.merge(<-hostResults)
+	for _, r := range results {
+		run.Load.merge(<-r)
 	}
 	run.Stops = stops.stop()
 	if err != nil {
@@ -251,5 +260,8 @@ func (l PodLoad) Row() string {
 		}
 	}
 	fmt.Fprintf(&b, "nslookup every 100 ms: %d/%d failed", l.NslookupFail, l.NslookupSent)
+	if len(l.NslookupFailures) > 0 {
+		fmt.Fprintf(&b, " (%s)", strings.Join(l.NslookupFailures[:min(5, len(l.NslookupFailures))], "; "))
+	}
 	return b.String()
 }

@@ -59,15 +59,21 @@ func (c *Cluster) watchStops() (*stopWatch, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &stopWatch{cancel: cancel, containers: map[string]string{}, signalled: map[string]time.Time{}, exits: map[string]Stop{},
 		isNodeCache: func(id string) bool {
-			info, err := c.Ctr("containers", "info", id)
-			return err == nil && strings.Contains(info, `"io.kubernetes.container.name": "node-cache"`)
+			for _, n := range c.Nodes() {
+				if info, err := n.Ctr("containers", "info", id); err == nil {
+					return strings.Contains(info, `"io.kubernetes.container.name": "node-cache"`)
+				}
+			}
+			return false
 		}}
-	ctr := c.ctr("events")
-	events := exec.CommandContext(ctx, ctr.Path, ctr.Args[1:]...)
-	events.Env = ctr.Env
-	if err := w.follow(events, w.taskExit); err != nil {
-		cancel()
-		return nil, err
+	for _, n := range c.Nodes() {
+		ctr := n.ctr("events")
+		events := exec.CommandContext(ctx, ctr.Path, ctr.Args[1:]...)
+		events.Env = ctr.Env
+		if err := w.follow(events, w.taskExit); err != nil {
+			w.stop()
+			return nil, err
+		}
 	}
 	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
 		pod, id, ok := strings.Cut(l, " containerd://")

@@ -45,6 +45,11 @@ const (
 // which makes every such query a cache miss.
 const UniqueToken = "{unique}"
 
+// SetToken in a query name is replaced by the next number of 0 to
+// SetSize-1, round-robin: a working set of names that a cache keeps, and
+// that a cache restarted empty asks again.
+const SetToken = "{set}"
+
 // Query is one entry of the query mix.
 type Query struct {
 	Name string
@@ -61,6 +66,7 @@ type Config struct {
 	Count     int           // stop after this many queries (0: only Duration bounds the run)
 	Timeout   time.Duration // per query; default 1s
 	Workers   int           // concurrent clients; default 20
+	SetSize   int           // how many names SetToken makes; default 250
 	// StopOnFailure ends the run at the first failed query (the ones under
 	// way still finish).
 	StopOnFailure bool
@@ -128,6 +134,9 @@ func (c *Config) normalize() error {
 	if c.Workers <= 0 {
 		c.Workers = 20
 	}
+	if c.SetSize <= 0 {
+		c.SetSize = 250
+	}
 	if c.Workers > MaxWorkers {
 		return fmt.Errorf("workers %d: at most %d", c.Workers, MaxWorkers)
 	}
@@ -164,7 +173,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	start := time.Now()
 	rec := newRecorder(start, cfg.Duration)
 	var sent atomic.Int64
-	var unique atomic.Int64
+	var unique, inSet atomic.Int64
 	tokens := pace(ctx, cfg.Rate)
 
 	var wg sync.WaitGroup
@@ -190,6 +199,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				name := q.Name
 				if strings.Contains(name, UniqueToken) {
 					name = strings.ReplaceAll(name, UniqueToken, "u"+strconv.FormatInt(unique.Add(1), 10))
+				}
+				if strings.Contains(name, SetToken) {
+					name = strings.ReplaceAll(name, SetToken, strconv.FormatInt((inSet.Add(1)-1)%int64(cfg.SetSize), 10))
 				}
 				sentAt := time.Now()
 				// The end of the run stops new queries, not one under way: it

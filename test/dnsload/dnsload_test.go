@@ -197,20 +197,29 @@ func TestRateIsPaced(t *testing.T) {
 	}
 }
 
-func TestUniqueNames(t *testing.T) {
-	s := &testServer{}
-	startServer(t, s)
-	_, err := Run(context.Background(), Config{
-		Target: s.addr, Queries: []Query{{Name: UniqueToken + ".ok.", Type: dns.TypeA}},
-		Duration: 5 * time.Second, Count: 50, Workers: 3,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	s.names.Range(func(_, _ any) bool { n++; return true })
-	if n != 50 {
-		t.Fatalf("server saw %d distinct names, want 50", n)
+func TestNameTokens(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		setSize int
+		want    int // distinct names among 50 queries
+	}{
+		{UniqueToken + ".ok.", 0, 50},
+		{"n" + SetToken + ".ok.", 7, 7},
+	} {
+		s := &testServer{}
+		startServer(t, s)
+		_, err := Run(context.Background(), Config{
+			Target: s.addr, Queries: []Query{{Name: tc.name, Type: dns.TypeA}},
+			Duration: 5 * time.Second, Count: 50, Workers: 3, SetSize: tc.setSize,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		s.names.Range(func(_, _ any) bool { n++; return true })
+		if n != tc.want {
+			t.Errorf("%s: server saw %d distinct names, want %d", tc.name, n, tc.want)
+		}
 	}
 }
 

@@ -25,6 +25,7 @@ func main() {
 	rate := flag.Int("rate", 350, "queries per second of each of the 6 load streams (2 IPs x UDP, TCP persistent, TCP per query)")
 	profileOut := flag.String("profile", "", "measure nothing: write a CPU profile of node-cache under load to this file (for PGO: build/default.pgo)")
 	svgPath := flag.String("svg", "bench-rollouts.svg", "where the real node section draws failures per second across the rollouts")
+	fleetSVG := flag.String("fleet-svg", "bench-fleet-rollouts.svg", "where the fleet section draws failures per second across the fleet rollouts")
 	outage := flag.Duration("outage", 35*time.Second, "how long kube-dns stays silent in the kube-dns-down section (make bench-outage: 5m)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -67,9 +68,13 @@ func main() {
 	section("Identical misses: coalescing", coalescing)
 	section("kube-dns down: answers from the cache", func() (string, error) { return kubeDNSDown(*outage) })
 	section("kube-dns blackholed: bounded memory", func() (string, error) { return blackholed(time.Minute) })
-	// About 10 minutes on its own: only when asked for (make bench-cluster).
-	if strings.Contains(*sections, "real node") {
+	// About 10 minutes each on their own: only when asked for (make bench-cluster).
+	if strings.Contains(*sections, "real") {
 		section("Rollouts, upgrades, evictions, an OOM kill and uninstall on a real node, and what the cache buys there", func() (string, error) { return realNode(40*time.Second, *svgPath) })
+	}
+	if strings.Contains(*sections, "real") || strings.Contains(*sections, "fleet") {
+		section("A fleet on a real cluster: rollouts, kube-dns's own changes, node rotation, and what the cache buys with kube-dns across the LAN",
+			func() (string, error) { return fleet(*fleetSVG) })
 	}
 	if err := os.WriteFile(*out, []byte(report.String()), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, err)

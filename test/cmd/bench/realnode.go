@@ -113,7 +113,7 @@ func realNode(d time.Duration, svgPath string) (string, error) {
 				}
 				s.Name = "upstream-style DaemonSet (maxUnavailable 10%, no lameduck, unconditional rules): " + s.Name
 				s.Goal, s.Check = "measured, for comparison", nil
-				run, err := c.RunScenario(s, "client", rate, d, d/4)
+				run, err := c.RunScenario(s, []string{"client"}, rate, d, d/4)
 				if err != nil {
 					return err
 				}
@@ -140,7 +140,7 @@ func realNode(d time.Duration, svgPath string) (string, error) {
 			}
 			costRow(mode, "manifests/base", with)
 			for i, s := range cluster.Scenarios {
-				run, err := c.RunScenario(s, "client", rate, d, d/4)
+				run, err := c.RunScenario(s, []string{"client"}, rate, d, d/4)
 				if err != nil {
 					return err
 				}

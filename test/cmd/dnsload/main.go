@@ -28,6 +28,7 @@ func main() {
 	flag.IntVar(&cfg.Count, "count", 0, "stop after this many queries (0: no limit but the duration)")
 	flag.DurationVar(&cfg.Timeout, "timeout", time.Second, "per-query timeout")
 	flag.IntVar(&cfg.Workers, "workers", 20, "concurrent clients")
+	flag.IntVar(&cfg.SetSize, "set", 250, "how many names "+dnsload.SetToken+" in a query name makes, round-robin")
 	flag.BoolVar(&cfg.StopOnFailure, "stop-on-failure", false, "stop sending at the first failed query")
 	asJSON := flag.Bool("json", false, "print the result as JSON")
 	lookup := flag.String("lookup", "", "resolve this name once as a pod's resolver does (/etc/resolv.conf, search list, ndots), print its addresses, and exit")
