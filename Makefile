@@ -7,7 +7,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION) -X github.com/coredns/coredns/core
 IMAGE     ?= $(shell sed -n 's/^ *image: *//p' manifests/base/daemonset.yaml)
 # The commit's time, for a reproducible image.
 CREATED   ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
-TEST_TIMEOUT ?= 30m
+TEST_TIMEOUT ?= 40m
 
 .PHONY: help deps bench-deps build generate manifests test unit-test demo bench bench-outage pgo image lint clean check-generated cluster-build cluster-up cluster-add-worker cluster-remove-worker cluster-down demo-real-node bench-cluster
 

@@ -90,8 +90,10 @@ func (n *Node) startContainerd() error {
 	if _, err := n.spawn("containerd", n.command(filepath.Join(n.c.Bin, "containerd"), "--config", n.path("containerd", "config.toml"))); err != nil {
 		return err
 	}
+	// Answering, not only its socket there: a restarted containerd's socket
+	// file is the old one until it listens again.
 	if err := n.waitFor("containerd", "containerd", 30*time.Second, func() error {
-		_, err := os.Stat(n.socket())
+		_, err := n.Ctr("version")
 		return err
 	}); err != nil {
 		return err

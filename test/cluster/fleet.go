@@ -41,7 +41,7 @@ func (c *Cluster) kubeDNSRolledOut() error {
 // load comes from a client on every worker (StartFleetClients), kube-dns's
 // two pods run on the control plane's node, so every miss crosses the LAN
 // and the node-caches hold TCP connections to kube-dns's pods.
-var FleetScenarios = []Scenario{
+var FleetScenarios = loadOutlastsEvent([]Scenario{
 	{Name: "kubectl rollout restart ds/node-local-dns across the fleet (maxSurge 1, maxUnavailable 0)", Goal: "0 failed",
 		MinLoad: 55 * time.Second, Event: func(c *Cluster, _ string) error {
 			if err := c.kubeSystem("rollout", "restart", "ds/node-local-dns"); err != nil {
@@ -50,6 +50,14 @@ var FleetScenarios = []Scenario{
 			return c.rolledOut()
 		}, Check: noFailures(LoadTargets...)},
 	KubeDNSScenarios[0], KubeDNSScenarios[1], KubeDNSScenarios[2],
+})
+
+// loadOutlastsEvent marks each scenario's event as one the load must outlast.
+func loadOutlastsEvent(scenarios []Scenario) []Scenario {
+	for i := range scenarios {
+		scenarios[i].LoadOutlastsEvent = true
+	}
+	return scenarios
 }
 
 // KubeDNSScenarios disturb kube-dns's pods while the caches forward their
@@ -153,7 +161,7 @@ func (c *Cluster) RotateNode(old *Node, taints ...string) (*Node, error) {
 // the other workers send the load; the new worker registers with
 // node-cache's startup taint, which the node-readiness overlay removes.
 var NodeRotation = Scenario{Name: "node rotation: the last worker drained and terminated, a new one joining, a pod there at once",
-	Goal: "0 failed; the new pod resolves from its first lookup", MinLoad: 36 * time.Second, Event: func(c *Cluster, _ string) error {
+	Goal: "0 failed; the new pod resolves from its first lookup", MinLoad: 36 * time.Second, LoadOutlastsEvent: true, Event: func(c *Cluster, _ string) error {
 		workers := c.Workers()
 		_, err := c.RotateNode(workers[len(workers)-1], StartupTaint+":NoSchedule")
 		return err

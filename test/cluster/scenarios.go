@@ -26,6 +26,10 @@ type Scenario struct {
 	// HostClient: the load runs from the hostNetwork client pod too
 	// (HostClient, started by the caller).
 	HostClient bool
+	// LoadOutlastsEvent: the run misses its goal when the event ends after
+	// the load, whose end would go unmeasured (the fleet's rollouts, whose
+	// length varies with the machine's load).
+	LoadOutlastsEvent bool
 	// Targets, if set, are the load's targets instead of LoadTargets (the
 	// ClusterIP only, where no node-cache runs).
 	Targets []string
