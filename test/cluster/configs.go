@@ -80,6 +80,11 @@ state = %[2]q
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
       BinaryName = "/usr/sbin/runc"
 
+# NRI's socket is a fixed path, /var/run/nri/nri.sock, on the machine's
+# filesystem: the nodes' containerds, booting side by side, would race for it.
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
+
 [plugins."io.containerd.cri.v1.images"]
   [plugins."io.containerd.cri.v1.images".pinned_images]
     sandbox = %[5]q
