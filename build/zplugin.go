@@ -29,4 +29,5 @@ import (
 	_ "github.com/coredns/coredns/plugin/whoami"
 	_ "github.com/nodelocal/nodelocal/plugin/coalesce"
 	_ "github.com/nodelocal/nodelocal/plugin/nodelocal"
+	_ "github.com/nodelocal/nodelocal/plugin/warm"
 )

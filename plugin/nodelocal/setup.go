@@ -53,6 +53,10 @@ func setup(c *caddy.Controller) error {
 			mgr.PauseForReload()
 			return apply()
 		})
+		// Then, after forward's OnStartup (nodelocal comes after it in
+		// plugin.cfg) and before the listeners open: the caches fill from
+		// the instance serving now.
+		c.OnStartup(func() error { mgr.WarmUp(inst.warmers()); return nil })
 		c.OnShutdown(func() error { mgr.OldServersStopped(); return nil })
 		// A failed reload leaves this instance serving: its config again.
 		c.OnRestartFailed(func() error {

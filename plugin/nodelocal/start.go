@@ -8,7 +8,8 @@ import (
 // The start, in order: the instance lock (lockStart), then, before the
 // listeners open, the pins an earlier instance left go, the connections it
 // left to kube-dns are adopted, and the Service IPs' TCP is withheld
-// (prepareStart); once the listeners are up, the lock goes and the rules go
+// (prepareStart), and the caches warm up from an instance serving beside
+// (WarmUp, warmup.go); once the listeners are up, the lock goes and the rules go
 // in (ListenersUp), with the takeover from kube-dns in steps: SYNs only, then
 // all of TCP (takeOverTCP, completeTakeover). Each step is a lifecycle
 // transition (lifecycle.go).

@@ -18,7 +18,7 @@ import (
 func init() {
 	clog.Discard()
 	// node-cache's directive list has ours; CoreDNS's default does not.
-	dnsserver.Directives = append(dnsserver.Directives, "coalesce", "nodelocal")
+	dnsserver.Directives = append(dnsserver.Directives, "warm", "coalesce", "nodelocal")
 }
 
 // upstreamCorefile is upstream node-cache's ConfigMap Corefile, as its

@@ -25,6 +25,7 @@ var directives = []string{
 	"loadbalance",
 	"rewrite",
 	"cache",
+	"warm",
 	"template",
 	"hosts",
 	"loop",
