@@ -14,9 +14,10 @@ import (
 // miss crosses the LAN) and a client on every worker (UDP, TCP per query and
 // persistent to both addresses, cluster and external names, hits and unique
 // misses, and an nslookup every 100 ms), no query fails across a rollout
-// restart of node-local-dns over the fleet, kube-dns's own rollout, its
-// scaling 2 -> 1 -> 2 and the deletion of one of its pods while the caches
-// hold TCP connections to it; then, in node rotation, the last worker is
+// restart of node-local-dns over the fleet, and across kube-dns's own
+// rollout, its scaling 2 -> 1 -> 2 and the deletion of one of its pods (one
+// after the other under one load) while the caches hold TCP connections to
+// it; then, in node rotation, the last worker is
 // drained and terminated and a new one joins with node-cache's startup
 // taint: a pod scheduled there at once resolves from its first lookup, and
 // no query of the other workers' clients fails.
@@ -47,7 +48,7 @@ func TestFleetOnARealCluster(t *testing.T) {
 			}
 			waitInterception(t, c)
 			grace := terminationGrace(t, c)
-			for _, s := range append(cluster.FleetScenarios, cluster.NodeRotation) {
+			for _, s := range []cluster.Scenario{cluster.FleetScenarios[0], cluster.KubeDNSInOneLoad, cluster.NodeRotation} {
 				clients := pods
 				if s.Name == cluster.NodeRotation.Name {
 					clients = pods[:len(pods)-1] // the rotated worker's client goes with it

@@ -124,12 +124,18 @@ func (n *Node) waitFor(what, logName string, d time.Duration, check func() error
 	}
 }
 
+// nodeCacheStateDir is the DaemonSet's hostPath for node-cache's instances.
+const nodeCacheStateDir = "/run/node-local-dns"
+
 // startHolder starts the process that holds the node's mount namespace:
 // mounts propagate between kubelet and the containers (rshared), and the
-// machine's resolver and /var/log stay out of reach.
+// machine's resolver and /var/log stay out of reach. node-cache's instance
+// directory (a hostPath under /run, a tmpfs on a real machine) is the
+// node's own, as its instance lock and its record of hot names are.
 func (n *Node) startHolder() error {
-	script := fmt.Sprintf("mount --make-rshared / && mount --bind %s /etc/resolv.conf && mount -t tmpfs tmpfs /var/log && exec sleep infinity",
-		n.c.path("resolv.conf"))
+	script := fmt.Sprintf("mount --make-rshared / && mount --bind %s /etc/resolv.conf && mount -t tmpfs tmpfs /var/log && "+
+		"mkdir -p %s && mount -t tmpfs -o mode=0700 tmpfs %[2]s && exec sleep infinity",
+		n.c.path("resolv.conf"), nodeCacheStateDir)
 	pid, err := n.spawn("holder", exec.Command("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script))
 	if err != nil {
 		return err

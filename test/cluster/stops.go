@@ -17,6 +17,7 @@ import (
 // it got none), and when and how its process exited (containerd's task exit).
 type Stop struct {
 	Pod        string
+	Node       string // whose containerd reported the exit
 	Signalled  time.Time
 	Exited     time.Time
 	ExitStatus int
@@ -70,7 +71,7 @@ func (c *Cluster) watchStops() (*stopWatch, error) {
 		ctr := n.ctr("events")
 		events := exec.CommandContext(ctx, ctr.Path, ctr.Args[1:]...)
 		events.Env = ctr.Env
-		if err := w.follow(events, w.taskExit); err != nil {
+		if err := w.follow(events, func(line string) { w.taskExit(n.Name, line) }); err != nil {
 			w.stop()
 			return nil, err
 		}
@@ -125,9 +126,9 @@ func (w *stopWatch) logLine(pod, line string) {
 	}
 }
 
-// taskExit records a container's exit from a line of ctr events:
+// taskExit records a container's exit on node from a line of ctr events:
 // "2026-12-02 06:40:00.123456789 +0000 UTC k8s.io /tasks/exit {json}".
-func (w *stopWatch) taskExit(line string) {
+func (w *stopWatch) taskExit(node, line string) {
 	before, payload, ok := strings.Cut(line, " /tasks/exit ")
 	if !ok {
 		return
@@ -152,7 +153,7 @@ func (w *stopWatch) taskExit(line string) {
 		return
 	}
 	w.mu.Lock()
-	w.exits[e.ContainerID] = Stop{Exited: t, ExitStatus: e.ExitStatus}
+	w.exits[e.ContainerID] = Stop{Node: node, Exited: t, ExitStatus: e.ExitStatus}
 	w.mu.Unlock()
 }
 

@@ -12,11 +12,11 @@ func TestStopWatchReadsLogsAndEvents(t *testing.T) {
 	w := &stopWatch{cancel: func() {}, containers: map[string]string{"abc": "node-local-dns-x"}, signalled: map[string]time.Time{}, exits: map[string]Stop{}}
 	w.logLine("node-local-dns-x", "2026-12-02T06:05:27.200417754Z [INFO] plugin/nodelocal: Installed 24 IPv4 iptables rules")
 	w.logLine("node-local-dns-x", "2026-12-02T06:05:30.000000000Z [INFO] SIGTERM: Shutting down servers then terminating")
-	w.taskExit(`2026-12-02 06:05:35.1 +0000 UTC k8s.io /tasks/exit {"container_id":"abc","id":"exec1","pid":9,"exit_status":1}`)
-	w.taskExit(`2026-12-02 06:05:35.2 +0000 UTC k8s.io /tasks/exit {"container_id":"abc","id":"abc","pid":7,"exit_status":0}`)
-	w.taskExit(`2026-12-02 06:05:36 +0000 UTC k8s.io /tasks/start {"container_id":"def","pid":8}`)
+	w.taskExit("node-1", `2026-12-02 06:05:35.1 +0000 UTC k8s.io /tasks/exit {"container_id":"abc","id":"exec1","pid":9,"exit_status":1}`)
+	w.taskExit("node-1", `2026-12-02 06:05:35.2 +0000 UTC k8s.io /tasks/exit {"container_id":"abc","id":"abc","pid":7,"exit_status":0}`)
+	w.taskExit("node-1", `2026-12-02 06:05:36 +0000 UTC k8s.io /tasks/start {"container_id":"def","pid":8}`)
 	stops := w.stop()
-	if len(stops) != 1 || stops[0].Pod != "node-local-dns-x" || stops[0].ExitStatus != 0 || stops[0].SignalToExit() != 5200*time.Millisecond {
+	if len(stops) != 1 || stops[0].Pod != "node-local-dns-x" || stops[0].Node != "node-1" || stops[0].ExitStatus != 0 || stops[0].SignalToExit() != 5200*time.Millisecond {
 		t.Fatalf("got %+v", stops)
 	}
 	if got := stops[0].String(); got != "SIGTERM→exit 5.2s, exit 0" {
@@ -74,6 +74,37 @@ func TestScenarioChecks(t *testing.T) {
 		err := tc.check(tc.run)
 		if (err == nil) != (tc.want == "") || (err != nil && !strings.Contains(err.Error(), tc.want)) {
 			t.Errorf("%s: got %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+func TestFailuresOnlyInOwnGaps(t *testing.T) {
+	start := time.Date(2026, 12, 2, 6, 0, 0, 0, time.UTC)
+	failedAt := func(client string, seconds ...int) LoadRun {
+		r := &dnsload.Result{Started: start, Sent: 100, PerSecond: make([]dnsload.Second, 60)}
+		for _, s := range seconds {
+			r.PerSecond[s].Failed++
+			r.Outcomes[dnsload.Refused]++
+		}
+		return LoadRun{Client: client, Target: "169.254.20.10", Transport: dnsload.UDP, Result: r}
+	}
+	at := func(s int) time.Time { return start.Add(time.Duration(s) * time.Second) }
+	nodes := map[string]string{"client-w1": "n-w1", "client-w2": "n-w2"}
+	gaps := map[string]gap{"n-w1": {at(10), at(20)}, "n-w2": {at(30), at(40)}}
+	for _, tc := range []struct {
+		name string
+		runs []LoadRun
+		want int
+	}{
+		{"each in its own gap", []LoadRun{failedAt("client-w1", 8, 12, 22), failedAt("client-w2", 31, 39)}, 0},
+		{"in another node's gap", []LoadRun{failedAt("client-w1", 31)}, 1},
+		{"long after its gap", []LoadRun{failedAt("client-w2", 45, 50)}, 2},
+		{"a node without a gap", []LoadRun{failedAt("client-w3", 12)}, 1},
+	} {
+		nodes := nodes
+		nodes["client-w3"] = "n-w3"
+		if got := outsideOwnGaps(tc.runs, "169.254.20.10", nodes, gaps); len(got) != tc.want {
+			t.Errorf("%s: %d outside, want %d: %v", tc.name, len(got), tc.want, got)
 		}
 	}
 }

@@ -144,7 +144,7 @@ func (f *fleetRun) run() ([]cluster.Series, error) {
 	}
 	unavailable := cluster.FleetScenarios[0]
 	unavailable.Name = strings.Replace(unavailable.Name, "maxSurge 1, maxUnavailable 0", "maxSurge 0, maxUnavailable 1", 1)
-	unavailable.Goal, unavailable.Check = "ClusterIP 0 failed; 169.254.20.10 only in each node's own gap (measured)", nil
+	unavailable.Goal, unavailable.Check = "ClusterIP 0 failed; 169.254.20.10 only in each node's own gap", f.onlyInOwnGaps
 	unavailable.MinLoad = 100 * time.Second // each node waits for its new pod's readiness
 	run, err := f.rollout(unavailable, "maxSurge 0, maxUnavailable 1")
 	if err != nil {
@@ -176,6 +176,26 @@ func (f *fleetRun) run() ([]cluster.Series, error) {
 		return series, err
 	}
 	return append(series, cluster.Series{Label: "upstream-style DaemonSet", Color: "#d62728", Values: run.Load.FailuresPerSecond()}), nil
+}
+
+// onlyInOwnGaps checks a rollout with maxUnavailable 1: nothing failed on
+// the ClusterIP (nor nslookup through it), and a client lost queries to
+// 169.254.20.10 only while its own node had no node-cache.
+func (f *fleetRun) onlyInOwnGaps(run cluster.ScenarioRun) error {
+	if failed, sent := run.Load.Failed(cluster.KubeDNSIP); failed > 0 {
+		return fmt.Errorf("%d of %d queries to the ClusterIP failed", failed, sent)
+	}
+	if run.ClusterDNS == cluster.KubeDNSIP && run.Load.NslookupFail > 0 {
+		return fmt.Errorf("%d of %d nslookups failed", run.Load.NslookupFail, run.Load.NslookupSent)
+	}
+	outside, err := f.c.FailuresOutsideOwnGaps(run, "169.254.20.10")
+	if err != nil {
+		return err
+	}
+	if len(outside) > 0 {
+		return fmt.Errorf("%d failed queries to 169.254.20.10 outside their node's own gap: %s", len(outside), strings.Join(outside[:min(3, len(outside))], "; "))
+	}
+	return nil
 }
 
 func (f *fleetRun) rolledOut() error {
