@@ -6,13 +6,15 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/nodelocal/nodelocal/internal/atomicfile"
 )
 
 // question is what the record counts: a name (lower case) and a type.
@@ -23,27 +25,36 @@ type question struct {
 
 // record counts the questions that reached the upstream side of the cache:
 // a name asked often is fetched again at each expiry or prefetch, a name
-// asked once is fetched once. It counts in windows of decayInterval, longer
-// than the cache's TTLs, and keeps the last window besides the current one,
+// asked once is fetched once. It counts in windows of windowLength, and
+// keeps the last window besides the current one,
 // so a name fetched at each expiry is counted in both. Each window holds at
 // most limit questions: when the current one is full, those fetched once in
 // it go, so a flood of unique names cannot push the hot ones out.
 type record struct {
 	limit int
+	now   func() time.Time
 
-	mu       sync.Mutex
-	current  map[question]uint32
-	previous map[question]uint32
+	mu          sync.Mutex
+	windowStart time.Time
+	current     map[question]uint32
+	previous    map[question]uint32
 }
 
+// windowLength: longer than the cache's TTLs (30 s), so a name fetched at
+// each expiry is counted in every window.
+const windowLength = time.Minute
+
 func newRecord(limit int) *record {
-	return &record{limit: limit, current: make(map[question]uint32), previous: make(map[question]uint32)}
+	return &record{limit: limit, now: time.Now, windowStart: time.Now(), current: make(map[question]uint32), previous: make(map[question]uint32)}
 }
 
 func (r *record) add(name string, qtype uint16) {
 	q := question{lowerASCII(name), qtype}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if now := r.now(); now.Sub(r.windowStart) >= windowLength {
+		r.rotateLocked(now)
+	}
 	if _, ok := r.current[q]; !ok && len(r.current) >= r.limit {
 		r.dropOnceFetchedLocked()
 		if len(r.current) >= r.limit {
@@ -75,7 +86,15 @@ func (r *record) seed(hot []hotName) {
 func (r *record) rotate() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.rotateLocked(r.now())
+}
+
+func (r *record) rotateLocked(now time.Time) {
 	r.previous, r.current = r.current, make(map[question]uint32)
+	if now.Sub(r.windowStart) >= 2*windowLength {
+		r.previous = make(map[question]uint32) // the current window ended long ago too
+	}
+	r.windowStart = now
 }
 
 // lowerASCII: DNS names compare without ASCII case, and only that (a name's
@@ -127,25 +146,13 @@ func (r *record) hottest(n int) []hotName {
 // saveRecord writes hot to path in one step (a reader never sees half a file):
 // one "count type name" line each.
 func saveRecord(path string, hot []hotName) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	w := bufio.NewWriter(tmp)
-	for _, h := range hot {
-		fmt.Fprintf(w, "%d %s %s\n", h.count, dns.Type(h.qtype), h.name)
-	}
-	err = w.Flush()
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
-	return err
+	return atomicfile.Write(path, func(out io.Writer) error {
+		w := bufio.NewWriter(out)
+		for _, h := range hot {
+			fmt.Fprintf(w, "%d %s %s\n", h.count, dns.Type(h.qtype), h.name)
+		}
+		return w.Flush()
+	})
 }
 
 // loadRecord reads at most n questions that saveRecord wrote.

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -127,4 +128,22 @@ func FuzzParseRecord(f *testing.F) {
 			t.Fatalf("saved %+v, read back %+v, %v", hot, again, err)
 		}
 	})
+}
+
+func TestWindowsTurnWithTime(t *testing.T) {
+	now := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	r := newRecord(100)
+	r.now = func() time.Time { return now }
+	r.windowStart = now
+	r.add("a.", dns.TypeA)
+	now = now.Add(windowLength)
+	r.add("a.", dns.TypeA) // a new window: a. in both
+	if got := r.hottest(10); len(got) != 1 || got[0].count != 2 {
+		t.Fatalf("hottest = %+v, want a. with 2", got)
+	}
+	now = now.Add(2 * windowLength)
+	r.add("a.", dns.TypeA)
+	if got := r.hottest(10); len(got) != 0 {
+		t.Errorf("two windows on, hottest = %+v, want none: a. was fetched twice long ago", got)
+	}
 }

@@ -45,8 +45,7 @@ func setup(c *caddy.Controller) error {
 	w.path = recordPath(w.dir, server)
 	w.cache = func() plugin.Handler { return server.Handler("cache") }
 	w.record = newRecord(4 * w.Names)
-	c.OnStartup(w.start)
-	c.OnShutdown(w.shutdown)
+	c.OnStartup(w.checkDir)
 	server.AddPlugin(func(next plugin.Handler) plugin.Handler {
 		w.Next = next
 		return w

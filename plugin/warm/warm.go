@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coredns/coredns/plugin"
@@ -37,17 +38,14 @@ type Warm struct {
 	server string // the block's zone and port, for metrics and logs
 	cache  func() plugin.Handler
 	record *record
-	stop   chan struct{}
-	done   chan struct{}
+	// saves: whether the directory is there, as the start found it.
+	saves    bool
+	lastSave atomic.Int64 // Unix nanoseconds
 }
 
 // How often the record is saved: a successor starting now gets what its
 // predecessor fetched up to this long ago.
 const saveInterval = 10 * time.Second
-
-// How long a window of the record lasts: longer than the cache's TTLs
-// (30 s), so a name fetched at each expiry is counted in every window.
-const decayInterval = time.Minute
 
 // How long one question of a warm-up may take: the serving instance answers
 // from its cache, locally.
@@ -67,6 +65,7 @@ func (w *Warm) ServeDNS(ctx context.Context, rw dns.ResponseWriter, r *dns.Msg) 
 	}
 	if len(r.Question) == 1 && r.Question[0].Qclass == dns.ClassINET {
 		w.record.add(r.Question[0].Name, r.Question[0].Qtype)
+		w.saveIfDue()
 	}
 	return plugin.NextOrFailure(pluginName, w.Next, ctx, rw, r)
 }
@@ -90,43 +89,31 @@ func (w *Warm) fromServing(ctx context.Context, rw dns.ResponseWriter, r *dns.Ms
 	return resp.Rcode, nil
 }
 
-// start saves the record every saveInterval until OnShutdown.
-func (w *Warm) start() error {
-	if fi, err := os.Stat(w.dir); err != nil || !fi.IsDir() {
+// checkDir runs at the start: without the directory, nothing is saved.
+func (w *Warm) checkDir() error {
+	fi, err := os.Stat(w.dir)
+	w.saves = err == nil && fi.IsDir()
+	if !w.saves {
 		log.Warningf("Directory %s is not mounted: the names this cache fetches are not kept for its successor, which starts cold; mount it as the manifests do (hostPath, DirectoryOrCreate)", w.dir)
-		return nil
-	}
-	w.stop, w.done = make(chan struct{}), make(chan struct{})
-	go w.saveLoop()
-	return nil
-}
-
-func (w *Warm) shutdown() error {
-	if w.stop != nil {
-		close(w.stop)
-		<-w.done
-		w.stop = nil
 	}
 	return nil
 }
 
-func (w *Warm) saveLoop() {
-	defer close(w.done)
-	save, decay := time.NewTicker(saveInterval), time.NewTicker(decayInterval)
-	defer save.Stop()
-	defer decay.Stop()
-	for {
-		select {
-		case <-w.stop:
-			return
-		case <-decay.C:
-			w.record.rotate()
-		case <-save.C:
-			if err := saveRecord(w.path, w.record.hottest(w.Names)); err != nil {
-				log.Warningf("Saving the names fetched most to %s: %v", w.path, err)
-			}
+// saveIfDue saves the record in the background, every saveInterval at
+// most. Saving as queries come, rather than from a goroutine of its own,
+// means an instance that never serves never saves: a reload that failed
+// leaves its new instance behind (its OnShutdown never runs).
+func (w *Warm) saveIfDue() {
+	now := time.Now().UnixNano()
+	last := w.lastSave.Load()
+	if !w.saves || now-last < int64(saveInterval) || !w.lastSave.CompareAndSwap(last, now) {
+		return
+	}
+	go func() {
+		if err := saveRecord(w.path, w.record.hottest(w.Names)); err != nil {
+			log.Warningf("Saving the names fetched most to %s: %v", w.path, err)
 		}
-	}
+	}()
 }
 
 // WarmUp fetches the hottest names of the saved record into the block's

@@ -3,6 +3,7 @@ package warm
 import (
 	"context"
 	"net"
+	"os"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -146,5 +147,38 @@ func TestWithoutARecordNothingHappens(t *testing.T) {
 	i.ask(t, "a.example.")
 	if got := i.upstream.asked.Load(); got != 1 {
 		t.Errorf("upstream asked %d times, want 1", got)
+	}
+}
+
+// TestSavesAsQueriesCome: the first miss saves the record, the next ones
+// within saveInterval do not; without its directory nothing is saved.
+func TestSavesAsQueriesCome(t *testing.T) {
+	dir := t.TempDir()
+	i := newInstance(filepath.Join(dir, "hot-names-example-53"), "")
+	i.warm.dir = dir
+	i.warm.checkDir()
+	i.ask(t, "a.example.")
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		if _, err := os.Stat(i.warm.path); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first miss did not save the record")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	saved := i.warm.lastSave.Load()
+	i.ask(t, "b.example.")
+	if i.warm.lastSave.Load() != saved {
+		t.Error("a second miss within saveInterval saved again")
+	}
+
+	missing := newInstance(filepath.Join(dir, "none", "hot-names-example-53"), "")
+	missing.warm.dir = filepath.Join(dir, "none")
+	missing.warm.checkDir()
+	missing.ask(t, "a.example.")
+	if missing.warm.lastSave.Load() != 0 {
+		t.Error("saved without the directory")
 	}
 }

@@ -17,10 +17,11 @@ import (
 // restart of node-local-dns over the fleet, and across kube-dns's own
 // rollout, its scaling 2 -> 1 -> 2 and the deletion of one of its pods (one
 // after the other under one load) while the caches hold TCP connections to
-// it; then, in node rotation, the last worker is
-// drained and terminated and a new one joins with node-cache's startup
-// taint: a pod scheduled there at once resolves from its first lookup, and
-// no query of the other workers' clients fails.
+// it; then, in node rotation, the last worker is drained and uncordoned, then
+// drained and terminated, and a new one joins with node-cache's startup
+// taint: a pod scheduled on the uncordoned worker and one on the new worker
+// resolve from their first lookup, and no query of the other workers'
+// clients fails.
 func TestFleetOnARealCluster(t *testing.T) {
 	const (
 		rate    = 25               // per client and stream: 18 streams; more starves this 2-core machine at each event

@@ -3,14 +3,14 @@ package pillar
 import (
 	"bytes"
 	"fmt"
-	"os"
-	"path/filepath"
+	"io"
 	"strings"
 	"sync"
 
 	"github.com/coredns/caddy"
 	clog "github.com/coredns/coredns/plugin/pkg/log"
 
+	"github.com/nodelocal/nodelocal/internal/atomicfile"
 	"github.com/nodelocal/nodelocal/plugin/nodelocal"
 )
 
@@ -90,19 +90,7 @@ func (l *Loader) write(corefile []byte) {
 	if path == "" {
 		return
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".Corefile-")
-	if err == nil {
-		_, err = tmp.Write(corefile)
-		if cerr := tmp.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			err = os.Rename(tmp.Name(), path)
-		}
-		if err != nil {
-			os.Remove(tmp.Name())
-		}
-	}
+	err := atomicfile.Write(path, func(w io.Writer) error { _, err := w.Write(corefile); return err })
 	if err != nil {
 		log.Infof("Rendered Corefile not written to %s (%v); `node-cache -render` prints it", path, strings.TrimSpace(err.Error()))
 		return
