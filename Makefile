@@ -87,7 +87,7 @@ bench: bench-deps build ## side-by-side benchmarks, markdown tables in bench-res
 bench-outage: bench-deps build ## kube-dns silent for 5 minutes: node-cache and the upstream-style Corefile side by side (root)
 	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -sections "kube-dns down" -outage 5m -out bench-outage.md
 
-bench-cluster: deps cluster-build image ## the lifecycle scenarios on a real node and on a fleet (3 workers), each kube-proxy mode, with the upstream-style DaemonSet; draws bench-rollouts.svg and bench-fleet-rollouts.svg (SECTIONS=fleet: the fleet only; root)
+bench-cluster: deps cluster-build image ## the lifecycle scenarios on a real node and on a fleet (3 workers), each kube-proxy mode, with the upstream-style DaemonSet; draws bench-rollouts.svg and bench-fleet-rollouts.svg (SECTIONS=fleet: the fleet only; SECTIONS=storm: a fleet rollout's cost to kube-dns, successors warm and cold; root)
 	$(GO) run ./test/cmd/bench -node-cache bin/node-cache -sections "$(or $(SECTIONS),real)" -out bench-cluster.md -svg bench-rollouts.svg -fleet-svg bench-fleet-rollouts.svg
 
 pgo: bench-deps build ## profile node-cache under the bench's load into build/default.pgo, which go build optimises with (root)

@@ -39,12 +39,13 @@ type Warm struct {
 	cache  func() plugin.Handler
 	record *record
 	// saves: whether the directory is there, as the start found it.
-	saves    bool
-	lastSave atomic.Int64 // Unix nanoseconds
+	saves       bool
+	lastSave    atomic.Int64 // Unix nanoseconds
+	savePending atomic.Bool
 }
 
-// How often the record is saved: a successor starting now gets what its
-// predecessor fetched up to this long ago.
+// How often the record is saved at most: a successor starting now gets what
+// its predecessor fetched up to this long ago.
 const saveInterval = 10 * time.Second
 
 // How long one question of a warm-up may take: the serving instance answers
@@ -65,7 +66,7 @@ func (w *Warm) ServeDNS(ctx context.Context, rw dns.ResponseWriter, r *dns.Msg) 
 	}
 	if len(r.Question) == 1 && r.Question[0].Qclass == dns.ClassINET {
 		w.record.add(r.Question[0].Name, r.Question[0].Qtype)
-		w.saveIfDue()
+		w.scheduleSave()
 	}
 	return plugin.NextOrFailure(pluginName, w.Next, ctx, rw, r)
 }
@@ -99,21 +100,23 @@ func (w *Warm) checkDir() error {
 	return nil
 }
 
-// saveIfDue saves the record in the background, every saveInterval at
-// most. Saving as queries come, rather than from a goroutine of its own,
-// means an instance that never serves never saves: a reload that failed
-// leaves its new instance behind (its OnShutdown never runs).
-func (w *Warm) saveIfDue() {
-	now := time.Now().UnixNano()
-	last := w.lastSave.Load()
-	if !w.saves || now-last < int64(saveInterval) || !w.lastSave.CompareAndSwap(last, now) {
+// scheduleSave saves the record saveInterval after the last save at the
+// earliest, once a question has come since. Saving as questions come, not
+// from a goroutine of its own, means an instance that never serves never
+// saves: a reload that failed leaves its new instance behind (its
+// OnShutdown never runs).
+func (w *Warm) scheduleSave() {
+	if !w.saves || !w.savePending.CompareAndSwap(false, true) {
 		return
 	}
-	go func() {
+	due := time.Until(time.Unix(0, w.lastSave.Load()).Add(saveInterval))
+	time.AfterFunc(max(due, 0), func() {
+		w.lastSave.Store(time.Now().UnixNano())
+		w.savePending.Store(false) // questions from now on schedule the next save
 		if err := saveRecord(w.path, w.record.hottest(w.Names)); err != nil {
 			log.Warningf("Saving the names fetched most to %s: %v", w.path, err)
 		}
-	}()
+	})
 }
 
 // WarmUp fetches the hottest names of the saved record into the block's

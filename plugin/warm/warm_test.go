@@ -150,8 +150,9 @@ func TestWithoutARecordNothingHappens(t *testing.T) {
 	}
 }
 
-// TestSavesAsQueriesCome: the first miss saves the record, the next ones
-// within saveInterval do not; without its directory nothing is saved.
+// TestSavesAsQueriesCome: the first miss saves the record at once, the next
+// ones within saveInterval schedule one save; without its directory nothing
+// is saved.
 func TestSavesAsQueriesCome(t *testing.T) {
 	dir := t.TempDir()
 	i := newInstance(filepath.Join(dir, "hot-names-example-53"), "")
@@ -170,15 +171,16 @@ func TestSavesAsQueriesCome(t *testing.T) {
 	}
 	saved := i.warm.lastSave.Load()
 	i.ask(t, "b.example.")
-	if i.warm.lastSave.Load() != saved {
-		t.Error("a second miss within saveInterval saved again")
+	i.ask(t, "c.example.")
+	if i.warm.lastSave.Load() != saved || !i.warm.savePending.Load() {
+		t.Error("misses within saveInterval did not leave one save pending")
 	}
 
 	missing := newInstance(filepath.Join(dir, "none", "hot-names-example-53"), "")
 	missing.warm.dir = filepath.Join(dir, "none")
 	missing.warm.checkDir()
 	missing.ask(t, "a.example.")
-	if missing.warm.lastSave.Load() != 0 {
+	if missing.warm.savePending.Load() || missing.warm.lastSave.Load() != 0 {
 		t.Error("saved without the directory")
 	}
 }

@@ -11,12 +11,11 @@ import (
 )
 
 // TestZeroLossOnARealNode: with kubelet sending the signals and the DaemonSet
-// controller ordering the pods, a pod's lookups (1,050 queries/s: UDP, TCP
+// controller ordering the pods, a pod's lookups (2,100 queries/s: UDP, TCP
 // per query and persistent, to the kube-dns ClusterIP and 169.254.20.10, and
 // an nslookup every 100 ms) across a rollout restart, an image upgrade, a
 // ConfigMap reload, a pod deletion, an OOM kill, a crash loop and an
-// uninstall, in each kube-proxy mode (the two nodes side by side: 2,100
-// queries/s on the machine), meet each scenario's goal exactly (a
+// uninstall, in each kube-proxy mode, meet each scenario's goal exactly (a
 // miss is logged and the scenario runs once more; a second miss fails); in
 // the OOM kill and the crash loop a hostNetwork pod sends the same load.
 // kubelet's clusterDNS (where nslookup asks) is the kube-dns ClusterIP in
@@ -25,13 +24,12 @@ import (
 // are the same after each scenario.
 func TestZeroLossOnARealNode(t *testing.T) {
 	const (
-		rate    = 175 // per stream: 6 streams on each node, the two modes' nodes side by side
+		rate    = 350 // per stream: 6 streams
 		loadFor = 25 * time.Second
 		eventAt = 5 * time.Second
 	)
 	for _, opts := range []cluster.Options{{ProxyMode: "iptables"}, {ProxyMode: "nftables", ClusterDNS: "169.254.20.10"}} {
 		t.Run(opts.ProxyMode, func(t *testing.T) {
-			t.Parallel() // most of a scenario is waiting for kubelet, the DaemonSet controller and back-offs
 			c := newCluster(t, opts)
 			if _, err := c.KubectlOutput("create", "service", "clusterip", "web", "--tcp=80:80"); err != nil {
 				t.Fatal(err)

@@ -76,6 +76,9 @@ func main() {
 		section("A fleet on a real cluster: rollouts, kube-dns's own changes, node rotation, and what the cache buys with kube-dns across the LAN",
 			func() (string, error) { return fleet(*fleetSVG) })
 	}
+	if strings.Contains(*sections, "real") || strings.Contains(*sections, "fleet") || strings.Contains(*sections, "storm") {
+		section("A fleet rollout's miss storm at kube-dns on a real cluster: successors that start warm, and cold", storm)
+	}
 	if err := os.WriteFile(*out, []byte(report.String()), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
