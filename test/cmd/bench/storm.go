@@ -21,9 +21,10 @@ import (
 // then takes at most stormRollout, and kube-dns's rate is followed
 // stormAfter longer.
 const (
-	stormSettle  = 65 * time.Second
-	stormRollout = 90 * time.Second
-	stormAfter   = 15 * time.Second
+	stormFirstLookups = 5 * time.Second
+	stormSettle       = 65 * time.Second
+	stormRollout      = 90 * time.Second
+	stormAfter        = 15 * time.Second
 )
 
 // storm measures, in each kube-proxy mode, what a rollout of node-local-dns
@@ -36,10 +37,11 @@ func storm() (string, error) {
 	fmt.Fprintf(&b, "A control plane node and %d workers, kube-dns's two pods on the control plane's node; the client on each worker looks up the same "+
 		"working set of %d names (`%s`, kube-dns's TTL 30 s) at %d/s over UDP to the kube-dns ClusterIP, and nothing else, from %v before the "+
 		"rollout to %v after it. node-cache is installed with manifests/overlays/node-readiness; for the cold successor, `warm` is taken out of "+
-		"its ConfigMap just before the rollout. Queries kube-dns's pods count per second: before (the %v before the rollout), during "+
-		"(mean / peak) and the queries above the rate before, summed over the rollout and %v after it.\n\n",
-		fleetWorkers, workingSetSize, workingSet, workingSetRate, stormSettle, stormAfter, 10*time.Second, stormAfter)
-	b.WriteString("| kube-proxy | successor | names warmed per node | before | during (mean / peak) | peak / before | queries above the rate before | failed |\n|---|---|---|---|---|---|---|---|\n")
+		"its ConfigMap just before the rollout. Queries kube-dns's pods count per second: before (the mean from %v after the working set "+
+		"began to the rollout: the names' refreshes come in waves, their TTLs having started together), during (mean / peak), and the "+
+		"queries above the mean before, summed over the rollout and %v after it: the storm.\n\n",
+		fleetWorkers, workingSetSize, workingSet, workingSetRate, stormSettle, stormAfter, stormFirstLookups, stormAfter)
+	b.WriteString("| kube-proxy | successor | names warmed per node | before | during (mean / peak) | peak / before | queries above the mean before | failed |\n|---|---|---|---|---|---|---|---|\n")
 	for _, opts := range []cluster.Options{{ProxyMode: "iptables"}, {ProxyMode: "nftables", ClusterDNS: "169.254.20.10"}} {
 		opts.Workers = fleetWorkers
 		opts.Dir, opts.Name = cluster.TestDir(1), fmt.Sprintf("nlc%dx1", os.Getpid())
@@ -128,12 +130,12 @@ func (f *fleetRun) stormRollout() (string, error) {
 		})
 	}
 	defer wg.Wait()
-	time.Sleep(stormSettle - 10*time.Second)
+	time.Sleep(stormFirstLookups) // every name's first lookup: a burst of its own
 	stop, err := f.c.SampleKubeDNSRate()
 	if err != nil {
 		return "", err
 	}
-	time.Sleep(10 * time.Second)
+	time.Sleep(stormSettle - stormFirstLookups)
 	eventStart := time.Now()
 	if _, err := f.c.KubectlOutput("-n", "kube-system", "rollout", "restart", "ds/node-local-dns"); err != nil {
 		stop()
@@ -161,11 +163,20 @@ func (f *fleetRun) stormRollout() (string, error) {
 	if len(before) == 0 || len(during) == 0 {
 		return "", fmt.Errorf("%d samples of kube-dns's rate: none before or during the rollout", len(samples))
 	}
+	// The refreshes come in waves (each name's TTL runs from its first
+	// lookup, and those came together), so the rate before is a mean over
+	// two waves at least, and the storm is what the rollout's window sent
+	// above that mean.
 	base := mean(before)
 	var extra float64
 	for _, r := range extraFrom {
-		extra += max(r-base, 0)
+		extra += r - base
 	}
+	series := make([]string, len(samples))
+	for i, s := range samples {
+		series[i] = fmt.Sprintf("%.0f", s.PerSecond)
+	}
+	fmt.Fprintf(os.Stderr, "   kube-dns's queries per second, the rollout from sample %d to %d: %s\n", len(before), len(before)+len(during), strings.Join(series, " "))
 	logs, _ := f.c.KubectlOutput("-n", "kube-system", "logs", "-l", "k8s-app=node-local-dns", "--tail=-1")
 	var warmed []string
 	for _, m := range warmedRE.FindAllStringSubmatch(logs, -1) {
