@@ -15,16 +15,18 @@ import (
 	"github.com/nodelocal/nodelocal/test/dnsload"
 )
 
-// The storm section's timing: the working set runs stormSettle before the
-// rollout, so that each name has been fetched twice (its first lookup, then
-// a prefetch before its 30 s TTL ends) and the record saved; the rollout
-// then takes at most stormRollout, and kube-dns's rate is followed
-// stormAfter longer.
+// The storm section's timing. Each client first looks its working set up
+// slowly, over stormSpread (about a TTL), so that each name's refreshes come
+// at a time of its own rather than all in one wave; then at full rate for
+// stormSettle, long enough for each name to be fetched again (a prefetch
+// before its 30 s TTL ends) and the record saved. The rollout takes at most
+// stormRollout, and kube-dns's rate is followed stormAfter longer, past
+// every name's next refresh.
 const (
-	stormFirstLookups = 5 * time.Second
-	stormSettle       = 65 * time.Second
-	stormRollout      = 90 * time.Second
-	stormAfter        = 15 * time.Second
+	stormSpread  = 31 * time.Second
+	stormSettle  = 50 * time.Second
+	stormRollout = 90 * time.Second
+	stormAfter   = 35 * time.Second
 )
 
 // storm measures, in each kube-proxy mode, what a rollout of node-local-dns
@@ -36,11 +38,11 @@ func storm() (string, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "A control plane node and %d workers, kube-dns's two pods on the control plane's node; the client on each worker looks up the same "+
 		"working set of %d names (`%s`, kube-dns's TTL 30 s) at %d/s over UDP to the kube-dns ClusterIP, and nothing else, from %v before the "+
-		"rollout to %v after it. node-cache is installed with manifests/overlays/node-readiness; for the cold successor, `warm` is taken out of "+
+		"rollout to %v after it; the first lookups spread over 31 s, so that each name's refreshes come at a time of its own. node-cache is installed with manifests/overlays/node-readiness; for the cold successor, `warm` is taken out of "+
 		"its ConfigMap just before the rollout. Queries kube-dns's pods count per second: before (the mean from %v after the working set "+
-		"began to the rollout: the names' refreshes come in waves, their TTLs having started together), during (mean / peak), and the "+
-		"queries above the mean before, summed over the rollout and %v after it: the storm.\n\n",
-		fleetWorkers, workingSetSize, workingSet, workingSetRate, stormSettle, stormAfter, stormFirstLookups, stormAfter)
+		"began to the rollout), during (mean / peak), and the queries above the mean before, summed over the rollout and %v after it "+
+		"(past every name's next refresh): the storm.\n\n",
+		fleetWorkers, workingSetSize, workingSet, workingSetRate, stormSpread+stormSettle, stormAfter, stormSpread+5*time.Second, stormAfter)
 	b.WriteString("| kube-proxy | successor | names warmed per node | before | during (mean / peak) | peak / before | queries above the mean before | failed |\n|---|---|---|---|---|---|---|---|\n")
 	for _, opts := range []cluster.Options{{ProxyMode: "iptables"}, {ProxyMode: "nftables", ClusterDNS: "169.254.20.10"}} {
 		opts.Workers = fleetWorkers
@@ -111,31 +113,34 @@ var warmedRE = regexp.MustCompile(`Warmed cluster\.local\.:53 from the serving i
 // across the fleet in its midst, and returns the row's cells after the
 // first two.
 func (f *fleetRun) stormRollout() (string, error) {
-	load := stormSettle + stormRollout + stormAfter
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	failed := 0
+	lookUp := func(pod string, rate int, d time.Duration) {
+		out, _ := f.c.Exec(pod, "dnsload", "-json", "-target", cluster.KubeDNSIP+":53", "-queries", workingSet, "-set", strconv.Itoa(workingSetSize),
+			"-rate", strconv.Itoa(rate), "-duration", d.String(), "-timeout", "2s")
+		var res dnsload.Result
+		mu.Lock()
+		defer mu.Unlock()
+		if json.Unmarshal([]byte(out), &res) == nil {
+			failed += res.Failed()
+		} else {
+			failed = -1 // the load did not report: say so rather than 0
+		}
+	}
 	for _, pod := range f.pods {
 		wg.Go(func() {
-			out, _ := f.c.Exec(pod, "dnsload", "-json", "-target", cluster.KubeDNSIP+":53", "-queries", workingSet, "-set", strconv.Itoa(workingSetSize),
-				"-rate", strconv.Itoa(workingSetRate), "-duration", load.String(), "-timeout", "2s")
-			var res dnsload.Result
-			mu.Lock()
-			defer mu.Unlock()
-			if json.Unmarshal([]byte(out), &res) == nil {
-				failed += res.Failed()
-			} else {
-				failed = -1 // the load did not report: say so rather than 0
-			}
+			lookUp(pod, max(1, workingSetSize/int(stormSpread.Seconds())), stormSpread)
+			lookUp(pod, workingSetRate, stormSettle+stormRollout+stormAfter)
 		})
 	}
 	defer wg.Wait()
-	time.Sleep(stormFirstLookups) // every name's first lookup: a burst of its own
+	time.Sleep(stormSpread + 5*time.Second)
 	stop, err := f.c.SampleKubeDNSRate()
 	if err != nil {
 		return "", err
 	}
-	time.Sleep(stormSettle - stormFirstLookups)
+	time.Sleep(stormSettle - 5*time.Second)
 	eventStart := time.Now()
 	if _, err := f.c.KubectlOutput("-n", "kube-system", "rollout", "restart", "ds/node-local-dns"); err != nil {
 		stop()
@@ -163,10 +168,7 @@ func (f *fleetRun) stormRollout() (string, error) {
 	if len(before) == 0 || len(during) == 0 {
 		return "", fmt.Errorf("%d samples of kube-dns's rate: none before or during the rollout", len(samples))
 	}
-	// The refreshes come in waves (each name's TTL runs from its first
-	// lookup, and those came together), so the rate before is a mean over
-	// two waves at least, and the storm is what the rollout's window sent
-	// above that mean.
+	// The storm is what the rollout's window sent above the mean before.
 	base := mean(before)
 	var extra float64
 	for _, r := range extraFrom {
