@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -182,18 +183,24 @@ func (f *fleetRun) run() ([]cluster.Series, error) {
 // the ClusterIP (nor nslookup through it), and a client lost queries to
 // 169.254.20.10 only while its own node had no node-cache.
 func (f *fleetRun) onlyInOwnGaps(run cluster.ScenarioRun) error {
+	var missed []string
 	if failed, sent := run.Load.Failed(cluster.KubeDNSIP); failed > 0 {
-		return fmt.Errorf("%d of %d queries to the ClusterIP failed", failed, sent)
+		missed = append(missed, fmt.Sprintf("%d of %d queries to the ClusterIP failed", failed, sent))
 	}
 	if run.ClusterDNS == cluster.KubeDNSIP && run.Load.NslookupFail > 0 {
-		return fmt.Errorf("%d of %d nslookups failed", run.Load.NslookupFail, run.Load.NslookupSent)
+		missed = append(missed, fmt.Sprintf("%d of %d nslookups failed", run.Load.NslookupFail, run.Load.NslookupSent))
 	}
 	outside, err := f.c.FailuresOutsideOwnGaps(run, "169.254.20.10")
-	if err != nil {
-		return err
+	switch {
+	case err != nil:
+		missed = append(missed, err.Error())
+	case len(outside) > 0:
+		missed = append(missed, fmt.Sprintf("%d failed queries to 169.254.20.10 outside their node's own gap: %s", len(outside), strings.Join(outside[:min(3, len(outside))], "; ")))
+	case len(missed) > 0:
+		missed = append(missed, "169.254.20.10 only in each node's own gap (met)") // the rest of the goal, said apart
 	}
-	if len(outside) > 0 {
-		return fmt.Errorf("%d failed queries to 169.254.20.10 outside their node's own gap: %s", len(outside), strings.Join(outside[:min(3, len(outside))], "; "))
+	if len(missed) > 0 {
+		return errors.New(strings.Join(missed, "; "))
 	}
 	return nil
 }
