@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -16,21 +15,14 @@ import (
 	"github.com/nodelocal/nodelocal/test/harness"
 )
 
-var (
-	seq    atomic.Int32
-	bootMu sync.Mutex
-)
+var seq atomic.Int32
 
 func newCluster(t *testing.T, opts cluster.Options) *cluster.Cluster {
 	t.Helper()
 	harness.RequirePrivileges(t)
 	n := int(seq.Add(1))
 	opts.Dir, opts.Name, opts.Logf = cluster.TestDir(n), fmt.Sprintf("nlc%dx%d", os.Getpid(), n), t.Logf
-	// Parallel tests' clusters boot one at a time: a boot takes both CPUs,
-	// and the first one fills the caches the others read.
-	bootMu.Lock()
 	c, err := cluster.Up(opts)
-	bootMu.Unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +93,6 @@ func assertClean(t *testing.T, c *cluster.Cluster) {
 func TestOnARealNode(t *testing.T) {
 	for _, mode := range []string{"iptables", "nftables"} {
 		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
 			c := newCluster(t, cluster.Options{ProxyMode: mode})
 			if _, err := c.KubectlOutput("create", "service", "clusterip", "web", "--tcp=80:80"); err != nil {
 				t.Fatal(err)
