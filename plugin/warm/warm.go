@@ -140,6 +140,7 @@ func (w *Warm) WarmUp() {
 	ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), warmUpKey{}, true), w.Within)
 	defer cancel()
 	names := make(chan question)
+	var warmed atomic.Int64
 	var wg sync.WaitGroup
 	for range min(warmUpConcurrency, len(hot)) {
 		wg.Add(1)
@@ -150,9 +151,10 @@ func (w *Warm) WarmUp() {
 				m.SetQuestion(q.name, q.qtype)
 				sink := &sink{}
 				cache.ServeDNS(ctx, sink, m)
-				result := "warmed"
-				if !sink.written {
-					result = "failed"
+				result := "failed"
+				if sink.written {
+					result = "warmed"
+					warmed.Add(1)
 				}
 				warmUps.WithLabelValues(w.server, result).Inc()
 			}
@@ -171,7 +173,7 @@ func (w *Warm) WarmUp() {
 	close(names)
 	wg.Wait()
 	warmUps.WithLabelValues(w.server, "late").Add(float64(len(hot) - sent))
-	log.Infof("Warmed %s from the serving instance: %d of its %d names fetched most in %v", w.server, sent, len(hot), time.Since(start).Round(time.Millisecond))
+	log.Infof("Warmed %s from the serving instance: %d of its %d names fetched most in %v", w.server, warmed.Load(), len(hot), time.Since(start).Round(time.Millisecond))
 }
 
 // sink is the warm-up's client: the answer only has to reach the cache.
