@@ -46,17 +46,10 @@ func setup(c *caddy.Controller) error {
 		// First start: after every block's setup and before any plugin's
 		// OnStartup, because health and ready listen on these IPs too.
 		c.OnFirstStartup(apply)
-		// Reloads (OnFirstStartup does not run): before the new servers take
-		// over the listeners. Until the old servers have stopped (their
-		// OnShutdown), the listeners take no new TCP connection.
-		c.OnStartup(func() error {
-			mgr.PauseForReload()
-			return apply()
-		})
-		// Then, after forward's OnStartup (nodelocal comes after it in
-		// plugin.cfg) and before the listeners open: the caches fill from
-		// the instance serving now.
-		c.OnStartup(func() error { mgr.WarmUp(inst.warmers()); return nil })
+		// Every start, reloads too (OnFirstStartup does not run then), after
+		// forward's OnStartup (nodelocal comes after it in plugin.cfg) and
+		// before the listeners open (beforeListeners).
+		c.OnStartup(func() error { return mgr.beforeListeners(inst.warmers(), apply) })
 		c.OnShutdown(func() error { mgr.OldServersStopped(); return nil })
 		// A failed reload leaves this instance serving: its config again.
 		c.OnRestartFailed(func() error {

@@ -10,9 +10,11 @@ type warmerFunc func()
 func (f warmerFunc) WarmUp() { f() }
 
 // TestWarmUpOnlyFromAServingInstance: the caches fill from a surge's
-// predecessor and from a reload's old servers, between the start's lock and
-// its listeners; with no one serving (a first start, a restart after a
-// crash) a warm-up would flood kube-dns through the fallback, so none runs.
+// predecessor, between the start's lock and its listeners, and from a
+// reload's old servers, before the reload pauses the listeners (a warm-up
+// may outlast the pause's bound); with no one serving (a first start, a
+// restart after a crash) a warm-up would flood kube-dns through the
+// fallback, so none runs.
 func TestWarmUpOnlyFromAServingInstance(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -27,24 +29,28 @@ func TestWarmUpOnlyFromAServingInstance(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			n := newFakeNode(t)
 			n.peers.others = tc.peers
-			if err := n.mgr.Apply(orderConfig()); err != nil {
+			apply := func() error { return n.mgr.Apply(orderConfig()) }
+			if err := apply(); err != nil {
 				t.Fatal(err)
 			}
 			if tc.reload {
 				n.listenersUp()
-				n.mgr.PauseForReload()
 			}
 			warmed := 0
 			w := warmerFunc(func() { warmed++; n.log.add("warm up") })
-			n.mgr.WarmUp([]Warmer{w, w})
+			if err := n.mgr.beforeListeners([]Warmer{w, w}, apply); err != nil {
+				t.Fatal(err)
+			}
 			if got := warmed == 2; got != tc.want {
 				t.Fatalf("warm-ups ran %d times, want them: %v", warmed, tc.want)
 			}
-			if !tc.reload {
-				n.listenersUp()
-				if tc.want {
-					inOrder(t, n.log.all(), "lock", "warm up", "publish", "unlock")
-				}
+			if tc.reload {
+				inOrder(t, n.log.all(), "warm up", "warm up", "pause", "hold")
+				return
+			}
+			n.listenersUp()
+			if tc.want {
+				inOrder(t, n.log.all(), "lock", "warm up", "publish", "unlock")
 			}
 		})
 	}

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -15,14 +16,21 @@ import (
 	"github.com/nodelocal/nodelocal/test/harness"
 )
 
-var seq atomic.Int32
+var (
+	seq    atomic.Int32
+	bootMu sync.Mutex
+)
 
 func newCluster(t *testing.T, opts cluster.Options) *cluster.Cluster {
 	t.Helper()
 	harness.RequirePrivileges(t)
 	n := int(seq.Add(1))
 	opts.Dir, opts.Name, opts.Logf = cluster.TestDir(n), fmt.Sprintf("nlc%dx%d", os.Getpid(), n), t.Logf
+	// Parallel tests' clusters boot one at a time: a boot takes both CPUs,
+	// and the first one fills the caches the others read.
+	bootMu.Lock()
 	c, err := cluster.Up(opts)
+	bootMu.Unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,25 +59,49 @@ type lookup struct {
 
 // lookups resolves names from the client pod through the pod's own resolver
 // (its resolv.conf: 198.18.0.10 and the search list) and, for FQDNs, through
-// the kube-dns ClusterIP and 169.254.20.10 directly.
+// the kube-dns ClusterIP and 169.254.20.10 directly. All of them run in one
+// exec, within a second or so: a round asked again must find the search
+// list's negative answers still cached (5 s), even on a busy machine.
 func lookups(t *testing.T, c *cluster.Cluster, pod string, want []lookup) {
 	t.Helper()
+	type step struct{ what, ip string }
+	var steps []step
+	var script strings.Builder
+	ask := func(what, ip, command string) {
+		steps = append(steps, step{what, ip})
+		fmt.Fprintf(&script, "%s 2>&1; printf '\\n%s%%s\\n' $?\n", command, stepEnd)
+	}
 	for _, l := range want {
-		out, err := c.Exec(pod, "dnsload", "-lookup", l.name)
-		if err != nil || !strings.Contains(out, l.ip) {
-			t.Fatalf("%s through the pod's resolver: %q, %v; want %s", l.name, out, err, l.ip)
-		}
+		ask(l.name+" through the pod's resolver", l.ip, "dnsload -lookup "+l.name)
 		if !l.viaIPs {
 			continue
 		}
 		for _, server := range []string{cluster.KubeDNSIP, "169.254.20.10"} {
-			out, err := c.Exec(pod, "nslookup", "-type=A", l.name, server)
-			if err != nil || !strings.Contains(out, l.ip) {
-				t.Fatalf("%s through %s: %q, %v; want %s", l.name, server, out, err, l.ip)
-			}
+			ask(l.name+" through "+server, l.ip, "nslookup -type=A "+l.name+" "+server)
+		}
+	}
+	out, err := c.Exec(pod, "sh", "-c", script.String())
+	if err != nil {
+		t.Fatalf("the lookups in pod %s: %v\n%s", pod, err, out)
+	}
+	// Each step's output, then its end line: the marker and its exit status.
+	results := strings.Split(out, "\n"+stepEnd)
+	for i, s := range steps {
+		if i+1 >= len(results) {
+			t.Fatalf("%s: no result in the exec's output:\n%s", s.what, out)
+		}
+		output := results[i]
+		if i > 0 {
+			_, output, _ = strings.Cut(output, "\n") // the previous step's exit status
+		}
+		if status, _, _ := strings.Cut(results[i+1], "\n"); status != "0" || !strings.Contains(output, s.ip) {
+			t.Fatalf("%s: exit status %s, want 0 and %s:\n%s", s.what, status, s.ip, output)
 		}
 	}
 }
+
+// stepEnd marks the end of each lookup's output in lookups' one exec.
+const stepEnd = "--- end of lookup, exit status "
 
 // assertClean fails unless node-cache left no interface and no rule.
 func assertClean(t *testing.T, c *cluster.Cluster) {
@@ -93,6 +125,7 @@ func assertClean(t *testing.T, c *cluster.Cluster) {
 func TestOnARealNode(t *testing.T) {
 	for _, mode := range []string{"iptables", "nftables"} {
 		t.Run(mode, func(t *testing.T) {
+			t.Parallel() // a few lookups: two such nodes share the machine
 			c := newCluster(t, cluster.Options{ProxyMode: mode})
 			if _, err := c.KubectlOutput("create", "service", "clusterip", "web", "--tcp=80:80"); err != nil {
 				t.Fatal(err)

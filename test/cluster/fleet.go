@@ -97,19 +97,10 @@ var KubeDNSScenarios = []Scenario{
 }
 
 // KubeDNSInOneLoad is KubeDNSScenarios one after the other under one load,
-// as TestFleetOnARealCluster asserts them: one load instead of three (the
-// bench runs them apart, for each one's numbers).
-var KubeDNSInOneLoad = Scenario{
-	Name: "kube-dns rolled, then scaled 2 -> 1 -> 2, then one of its pods deleted, under one load", Goal: "0 failed, misses too",
-	// The three events took 47 to 62 s on this machine.
-	MinLoad: 85 * time.Second, LoadOutlastsEvent: true, Event: func(c *Cluster, client string) error {
-		for _, s := range KubeDNSScenarios {
-			if err := s.Event(c, client); err != nil {
-				return fmt.Errorf("%s: %w", s.Name, err)
-			}
-		}
-		return nil
-	}, Check: noFailures(LoadTargets...)}
+// as TestFleetOnARealCluster asserts them (the bench runs them apart, for
+// each one's numbers). The three events took 47 to 66 s on this machine.
+var KubeDNSInOneLoad = InOneLoad("kube-dns rolled, then scaled 2 -> 1 -> 2, then one of its pods deleted, under one load",
+	85*time.Second, KubeDNSScenarios...)
 
 // Baseline is s without node-cache: the load to the kube-dns ClusterIP only,
 // measured, not checked.

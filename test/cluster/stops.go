@@ -38,25 +38,21 @@ func (s Stop) String() string {
 	return fmt.Sprintf("SIGTERM→exit %v, exit %d", s.SignalToExit().Round(100*time.Millisecond), s.ExitStatus)
 }
 
-// stopWatch follows the logs of the node-local-dns pods that run when it
-// starts, and containerd's task exits: of those pods' containers, and of
-// the node-cache containers started since (a crash loop's restarts).
+// stopWatch follows containerd's task exits of node-cache containers, and
+// the logs of each node-local-dns container: those running when it starts
+// and those started since (a surge's new pod that a second rollout under
+// the same load replaces, a crash loop's restarts).
 type stopWatch struct {
 	isNodeCache func(containerID string) bool
 	cancel      context.CancelFunc
 	wg          sync.WaitGroup
 	mu          sync.Mutex
 	containers  map[string]string    // container ID: pod
-	signalled   map[string]time.Time // pod: its SIGTERM log line
+	signalled   map[string]time.Time // container ID: its SIGTERM log line
 	exits       map[string]Stop      // container ID
 }
 
 func (c *Cluster) watchStops() (*stopWatch, error) {
-	out, err := c.KubectlOutput("-n", "kube-system", "get", "pods", "-l", "k8s-app=node-local-dns", "-o",
-		`jsonpath={range .items[*]}{.metadata.name} {.status.containerStatuses[0].containerID}{"\n"}{end}`)
-	if err != nil {
-		return nil, err
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &stopWatch{cancel: cancel, containers: map[string]string{}, signalled: map[string]time.Time{}, exits: map[string]Stop{},
 		isNodeCache: func(id string) bool {
@@ -76,19 +72,44 @@ func (c *Cluster) watchStops() (*stopWatch, error) {
 			return nil, err
 		}
 	}
+	// The containers running now are followed before the event can come;
+	// the watch then adds those that start later.
+	const container = `{.metadata.name} {.status.containerStatuses[0].containerID}{"\n"}`
+	out, err := c.KubectlOutput("-n", "kube-system", "get", "pods", "-l", "k8s-app=node-local-dns", "-o", "jsonpath={range .items[*]}"+container+"{end}")
+	if err != nil {
+		w.stop()
+		return nil, err
+	}
 	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-		pod, id, ok := strings.Cut(l, " containerd://")
-		if !ok {
-			continue
-		}
-		w.containers[id] = pod
-		logs := exec.CommandContext(ctx, c.Kubectl, "-n", "kube-system", "logs", "--follow", "--timestamps", pod)
-		if err := w.follow(logs, func(line string) { w.logLine(pod, line) }); err != nil {
+		if err := w.followContainer(ctx, c, l); err != nil {
 			w.stop()
 			return nil, err
 		}
 	}
+	watch := exec.CommandContext(ctx, c.Kubectl, "-n", "kube-system", "get", "pods", "-l", "k8s-app=node-local-dns", "--watch", "-o", "jsonpath="+container)
+	if err := w.follow(watch, func(line string) { w.followContainer(ctx, c, line) }); err != nil {
+		w.stop()
+		return nil, err
+	}
 	return w, nil
+}
+
+// followContainer follows the logs of the container in a line "pod
+// containerd://ID", unless it is followed already or has not started.
+func (w *stopWatch) followContainer(ctx context.Context, c *Cluster, line string) error {
+	pod, id, ok := strings.Cut(line, " containerd://")
+	if !ok {
+		return nil
+	}
+	w.mu.Lock()
+	_, followed := w.containers[id]
+	w.containers[id] = pod
+	w.mu.Unlock()
+	if followed {
+		return nil
+	}
+	logs := exec.CommandContext(ctx, c.Kubectl, "-n", "kube-system", "logs", "--follow", "--timestamps", pod)
+	return w.follow(logs, func(line string) { w.logLine(id, line) })
 }
 
 // follow runs cmd until it ends or the watch stops, and passes each line it
@@ -113,15 +134,15 @@ func (w *stopWatch) follow(cmd *exec.Cmd, handle func(string)) error {
 	return nil
 }
 
-// logLine records when node-cache logged CoreDNS's "SIGTERM: Shutting down".
-func (w *stopWatch) logLine(pod, line string) {
+// logLine records when container logged CoreDNS's "SIGTERM: Shutting down".
+func (w *stopWatch) logLine(container, line string) {
 	stamp, msg, _ := strings.Cut(line, " ")
 	if !strings.Contains(msg, "SIGTERM") {
 		return
 	}
 	if t, err := time.Parse(time.RFC3339Nano, stamp); err == nil {
 		w.mu.Lock()
-		w.signalled[pod] = t
+		w.signalled[container] = t
 		w.mu.Unlock()
 	}
 }
@@ -165,9 +186,9 @@ func (w *stopWatch) stop() []Stop {
 	var stops []Stop
 	for id, s := range w.exits {
 		if pod, ok := w.containers[id]; ok {
-			s.Pod, s.Signalled = pod, w.signalled[pod]
+			s.Pod, s.Signalled = pod, w.signalled[id]
 		} else {
-			s.Pod = "a container started during the run" // a restart's (the crash loop kills those)
+			s.Pod = "a container that had no time to be followed" // a crash loop kills them at their start
 		}
 		stops = append(stops, s)
 	}

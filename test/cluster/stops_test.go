@@ -10,8 +10,8 @@ import (
 
 func TestStopWatchReadsLogsAndEvents(t *testing.T) {
 	w := &stopWatch{cancel: func() {}, containers: map[string]string{"abc": "node-local-dns-x"}, signalled: map[string]time.Time{}, exits: map[string]Stop{}}
-	w.logLine("node-local-dns-x", "2026-12-02T06:05:27.200417754Z [INFO] plugin/nodelocal: Installed 24 IPv4 iptables rules")
-	w.logLine("node-local-dns-x", "2026-12-02T06:05:30.000000000Z [INFO] SIGTERM: Shutting down servers then terminating")
+	w.logLine("abc", "2026-12-02T06:05:27.200417754Z [INFO] plugin/nodelocal: Installed 24 IPv4 iptables rules")
+	w.logLine("abc", "2026-12-02T06:05:30.000000000Z [INFO] SIGTERM: Shutting down servers then terminating")
 	w.taskExit("node-1", `2026-12-02 06:05:35.1 +0000 UTC k8s.io /tasks/exit {"container_id":"abc","id":"exec1","pid":9,"exit_status":1}`)
 	w.taskExit("node-1", `2026-12-02 06:05:35.2 +0000 UTC k8s.io /tasks/exit {"container_id":"abc","id":"abc","pid":7,"exit_status":0}`)
 	w.taskExit("node-1", `2026-12-02 06:05:36 +0000 UTC k8s.io /tasks/start {"container_id":"def","pid":8}`)

@@ -74,6 +74,7 @@ func waitForRules(t *testing.T, node *harness.Node, want int, timeout time.Durat
 // nothing intercepted go to the kube-dns Service. The next instance takes
 // over from kube-dns and adopts what the dead one left.
 func TestCrashFailsOpen(t *testing.T) {
+	waitsMostly(t)
 	for _, mode := range harness.Modes {
 		for _, backend := range harness.Backends {
 			for _, ipv6 := range []bool{false, true} {
@@ -81,7 +82,10 @@ func TestCrashFailsOpen(t *testing.T) {
 				if ipv6 {
 					name = string(mode) + "/" + string(backend) + "/ipv6"
 				}
-				t.Run(name, func(t *testing.T) { crashFailsOpen(t, harness.Options{Mode: mode, Backend: backend, IPv6: ipv6}) })
+				t.Run(name, func(t *testing.T) {
+					waitsMostly(t)
+					crashFailsOpen(t, harness.Options{Mode: mode, Backend: backend, IPv6: ipv6})
+				})
 			}
 		}
 	}
@@ -161,6 +165,7 @@ func assertNoClusterIPLoss(t *testing.T, results harness.LoadResults) {
 // Service's UDP conntrack entries would lose a UDP query in flight, whoever
 // sent it).
 func TestStopWithoutSuccessor(t *testing.T) {
+	waitsMostly(t)
 	for _, mode := range []harness.ProxyMode{harness.ModeIPTables, harness.ModeNFTables} {
 		t.Run(string(mode), func(t *testing.T) {
 			node := harness.NewNode(t, harness.Options{Mode: mode})
@@ -235,6 +240,7 @@ func missBurst(node *harness.Node, tag harness.ProxyMode, n int) int {
 // ClusterIP back to kube-proxy, so the replacement too starts as in a surge,
 // with no takeover from kube-dns.
 func TestHandOffToAnotherInstance(t *testing.T) {
+	waitsMostly(t)
 	for _, tc := range []struct {
 		name        string
 		beforeStop  bool // the new instance starts before the old one's SIGTERM
@@ -322,6 +328,7 @@ func TestTwoStopAtOnce(t *testing.T) {
 // replies would clash with those flows' conntrack entries if the interception
 // went in before the rules that keep replies out of conntrack).
 func TestRestartWithoutSurge(t *testing.T) {
+	waitsMostly(t)
 	node := harness.NewNode(t, harness.Options{})
 	tmpl := mustTemplate(t, node, "")
 	p, err := node.StartNodeCache("node-cache", tmpl)

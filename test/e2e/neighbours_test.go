@@ -114,6 +114,7 @@ func TestHelperNeighbour(t *testing.T) {
 // no successor tears down within the grace period. A foreign listener is
 // logged and exported.
 func TestHostileNeighbours(t *testing.T) {
+	waitsMostly(t)
 	for _, kind := range []string{squatter, foreignListener} {
 		t.Run(kind+", start and stop", func(t *testing.T) {
 			node := harness.NewNode(t, harness.Options{})

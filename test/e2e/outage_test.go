@@ -13,6 +13,7 @@ import (
 // had been asking (serve_stale), and after kube-dns returns the cluster names
 // are fresh again within seconds (verify, 5 s recheck).
 func TestKubeDNSDownKeepsAnswering(t *testing.T) {
+	waitsMostly(t)
 	node := harness.NewNode(t, harness.Options{})
 	if _, err := node.StartNodeCache("node-cache", mustTemplate(t, node, "")); err != nil {
 		t.Fatal(err)

@@ -103,6 +103,7 @@ func startReloadingNodeCache(t *testing.T) (*harness.Node, *harness.Process, fun
 // that does not render, and one CoreDNS rejects, leave the running config
 // serving and are counted.
 func TestTemplateEditsUnderLoad(t *testing.T) {
+	waitsMostly(t)
 	node, p, edit := startReloadingNodeCache(t)
 	// Polled: a reload restarts the metrics listener, refusing for a moment.
 	waitForConfigErrors := func(atLeast float64) {

@@ -37,3 +37,14 @@ const rulesBoth = 36
 // rulesLinkLocal are the rules for the link-local IP alone, as in kube-proxy's
 // IPVS mode: 10 in iptables, 2 in its own table, 10 in the fallback table.
 const rulesLinkLocal = 22
+
+// waitsMostly marks a test whose time goes mostly to waiting (TTLs expiring,
+// lameducks, the warm record's save, rule checks every 5 s) under a light
+// load, and whose goals count failed queries rather than milliseconds: it
+// runs beside the other such tests once the sequential ones are done (go
+// test's -parallel, the CPUs by default). Tests that hold the machine's
+// xtables lock, measure memory or bound a time closely stay sequential.
+func waitsMostly(t *testing.T) {
+	t.Helper()
+	t.Parallel()
+}

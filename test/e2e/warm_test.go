@@ -20,6 +20,7 @@ import (
 // cache from its predecessor before the successor's listeners open, so once
 // the predecessor is gone they are answered without a query to kube-dns.
 func TestSuccessorStartsWarm(t *testing.T) {
+	waitsMostly(t)
 	node := harness.NewNode(t, harness.Options{})
 	tmpl := mustTemplate(t, node, "")
 	old, err := node.StartNodeCache("node-cache-old", tmpl)
