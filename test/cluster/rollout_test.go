@@ -42,10 +42,8 @@ func TestZeroLossOnARealNode(t *testing.T) {
 			}
 			install(t, c)
 			grace := terminationGrace(t, c)
-			// The surges under one load: the bench runs them apart.
-			scenarios := append([]cluster.Scenario{cluster.SurgesInOneLoad}, cluster.Scenarios[2:]...)
-			for i, s := range scenarios {
-				last := i == len(scenarios)-1 // the uninstall: the node must be left clean
+			for i, s := range cluster.ZeroLossScenarios {
+				last := i == len(cluster.ZeroLossScenarios)-1 // the uninstall: the node must be left clean
 				_, rulesBefore, err := c.NodeLocalState()
 				if err != nil {
 					t.Fatal(err)

@@ -122,6 +122,10 @@ var Scenarios = []Scenario{
 var SurgesInOneLoad = InOneLoad("kubectl rollout restart ds/node-local-dns, then set image to another tag of the same archive (maxSurge 1, maxUnavailable 0), under one load",
 	42*time.Second, Scenarios[0], Scenarios[1])
 
+// ZeroLossScenarios are Scenarios as TestZeroLossOnARealNode runs them: the
+// surges under one load (SurgesInOneLoad), then the others in their order.
+var ZeroLossScenarios = append([]Scenario{SurgesInOneLoad}, Scenarios[2:]...)
+
 // InOneLoad runs the events of scenarios that share a goal one after the
 // other under one load of at least minLoad, which must outlast them: one
 // load instead of several, where each scenario's own load is mostly the
